@@ -1,0 +1,1 @@
+"""Benchmark suites behind `visionlab bench`; each writes benchmarks/<suite>.md."""
