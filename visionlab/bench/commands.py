@@ -9,33 +9,39 @@ from __future__ import annotations
 import argparse
 import importlib
 
-# suite -> module with add_arguments(parser) and run(args) -> int
-SUITES: dict[str, str] = {
-    "scenes": "visionlab.bench.scenes",
-    "ops": "visionlab.bench.ops",
-    "transfer": "visionlab.bench.transfer",
-    "fcn": "visionlab.bench.fcn",
+# suite -> (module with add_arguments(parser) and run(args) -> int, one-line help).
+# Modules are imported only when their suite runs, so one suite's heavy imports never slow
+# (or break) another.
+SUITES: dict[str, tuple[str, str]] = {
+    "scenes": ("visionlab.bench.scenes", "scenes rendering speed (images/s)"),
+    "ops": ("visionlab.bench.ops", "ops and COCO evaluation against torchvision/pycocotools"),
+    "transfer": ("visionlab.bench.transfer", "transfer learning against training from scratch"),
+    "fcn": ("visionlab.bench.fcn", "FCN-32s/16s/8s, deconv vs bilinear, vs torchvision"),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
-    for name, module_name in SUITES.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
-        p.add_argument("--out-dir", default="benchmarks", help="where the Markdown goes")
-        module.add_arguments(p)
-    sub.add_parser("all", help="run every suite with its defaults")
+    parser.add_argument("suite", choices=[*SUITES, "all"], help="which suite to run")
+    parser.add_argument("--out-dir", default="benchmarks", help="where the Markdown goes")
+    parser.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="suite options (see `visionlab bench SUITE -h`)"
+    )
+    parser.epilog = "suites:\n" + "\n".join(f"  {k:<9} {h}" for k, (_, h) in SUITES.items())
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _run_suite(name: str, argv: list[str], out_dir: str) -> int:
+    module = importlib.import_module(SUITES[name][0])
+    parser = argparse.ArgumentParser(prog=f"visionlab bench {name}", description=module.__doc__)
+    parser.add_argument("--out-dir", default=out_dir, help="where the Markdown goes")
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(argv)) or 0)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.suite == "all":
         status = 0
         for name in SUITES:
-            parser = argparse.ArgumentParser(prog=f"visionlab bench {name}")
-            parser.add_argument("--out-dir", default=args.out_dir)
-            module = importlib.import_module(SUITES[name])
-            module.add_arguments(parser)
-            status |= int(module.run(parser.parse_args([])) or 0)
+            status |= _run_suite(name, [], args.out_dir)
         return status
-    return int(importlib.import_module(SUITES[args.suite]).run(args) or 0)
+    return _run_suite(args.suite, list(args.rest), args.out_dir)

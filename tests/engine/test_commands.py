@@ -1,0 +1,137 @@
+"""`visionlab train / eval / predict / export` end to end on a tiny image-folder dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import train_args
+from PIL import Image
+
+import visionlab
+from visionlab.cli import main
+from visionlab.engine.checkpoint import load_checkpoint
+
+
+def test_train_writes_the_run_directory(trained_run: Path) -> None:
+    names = {p.relative_to(trained_run).as_posix() for p in trained_run.rglob("*")}
+    assert {"config.yaml", "metrics.jsonl", "eval.json", "curves.png"} <= names
+    assert {"checkpoints/last.pt", "checkpoints/best.pt"} <= names
+    assert any(n.startswith("tb/events.out.tfevents") for n in names)
+    state = load_checkpoint(trained_run / "checkpoints" / "last.pt")
+    assert state["model_name"] == "tiny_cnn" and state["task"] == "classification"
+    assert state["classes"] == ["blue", "green", "red"]
+    assert state["model_args"]["num_classes"] == 3 and state["model_args"]["width"] == 4
+    assert state["config"]["train"]["epochs"] == 2 and state["step"] == 12
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").open()]
+    train = [r for r in records if r["type"] == "train"]
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["step"] for r in train] == [2, 4, 6, 8, 10, 12]
+    assert all({"loss", "loss_cls", "lr", "epoch"} <= set(r) for r in train)
+    assert [r["step"] for r in evals] == [6, 12]
+    assert {"val/top1", "val/top5"} <= set(evals[0]) and "per_class" in evals[0]["metrics"]
+    best = load_checkpoint(trained_run / "checkpoints" / "best.pt")
+    assert best["step"] == best["best_metric"]["step"]
+    eval_json = json.loads((trained_run / "eval.json").read_text())
+    assert eval_json["metrics"]["top1"] == evals[-1]["val/top1"]
+
+
+def test_eval_command(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
+    (trained_run / "eval.json").unlink()
+    assert main(["eval", str(trained_run / "checkpoints" / "last.pt"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").open()]
+    final = [r for r in records if r["type"] == "eval"][-1]
+    assert metrics["top1"] == pytest.approx(final["val/top1"])
+    assert metrics["top5"] == 1.0  # 3 classes: always in the top 5
+    written = json.loads((trained_run / "eval.json").read_text())
+    assert written["metrics"]["top1"] == metrics["top1"] and written["split"] == "val"
+
+
+def test_predict_command(
+    trained_run: Path, folder_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "pred"
+    red = folder_dataset / "val" / "red"
+    blue0 = folder_dataset / "val" / "blue" / "0.png"
+    args = ["predict", str(trained_run / "checkpoints" / "best.pt"), str(red), str(blue0)]
+    assert main([*args, "--out", str(out), "--topk", "2"]) == 0
+    payload = json.loads((out / "predictions.json").read_text())
+    preds = payload["predictions"]
+    assert [Path(p["file"]).name for p in preds] == ["0.png", "1.png", "2.png", "0.png"]
+    assert all(len(p["top"]) == 2 for p in preds)
+    assert all(p["top"][0]["score"] >= p["top"][1]["score"] for p in preds)
+    assert {p["top"][0]["class"] for p in preds} <= {"blue", "green", "red"}
+    drawings = {p["drawing"] for p in preds}
+    assert len(drawings) == 4 and all((out / d).is_file() for d in drawings)
+    assert Image.open(out / preds[0]["drawing"]).height > 20  # caption below the image
+    # without --out, predictions go to the run's predictions/ folder
+    assert main(["predict", str(trained_run / "checkpoints" / "best.pt"), str(blue0)]) == 0
+    assert (trained_run / "predictions" / "predictions.json").is_file()
+
+
+def test_predict_matches_the_python_api(trained_run: Path, folder_dataset: Path) -> None:
+    model = visionlab.load(trained_run / "checkpoints" / "best.pt")
+    assert model.classes == ["blue", "green", "red"] and not model.training
+    files = sorted((folder_dataset / "val" / "green").glob("*.png"))
+    preds = visionlab.predict(model, files, topk=3, device="cpu")
+    assert len(preds) == 3
+    for p in preds:
+        assert p["labels"].shape == (3,) and torch.allclose(p["scores"].sum(), torch.tensor(1.0))
+
+
+def test_export_round_trip(trained_run: Path, tmp_path: Path, folder_dataset: Path) -> None:
+    ckpt = trained_run / "checkpoints" / "best.pt"
+    out = tmp_path / "export"
+    assert main(["export", str(ckpt), "--format", "safetensors", "--out", str(out)]) == 0
+    sidecar = json.loads((out / "model.json").read_text())
+    assert sidecar["model_name"] == "tiny_cnn" and sidecar["classes"] == ["blue", "green", "red"]
+    assert sidecar["input_size"] == [3, 16, 16] and sidecar["normalize"]["inside_model"]
+    a, b = visionlab.load(ckpt), visionlab.load(out)
+    for key, value in a.state_dict().items():
+        assert torch.equal(b.state_dict()[key], value)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(a(x), b(x))
+    assert visionlab.evaluate(b, folder_dataset, "val", progress=False)["top1"] == pytest.approx(
+        visionlab.evaluate(a, folder_dataset, "val", progress=False)["top1"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "missing.yaml"], "missing.yaml: no such recipe file"),
+        (["train", "train.epochz=3"], "did you mean 'train.epochs'"),
+        (["eval", "nowhere.pt"], "nowhere.pt: no such checkpoint file"),
+        (["export", "nowhere.pt", "--out", "x"], "no such checkpoint file"),
+    ],
+)
+def test_user_errors_are_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_predict_refuses_a_non_image(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    ckpt = str(trained_run / "checkpoints" / "best.pt")
+    assert main(["predict", ckpt, str(notes), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "notes.txt" in err and "not an image" in err and len(err.splitlines()) == 1
+
+
+def test_nan_loss_exits_with_the_step_and_term(
+    folder_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = train_args(folder_dataset, tmp_path / "nan", "optim.lr=1e30", "train.epochs=1")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("visionlab train: error: step ")
+    assert "loss_cls is nan" in err or "loss_cls is inf" in err

@@ -1,0 +1,135 @@
+"""Recipes: YAML load, key=value overrides, type checks, did-you-mean, literal_eval safety."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from visionlab.config import Config, apply_overrides, load_config, parse_value, save_config
+from visionlab.errors import ConfigError
+
+
+def test_defaults_and_recipe_name(tmp_path: Path) -> None:
+    recipe = tmp_path / "my_recipe.yaml"
+    recipe.write_text("model: resnet18\ntrain:\n  epochs: 7\noptim:\n  lr: 1\n")
+    cfg = load_config(recipe)
+    assert cfg.name == "my_recipe"
+    assert cfg.model == "resnet18"
+    assert cfg.train.epochs == 7
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)  # int accepted for float
+    assert cfg.train.batch_size == Config().train.batch_size
+    assert cfg.run_dir() == Path("runs/my_recipe")
+    assert load_config(recipe, ["out=elsewhere"]).run_dir() == Path("elsewhere")
+
+
+def test_dotted_overrides_and_literals() -> None:
+    cfg = apply_overrides(
+        Config(),
+        [
+            "train.epochs=3",
+            "optim.name=adamw",
+            "schedule.milestones=[2, 4]",
+            "train.grad_clip=1.5",
+            "train.max_steps=None",
+            "model_args.width=8",
+            "augment.scale_jitter=(0.9, 1.1)",
+            "deterministic=true",
+            "image_size=null",
+            "data=path/to/data",
+        ],
+    )
+    assert cfg.train.epochs == 3
+    assert cfg.optim.name == "adamw"
+    assert cfg.schedule.milestones == [2, 4]
+    assert cfg.train.grad_clip == 1.5
+    assert cfg.train.max_steps is None
+    assert cfg.model_args == {"width": 8}
+    assert cfg.augment == {"scale_jitter": (0.9, 1.1)}
+    assert cfg.deterministic is True
+    assert cfg.image_size is None
+    assert cfg.data == "path/to/data"
+
+
+@pytest.mark.parametrize(
+    ("override", "hint"),
+    [
+        ("train.epoch=3", "did you mean 'train.epochs'"),
+        ("trian.epochs=3", "did you mean 'train'"),
+        ("lr=0.1", "did you mean 'optim.lr'"),
+        ("train.lr=0.1", "did you mean 'optim.lr'"),
+    ],
+)
+def test_unknown_keys_suggest(override: str, hint: str) -> None:
+    with pytest.raises(ConfigError, match=hint):
+        apply_overrides(Config(), [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochs=3.5", "train.epochs: expected int"),
+        ("train.epochs=true", "train.epochs: expected int"),
+        ("optim.lr=fast", "optim.lr: expected float"),
+        ("optim=3", "expected a mapping"),
+        ("schedule.milestones=3", "expected a list"),
+        ("train.amp=fp32", "not one of none, bf16, fp16"),
+        ("optim.name=adam", "did you mean 'adamw'"),
+        ("train.batch_size=0", "must be >= 1"),
+        ("epochs", "is not KEY=VALUE"),
+        ("=3", "empty key"),
+    ],
+)
+def test_bad_values_are_config_errors(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(Config(), [override])
+
+
+def test_values_are_never_evaluated(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    code = f"__import__('os').system('touch {marker}')"
+    assert parse_value(code) == code  # not a literal: stays text
+    assert parse_value("[1, 2]") == [1, 2]
+    assert parse_value("1e-3") == 0.001
+    cfg = apply_overrides(Config(), [f"name={code}"])
+    assert cfg.name == code
+    with pytest.raises(ConfigError, match="unknown key 'x'"):
+        apply_overrides(Config(), [f"x={code}"])
+    with pytest.raises(ConfigError):
+        apply_overrides(Config(), [f"train.epochs={code}"])
+    assert not marker.exists()
+
+
+def test_yaml_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such recipe"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: [\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*not valid YAML"):
+        load_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  epocs: 3\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown key 'train.epocs'.*'train.epochs'"):
+        load_config(typo)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(listy)
+
+
+def test_yaml_python_tags_are_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(evil)
+    assert not marker.exists()
+
+
+def test_save_and_reload_round_trip(tmp_path: Path) -> None:
+    cfg = apply_overrides(
+        Config(), ["name=x", "train.epochs=2", "model_args.width=4", "schedule.milestones=[1]"]
+    )
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg

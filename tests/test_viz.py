@@ -1,0 +1,216 @@
+"""Drawing: right sizes, pixels change where boxes are, dataset sheets, palette PNGs, curves."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from visionlab.errors import DataError, VisionLabError
+from visionlab.viz import (
+    PALETTE,
+    color_for,
+    draw_anchors,
+    draw_classification,
+    draw_detections,
+    draw_grid,
+    draw_proposals,
+    draw_relations,
+    draw_semantic,
+    image_grid,
+    plot_curves,
+    read_metrics,
+    responsible_cells_of,
+    semantic_to_palette_png,
+    show_dataset,
+    voc_palette,
+)
+
+H, W = 64, 96
+CLASSES = ["circle", "square", "triangle"]
+PREDICATES = ["left of", "right of", "above"]
+
+
+def _image() -> torch.Tensor:
+    return torch.full((3, H, W), 0.5)
+
+
+def _pixels(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(image)).long()
+
+
+def _changed(a: Image.Image, b: torch.Tensor) -> torch.Tensor:
+    """[H, W] bool: where the drawing differs from the plain image ``b`` (same size)."""
+    return (_pixels(a) - (b.permute(1, 2, 0) * 255).round().long()).abs().sum(-1) > 0
+
+
+class FakeDataset(torch.utils.data.Dataset):
+    """A tiny in-memory dataset with the contract of docs/interfaces.md."""
+
+    def __init__(self, task: str, n: int = 5, size: int = 32) -> None:
+        self.task, self.n, self.size = task, n, size
+        self.classes, self.predicates = CLASSES, PREDICATES
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        s = self.size
+        image = torch.rand(3, s, s, generator=torch.Generator().manual_seed(i))
+        if self.task == "classification":
+            return image, {"labels": torch.tensor(i % 3), "image_id": i, "file_name": f"c{i}.png"}
+        boxes = torch.tensor([[2.0, 2.0, 14.0, 12.0], [16.0, 18.0, 30.0, 30.0]])
+        masks = torch.zeros(2, s, s, dtype=torch.bool)
+        masks[0, 2:12, 2:14] = True
+        masks[1, 18:30, 16:30] = True
+        if self.task == "segmentation":
+            sem = masks[0].long() + 2 * masks[1].long()
+            sem[0] = 255
+            return image, {"semantic": sem, "image_id": i, "file_name": f"s{i}.png"}
+        target = {
+            "boxes": boxes,
+            "labels": torch.tensor([1, 1 + i % 3]),
+            "masks": masks,
+            "relations": torch.tensor([[0, 2, 1]]),
+            "image_id": i,
+            "file_name": f"d{i}.png",
+        }
+        return image, target
+
+
+def test_draw_detections_marks_boxes_and_keeps_size():
+    image = _image()
+    boxes = torch.tensor([[10.0, 20.0, 40.0, 50.0]])
+    out = draw_detections(image, boxes, torch.tensor([2]), torch.tensor([0.9]), CLASSES)
+    assert out.size == (W, H) and out.mode == "RGB"
+    changed = _changed(out, image)
+    assert changed[35, 10] and changed[35, 40 - 1]  # left and right edges drawn
+    assert not changed[35, 25] and not changed[60, 80]  # inside and far away untouched
+    assert tuple(_pixels(out)[35, 10].tolist()) == color_for(2)  # fixed colour per class
+    # the "square 0.90" label sits just above the box
+    assert changed[12:20, 10:30].any()
+
+
+def test_draw_detections_threshold_masks_and_upscale():
+    image = _image()
+    boxes = torch.tensor([[5.0, 5.0, 30.0, 30.0], [50.0, 10.0, 90.0, 60.0]])
+    masks = torch.zeros(2, H, W, dtype=torch.bool)
+    masks[1, 20:50, 60:80] = True
+    out = draw_detections(
+        image, boxes, torch.tensor([1, 2]), torch.tensor([0.2, 0.8]), CLASSES, masks, 0.5
+    )
+    changed = _changed(out, image)
+    assert not changed[15, 5]  # the 0.2 box is below the threshold
+    assert changed[35, 70]  # inside the mask of the kept box: tinted
+    big = draw_detections(image, boxes, masks=masks, min_size=200)
+    assert big.size == (W * 4, H * 4)
+    assert image.shape == (3, H, W) and (image == 0.5).all()  # input untouched
+
+
+def test_draw_relations_draws_arrow_between_centres():
+    image = _image()
+    boxes = torch.tensor([[4.0, 24.0, 20.0, 40.0], [70.0, 24.0, 86.0, 40.0]])
+    rel = torch.tensor([[0, 0, 1]])
+    out = draw_relations(image, boxes, rel, PREDICATES, draw_boxes=False)
+    assert out.size == (W, H)
+    changed = _changed(out, image)
+    assert changed[32, 25] and changed[32, 60]  # along the line between the centres
+    assert not changed[5, 45]
+    with pytest.raises(VisionLabError, match="outside"):
+        draw_relations(image, boxes, torch.tensor([[0, 0, 5]]), PREDICATES)
+    # the mirror "1 right of 0" adds nothing to the picture once "0 left of 1" is drawn
+    both = torch.tensor([[0, 0, 1], [1, 1, 0]])
+    one = draw_relations(image, boxes, both, PREDICATES, draw_boxes=False, one_per_pair=True)
+    assert _pixels(one).equal(_pixels(out))
+    assert not _pixels(draw_relations(image, boxes, both, PREDICATES, draw_boxes=False)).equal(
+        _pixels(out)
+    )
+
+
+def test_draw_semantic_and_palette_png_round_trip(tmp_path):
+    sem = torch.zeros(H, W, dtype=torch.int64)
+    sem[10:30, 10:40] = 1
+    sem[40:60, 50:90] = 20
+    sem[0] = 255
+    out = draw_semantic(_image(), sem, CLASSES, legend=False)
+    changed = _changed(out, _image())
+    assert out.size == (W, H) and changed[20, 20] and changed[50, 70] and not changed[35, 45]
+    path = semantic_to_palette_png(sem, tmp_path / "sub" / "mask.png")
+    with Image.open(path) as png:
+        assert png.mode == "P"
+        assert torch.equal(torch.from_numpy(np.array(png)).long(), sem)
+        palette = png.getpalette()
+    assert tuple(palette[3:6]) == (128, 0, 0)  # VOC: 1 = maroon
+    assert tuple(palette[255 * 3 : 256 * 3]) == voc_palette()[255] == (224, 224, 192)
+    with pytest.raises(VisionLabError, match=r"0\.\.255"):
+        semantic_to_palette_png(sem + 300, tmp_path / "bad.png")
+
+
+def test_proposals_anchors_grid_classification_sizes():
+    image = _image()
+    props = torch.tensor([[0.0, 0.0, 20.0, 20.0]] * 5 + [[40.0, 30.0, 60.0, 50.0]] * 5)
+    out = draw_proposals(image, props, max_boxes=5)
+    assert out.size == (W, H)
+    assert not _changed(out, image)[40, 40]  # proposals 6.. are not drawn
+    anchors = torch.tensor([[-16.0, -8.0, 48.0, 24.0], [8.0, 8.0, 24.0, 24.0]])
+    a = draw_anchors((H, W), anchors, min_size=None)
+    assert a.width > W and a.height > H  # margin for the anchor reaching past the border
+    grid = draw_grid(image, 4, torch.tensor([[0, 0]]))
+    assert grid.size == (W, H)
+    px = _pixels(grid)
+    assert px[5, 5, 2] < px[5, 60, 2]  # the responsible cell is tinted yellow (less blue)
+    assert (px[30, W // 4] == px[30, W // 4]).all() and _changed(grid, image)[30, W // 4]
+    cls = draw_classification(image, [2, 0], [0.7, 0.2], CLASSES, true_label=2, min_size=None)
+    assert cls.width == W and cls.height > H
+    boxes = torch.tensor([[0.0, 0.0, 30.0, 30.0], [60.0, 40.0, 90.0, 60.0]])
+    assert responsible_cells_of(boxes, (H, W), 4).tolist() == [[0, 0], [3, 3]]
+
+
+def test_image_grid_layout():
+    images = [Image.new("RGB", (10, 20), color_for(k)) for k in range(5)]
+    sheet = image_grid(images, cols=3, pad=2)
+    assert sheet.size == (3 * 10 + 4 * 2, 2 * 20 + 3 * 2)
+    assert sheet.getpixel((2 + 12 * 2 + 5, 2 + 10)) == PALETTE[2]
+    with pytest.raises(VisionLabError):
+        image_grid([], cols=2)
+
+
+@pytest.mark.parametrize("task", ["detection", "segmentation", "classification"])
+def test_show_dataset_writes_n_pictures_and_a_sheet(tmp_path, task):
+    ds = FakeDataset(task)
+    paths = show_dataset(ds, tmp_path / task, n=3, seed=1, progress=False)
+    assert len(paths) == 4 and paths[-1].name == "grid.png"
+    assert sorted(p.name for p in (tmp_path / task).iterdir()) == sorted(p.name for p in paths)
+    for p in paths[:-1]:
+        with Image.open(p) as im:
+            assert min(im.size) >= 384  # 32 px samples are enlarged to be readable
+    again = show_dataset(ds, tmp_path / "again", n=3, seed=1, progress=False)
+    assert [p.name for p in again] == [p.name for p in paths]  # same seed, same samples
+    assert len(show_dataset(ds, tmp_path / "all", n=50, progress=False)) == len(ds) + 1
+
+
+def test_plot_curves_writes_png(tmp_path):
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    for run, scale in ((run_a, 1.0), (run_b, 0.5)):
+        run.mkdir()
+        lines = [json.dumps({"step": s, "loss": scale / (s + 1)}) for s in range(30)]
+        lines += [json.dumps({"epoch": e, "val/top1": 0.5 + e / 10 * scale}) for e in range(3)]
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    out = plot_curves(
+        [run_a, run_b / "metrics.jsonl"],
+        ["loss", "val/top1"],
+        tmp_path / "c.png",
+        title="t",
+        smooth=0.5,
+    )
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.width > 400
+    assert len(read_metrics(run_a)) == 33
+    with pytest.raises(DataError, match="nope"):
+        plot_curves({"a": run_a}, ["nope"], tmp_path / "d.png")
+    (tmp_path / "bad.jsonl").write_text('{"step": 1}\n{oops\n')
+    with pytest.raises(DataError, match="line 2"):
+        read_metrics(tmp_path / "bad.jsonl")

@@ -1,0 +1,90 @@
+"""`visionlab demo` (what `make demo` runs): the main job on the built-in scenes dataset.
+
+1. render the scenes dataset (once; cached) and draw samples with every annotation kind;
+2. train the tiny classifier on the scenes crops and draw its predictions;
+3. train FCN-8s on the scenes and write its masks and overlays.
+
+Every step goes through the same `visionlab` commands a user types, so the demo shows the
+command line as much as the models. Pictures land under ``--out`` (default runs/demo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from pathlib import Path
+
+STEPS = ("data", "classify", "fcn")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/demo", help="where runs and pictures go")
+    parser.add_argument(
+        "--steps",
+        default=",".join(STEPS),
+        help=f"comma-separated subset of {','.join(STEPS)}",
+    )
+    parser.add_argument(
+        "--predict-n", type=int, default=8, help="validation images to predict and draw"
+    )
+
+
+def _visionlab(*argv: str) -> None:
+    """Run one `visionlab` command in-process, echoing it as a user would type it."""
+    from visionlab.cli import main
+    from visionlab.errors import VisionLabError
+
+    print(f"\n$ visionlab {shlex.join(argv)}", flush=True)
+    status = main(list(argv))
+    if status != 0:
+        raise VisionLabError(f"`visionlab {shlex.join(argv)}` failed (exit code {status})")
+
+
+def _val_images(folder: Path, n: int) -> list[str]:
+    files = sorted(p for p in folder.rglob("*.png"))
+    step = max(1, len(files) // n) if files else 1
+    return [str(p) for p in files[::step][:n]]
+
+
+def run(args: argparse.Namespace) -> int:
+    from visionlab.data.scenes import default_scenes_root
+
+    out = Path(args.out)
+    steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown:
+        from visionlab.errors import VisionLabError
+
+        raise VisionLabError(f"unknown demo steps {unknown}; choose from {list(STEPS)}")
+    start = time.perf_counter()
+    root = default_scenes_root()
+    print(f"built-in scenes dataset: {root}")
+    if "data" in steps:
+        _visionlab("data", "check", str(root))
+        _visionlab("data", "show", str(root), "--out", str(out / "samples"), "-n", "8")
+    if "classify" in steps:
+        run_dir = out / "classify"
+        _visionlab("train", "configs/classify_scenes.yaml", f"out={run_dir}")
+        images = _val_images(root / "crops" / "val", args.predict_n)
+        _visionlab(
+            "predict",
+            str(run_dir / "checkpoints" / "best.pt"),
+            *images,
+            "--out",
+            str(run_dir / "predictions"),
+        )
+    if "fcn" in steps:
+        run_dir = out / "fcn8s"
+        _visionlab("train", "configs/fcn8s_scenes.yaml", f"out={run_dir}")
+        images = _val_images(root / "images" / "val", args.predict_n)
+        _visionlab(
+            "predict",
+            str(run_dir / "checkpoints" / "best.pt"),
+            *images,
+            "--out",
+            str(run_dir / "predictions"),
+        )
+    minutes = (time.perf_counter() - start) / 60
+    print(f"\ndemo finished in {minutes:.1f} min; pictures and runs are under {out}/")
+    return 0

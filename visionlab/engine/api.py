@@ -1,0 +1,300 @@
+"""The public Python API behind ``visionlab.train / evaluate / predict / load``.
+
+``train`` turns a recipe into a run directory (``runs/<name>/``: ``config.yaml``,
+``metrics.jsonl``, ``tb/``, ``checkpoints/{last,best}.pt``, ``eval.json``, ``curves.png``);
+under ``torchrun`` it trains with DistributedDataParallel. ``load`` rebuilds a model from a
+checkpoint or an exported folder; ``evaluate`` and ``predict`` take either a path or a model
+returned by ``load``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from visionlab.config import Config, apply_overrides, from_dict, load_config
+from visionlab.engine import distributed
+from visionlab.engine.checkpoint import load_checkpoint, read_export, require_keys
+from visionlab.errors import CheckpointError, ConfigError, DataError, VisionLabError
+from visionlab.tasks import get_task, to_device
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: where the run lives and how it ended."""
+
+    run_dir: Path
+    step: int
+    best_metric: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    interrupted: bool = False
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when present (this process's GPU under torchrun), else CPU."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device: {spec!r} asked but CUDA is not available")
+        if spec == "cuda":
+            return torch.device("cuda", local_rank)
+    return torch.device(spec)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; ``deterministic`` asks torch for deterministic kernels
+    (warn-only: ops without one warn instead of failing) and disables cuDNN autotuning."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def make_transform(task: str, train: bool, size: int | None, augment: dict[str, Any]) -> Any:
+    """``build_transforms`` for a recipe: ``augment`` applies to training only."""
+    from visionlab.data.transforms import build_transforms
+
+    try:
+        return build_transforms(task, train, size, **(augment if train else {}))
+    except ValueError as err:
+        raise ConfigError(f"augment: {err}") from None
+
+
+def _resolve_config(
+    config: str | Path | Config | dict | None, overrides: Sequence[str], resume: str | Path | None
+) -> Config:
+    """A fresh, validated Config from any of the forms :func:`train` accepts."""
+    if isinstance(config, Config | dict):
+        data = config.to_dict() if isinstance(config, Config) else config
+        return apply_overrides(from_dict(data), list(overrides))
+    if config is None and resume is not None:
+        config = Path(resume) / "config.yaml"
+        if not config.is_file():
+            raise ConfigError(f"{resume}: no config.yaml; give the recipe as well")
+    return load_config(config, list(overrides))
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def train(
+    config: str | Path | Config | dict | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    resume: str | Path | None = None,
+    hooks: Sequence[Any] = (),
+) -> TrainResult:
+    """Train from a recipe and return where the run lives.
+
+    Args:
+        config: a YAML recipe path, a :class:`Config`, a dict of recipe keys, or None (all
+            defaults; with ``resume``, the run's own ``config.yaml``).
+        overrides: ``key=value`` strings (``train.epochs=3``).
+        resume: a run directory to continue exactly from its ``checkpoints/last.pt``.
+        hooks: extra :class:`visionlab.engine.hooks.HookBase` objects.
+    """
+    cfg = _resolve_config(config, overrides, resume)
+    if resume is not None:
+        cfg.out = str(resume)
+    owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    info = distributed.init_distributed(cfg.device)
+    try:
+        from visionlab.engine.run import run_training
+
+        return run_training(cfg, info, resume=resume is not None, extra_hooks=hooks)
+    finally:
+        if owns_group:
+            distributed.cleanup()
+
+
+# ------------------------------------------------------------------------ load / eval
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a trained model from a ``.pt`` checkpoint or an exported folder.
+
+    Returns:
+        The model in eval mode on ``device`` with ``.task``, ``.classes``, ``.predicates``,
+        ``.image_size`` and ``.meta`` (the checkpoint's plain-data fields) set.
+    """
+    from visionlab.models.registry import build_model
+
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".safetensors":
+        meta, state = read_export(path)
+    else:
+        meta = load_checkpoint(path)
+        require_keys(meta, path, ("model", "model_name", "task"))
+        state = meta.pop("model")
+    for key in ("optimizer", "scheduler", "scaler", "rng", "sampler"):
+        meta.pop(key, None)
+    args = dict(meta.get("model_args") or {})
+    args.pop("pretrained", None)
+    try:
+        model = build_model(meta["model_name"], **args)
+    except VisionLabError as err:
+        raise CheckpointError(f"{path}: cannot rebuild the model: {err}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"{path}: weights do not fit {meta['model_name']}: {first}") from None
+    model.task = meta.get("task", getattr(model, "task", ""))
+    model.classes = list(meta.get("classes") or [])
+    model.predicates = list(meta.get("predicates") or [])
+    size = meta.get("image_size", meta.get("input_size"))
+    model.image_size = size[-1] if isinstance(size, list | tuple) else size
+    model.meta = meta
+    return model.to(device).eval()
+
+
+def _as_model(model_or_path: nn.Module | str | Path, device: torch.device) -> nn.Module:
+    if isinstance(model_or_path, nn.Module):
+        if not hasattr(model_or_path, "classes"):
+            raise VisionLabError("pass a path or a model returned by visionlab.load")
+        return model_or_path.to(device).eval()
+    return load(model_or_path, device)
+
+
+def evaluate(
+    model_or_path: nn.Module | str | Path,
+    data: str | Path | None = None,
+    split: str = "val",
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score a checkpoint on a dataset split with the task's evaluator.
+
+    Args:
+        data: a dataset path (any format) or "scenes"; default: the recipe's dataset.
+
+    Returns:
+        The evaluator's metrics (classification ``top1``, ``top5``; segmentation ``mIoU``
+        ...; detection ``AP``, ``AP50`` ...) as a dict.
+    """
+    from visionlab.data.datasets import load_dataset
+    from visionlab.data.loader import build_loader
+    from visionlab.engine.trainer import evaluate as run_eval
+
+    dev = resolve_device(device)
+    model = _as_model(model_or_path, dev)
+    task = get_task(model.task)
+    if data is None:
+        data = (model.meta.get("config") or {}).get("data")
+        if not data:
+            raise ConfigError("no dataset given and the checkpoint names none (--data)")
+    dataset = load_dataset(
+        data,
+        split,
+        task=model.task,
+        transforms=make_transform(model.task, False, model.image_size, {}),
+    )
+    if model.classes and list(dataset.classes) != model.classes:
+        raise DataError(
+            data,
+            f"the dataset's classes {dataset.classes[:6]} differ from the checkpoint's "
+            f"{model.classes[:6]}",
+        )
+    loader = build_loader(
+        dataset, batch_size=batch_size, shuffle=False, seed=0, num_workers=num_workers
+    )
+    return run_eval(
+        model, task, loader, task.evaluator(dataset.classes), device=dev, progress=progress
+    )
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def _restore_size(pred: dict[str, Tensor], size: tuple[int, int], orig: tuple[int, int]):
+    """Map a prediction made at ``size`` (H, W) back onto the original image ``orig``."""
+    if size == orig:
+        return pred
+    (h, w), (oh, ow) = size, orig
+    out = dict(pred)
+    if "boxes" in out:
+        scale = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=out["boxes"].device)
+        out["boxes"] = out["boxes"] * scale
+    for key in ("semantic", "masks"):
+        if key in out and out[key].ndim >= 2:
+            value = out[key]
+            flat = value.reshape(-1, 1, *value.shape[-2:]).float()
+            resized = torch.nn.functional.interpolate(flat, size=orig, mode="nearest")
+            out[key] = resized.reshape(*value.shape[:-2], oh, ow).to(value.dtype)
+    if "scores" in out and out["scores"].ndim == 2:  # per-pixel scores of segmentation
+        sc = out["scores"][None, None]
+        out["scores"] = torch.nn.functional.interpolate(sc, size=orig, mode="bilinear")[0, 0]
+    return out
+
+
+@torch.no_grad()
+def predict(
+    model_or_path: nn.Module | str | Path,
+    images: Sequence[str | Path | Tensor],
+    *,
+    topk: int = 5,
+    score_threshold: float = 0.0,
+    batch_size: int = 16,
+    device: str = "auto",
+) -> list[dict[str, Tensor]]:
+    """Predict images (files or ``Tensor[3, H, W]`` in [0, 1]) with a trained model.
+
+    Returns:
+        One dict per image, in the original image's pixels: classification ``labels [k]``
+        (0-based) and ``scores [k]``; segmentation ``semantic [H, W]`` (0 = background);
+        detection ``boxes [N, 4]`` (x1, y1, x2, y2), ``labels [N]`` (1..C), ``scores [N]``
+        (and ``masks [N, H, W]`` for instance models).
+    """
+    from visionlab.data.imageio import load_image
+
+    dev = resolve_device(device)
+    model = _as_model(model_or_path, dev)
+    task = get_task(model.task)
+    transform = make_transform(model.task, False, model.image_size, {})
+    results: list[dict[str, Tensor]] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        originals = [im if isinstance(im, Tensor) else load_image(im) for im in chunk]
+        prepared = [transform(im, {})[0] for im in originals]
+        if model.task in ("classification", "segmentation"):
+            batch: Any = torch.stack(prepared)
+        else:
+            batch = prepared
+        preds = task.predict(
+            model, to_device(batch, dev), topk=topk, score_threshold=score_threshold
+        )
+        for pred, orig, prep in zip(preds, originals, prepared):
+            pred = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in pred.items()}
+            results.append(_restore_size(pred, tuple(prep.shape[-2:]), tuple(orig.shape[-2:])))
+    return results
+
+
+def write_eval_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``eval.json`` (numbers, per-class dicts) atomically."""
+    from visionlab.engine.checkpoint import atomic_write
+    from visionlab.engine.logging import to_plain
+
+    text = json.dumps(to_plain(payload), indent=2)
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))

@@ -1,0 +1,72 @@
+"""`visionlab eval CKPT [--data DATASET] [--split val] [--json]`: score a checkpoint.
+
+Metric names are those of the task's evaluator: classification ``top1`` / ``top5``,
+segmentation ``mIoU`` / ``pixel_acc``, detection ``AP`` / ``AP50`` / ... When the checkpoint
+lives in a run directory (``RUN/checkpoints/*.pt``) the result is also written to
+``RUN/eval.json``. (`visionlab eval detections --gt ... --dt ...` scores a COCO results file.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a .pt checkpoint or an exported folder")
+    parser.add_argument(
+        "--data", help="dataset path in any supported format, or 'scenes' (default: the recipe's)"
+    )
+    parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def _table(metrics: dict[str, Any]) -> str:
+    lines = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            continue
+        lines.append(
+            f"{key:>12}  {value:.4f}" if isinstance(value, float) else f"{key:>12}  {value}"
+        )
+    per_class = next((v for k, v in metrics.items() if isinstance(v, dict)), None)
+    if per_class:
+        lines.append("per class:")
+        lines += [f"  {name:>10}  {float(v):.4f}" for name, v in per_class.items()]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from visionlab.engine.api import evaluate, load, resolve_device, write_eval_json
+    from visionlab.engine.logging import to_plain
+
+    model = load(args.checkpoint, resolve_device(args.device))
+    data = args.data or (model.meta.get("config") or {}).get("data")
+    metrics = evaluate(
+        model,
+        data,
+        args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.json,
+    )
+    ckpt = Path(args.checkpoint)
+    if ckpt.is_file() and ckpt.parent.name == "checkpoints":
+        payload = {
+            "checkpoint": str(ckpt),
+            "data": str(data),
+            "split": args.split,
+            "step": model.meta.get("step"),
+            "metrics": metrics,
+        }
+        write_eval_json(ckpt.parent.parent / "eval.json", payload)
+    if args.json:
+        print(json.dumps(to_plain(metrics)))
+    else:
+        print(f"{ckpt} on {data} [{args.split}]")
+        print(_table(metrics))
+    return 0

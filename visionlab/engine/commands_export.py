@@ -1,0 +1,64 @@
+"""`visionlab export CKPT --format safetensors --out DIR`: weights for deployment.
+
+Writes ``DIR/model.safetensors`` (the state dict; no pickles, safe to load anywhere) and
+``DIR/model.json`` (model name and builder arguments, task, class names, input size and
+normalisation): enough for ``visionlab.load(DIR)`` to rebuild the model and load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+FORMATS = ("safetensors",)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a .pt checkpoint (runs/NAME/checkpoints/best.pt)")
+    parser.add_argument("--format", choices=FORMATS, default="safetensors")
+    parser.add_argument("--out", required=True, help="output folder")
+
+
+def normalization(model: nn.Module) -> dict[str, Any]:
+    """How inputs are normalised: models here take RGB in [0, 1] and normalise inside."""
+    for module in model.modules():
+        mean, std = getattr(module, "mean", None), getattr(module, "std", None)
+        if hasattr(mean, "flatten") and hasattr(std, "flatten"):
+            return {
+                "input": "RGB float32 in [0, 1]",
+                "inside_model": True,
+                "mean": [round(float(v), 6) for v in mean.flatten()],
+                "std": [round(float(v), 6) for v in std.flatten()],
+            }
+    return {"input": "RGB float32 in [0, 1]", "inside_model": False, "mean": None, "std": None}
+
+
+def export(checkpoint: str | Path, out: str | Path, fmt: str = "safetensors") -> Path:
+    """Export ``checkpoint`` to ``out``; returns the weights file."""
+    from visionlab.engine.api import load
+    from visionlab.engine.checkpoint import export_safetensors
+
+    model = load(checkpoint)
+    meta = {
+        "model_name": model.meta["model_name"],
+        "model_args": model.meta.get("model_args") or {},
+        "task": model.task,
+        "classes": model.classes,
+        "predicates": model.predicates,
+        "input_size": [3, model.image_size, model.image_size] if model.image_size else None,
+        "image_size": model.image_size,
+        "normalize": normalization(model),
+        "source": str(checkpoint),
+        "step": model.meta.get("step"),
+    }
+    weights, _ = export_safetensors(model, out, meta)
+    return weights
+
+
+def run(args: argparse.Namespace) -> int:
+    weights = export(args.checkpoint, args.out, args.format)
+    print(f"exported {args.checkpoint} -> {weights} (+ {weights.parent / 'model.json'})")
+    return 0

@@ -1,0 +1,166 @@
+"""`visionlab predict CKPT IMAGE_OR_DIR... --out DIR`: predict images and draw the results.
+
+Writes ``DIR/predictions.json`` (every image's predictions, in its own pixels: the top-k
+classes, or boxes ``[x1, y1, x2, y2]`` with class and score, or a class-map PNG) and one
+drawn PNG per image (segmentation adds the class map as a palette PNG). Folders are searched
+recursively for image files. Without ``--out``, a checkpoint inside a run directory
+(``RUN/checkpoints/best.pt``) writes to ``RUN/predictions/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a .pt checkpoint or an exported folder")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images or folders")
+    parser.add_argument(
+        "--out", help="output folder (default: RUN/predictions for a checkpoint in a run)"
+    )
+    parser.add_argument("--topk", type=int, default=5, help="classes per image (classification)")
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.3, help="drop detections scoring below this"
+    )
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    """Image files named or found (recursively, sorted) in the folders named; every file's
+    header is read first, so a bad file fails before any work starts."""
+    from visionlab.data.imageio import image_size, is_image_file
+    from visionlab.errors import DataError
+
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            if not found:
+                raise DataError(path, "folder holds no image files")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise DataError(path, "no such image file or folder")
+    for path in files:
+        image_size(path)  # DataError naming the file when it is not a readable image
+    return files
+
+
+def _unique_png(out: Path, stem: str, used: set[str]) -> Path:
+    name, n = stem, 1
+    while name in used:
+        name, n = f"{stem}_{n}", n + 1
+    used.add(name)
+    return out / f"{name}.png"
+
+
+def _record(
+    path: Path, image: Tensor, pred: dict[str, Tensor], model: Any, out: Path, used: set[str]
+) -> dict[str, Any]:
+    from visionlab import viz
+
+    classes = model.classes
+    record: dict[str, Any] = {"file": str(path), "height": image.shape[1], "width": image.shape[2]}
+    png = _unique_png(out, path.stem, used)
+    if model.task == "classification":
+        labels, scores = pred["labels"].tolist(), pred["scores"].tolist()
+        record["top"] = [
+            {"label": lab, "class": classes[lab] if lab < len(classes) else str(lab), "score": s}
+            for lab, s in zip(labels, scores)
+        ]
+        drawing = viz.draw_classification(image, pred["labels"], pred["scores"], classes)
+    elif model.task == "segmentation":
+        semantic = pred["semantic"]
+        mask_png = viz.semantic_to_palette_png(semantic, _unique_png(out, f"{png.stem}_mask", used))
+        present = [int(v) for v in semantic.unique().tolist() if v not in (0, 255)]
+        record["semantic_png"] = mask_png.name
+        record["classes_present"] = [classes[v - 1] for v in present if v - 1 < len(classes)]
+        drawing = viz.draw_semantic(image, semantic, classes)
+    else:
+        record["detections"] = _detections(pred, classes)
+        drawing = viz.draw_detections(
+            image, pred["boxes"], pred["labels"], pred["scores"], classes, pred.get("masks")
+        )
+    drawing.save(png)
+    record["drawing"] = png.name
+    return record
+
+
+def _detections(pred: dict[str, Tensor], classes: list[str]) -> list[dict[str, Any]]:
+    rles = None
+    if "masks" in pred and len(pred["masks"]):
+        import numpy as np
+        from pycocotools import mask as mask_utils
+
+        masks = (pred["masks"] > 0.5) if pred["masks"].is_floating_point() else pred["masks"]
+        array = np.asfortranarray(masks.reshape(-1, *masks.shape[-2:]).permute(1, 2, 0).numpy())
+        rles = mask_utils.encode(array.astype(np.uint8))
+    out = []
+    for i, (box, lab, score) in enumerate(
+        zip(pred["boxes"].tolist(), pred["labels"].tolist(), pred["scores"].tolist())
+    ):
+        det = {
+            "box": [round(v, 2) for v in box],
+            "label": lab,
+            "class": classes[lab - 1] if 0 < lab <= len(classes) else str(lab),
+            "score": round(score, 5),
+        }
+        if rles is not None:
+            det["mask_rle"] = {"size": rles[i]["size"], "counts": rles[i]["counts"].decode()}
+        out.append(det)
+    return out
+
+
+def _out_dir(out: str | None, checkpoint: Path) -> Path:
+    if out:
+        return Path(out)
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent / "predictions"
+    from visionlab.errors import VisionLabError
+
+    raise VisionLabError(f"{checkpoint} is not inside a run directory: give --out DIR")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from visionlab.data.imageio import load_image
+    from visionlab.engine.api import load, predict, resolve_device
+    from visionlab.engine.checkpoint import atomic_write
+
+    out = _out_dir(args.out, Path(args.checkpoint))
+    files = collect_images(args.inputs)
+    model = load(args.checkpoint, resolve_device(args.device))
+    out.mkdir(parents=True, exist_ok=True)
+    records, used = [], set()
+    batch = max(1, args.batch_size)
+    for start in tqdm(range(0, len(files), batch), desc="predict", unit="batch", leave=False):
+        chunk = files[start : start + batch]
+        images = [load_image(p) for p in chunk]
+        preds = predict(
+            model,
+            images,
+            topk=args.topk,
+            score_threshold=args.score_threshold,
+            device=args.device,
+        )
+        for path, image, pred in zip(chunk, images, preds):
+            records.append(_record(path, image, pred, model, out, used))
+    payload = {
+        "checkpoint": str(args.checkpoint),
+        "task": model.task,
+        "classes": model.classes,
+        "predictions": records,
+    }
+    text = json.dumps(payload, indent=2)
+    atomic_write(out / "predictions.json", lambda f: f.write(text.encode("utf-8")))
+    print(f"{len(records)} images predicted: {out / 'predictions.json'} and {len(records)} PNGs")
+    return 0

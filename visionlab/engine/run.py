@@ -1,0 +1,355 @@
+"""Assemble one training run from a resolved recipe: data, model, optimizer, hooks, resume.
+
+Called by :func:`visionlab.engine.api.train` (after the process group is joined). Only the
+main process writes the run directory; every process builds the same model and data
+(sliced by rank) and steps together.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionlab.config import Config, save_config
+from visionlab.engine import distributed
+from visionlab.engine.api import (
+    CHECKPOINT_DIR,
+    TrainResult,
+    make_transform,
+    resolve_device,
+    seed_everything,
+    write_eval_json,
+)
+from visionlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from visionlab.engine.distributed import DistInfo
+from visionlab.engine.hooks import CheckpointHook, EvalHook, LoggingHook, UnfreezeHook
+from visionlab.engine.logging import MetricsLogger
+from visionlab.engine.trainer import (
+    Trainer,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+)
+from visionlab.errors import CheckpointError, ConfigError, DataError
+from visionlab.tasks import get_task
+
+
+def _augment_kwargs(augment: dict[str, Any]) -> dict[str, Any]:
+    """Check the recipe's ``augment`` keys against ``build_transforms``' keywords."""
+    import difflib
+
+    from visionlab.data.transforms import build_transforms
+
+    params = inspect.signature(build_transforms).parameters
+    known = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+    out = {}
+    for key, value in augment.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean 'augment.{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key 'augment.{key}'{hint}; known: {', '.join(known)}")
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _model_kwargs(cfg: Config, task: Any, classes: Sequence[str], resume: bool) -> dict[str, Any]:
+    """The builder's keyword arguments: recipe ``model_args`` + class count + transfer."""
+    from visionlab.models.registry import model_info
+
+    info = model_info(cfg.model)
+    expected = "detection" if cfg.task == "instance" else cfg.task
+    if info.task not in (cfg.task, expected):
+        raise ConfigError(f"model {cfg.model!r} is a {info.task} model but task is {cfg.task!r}")
+    kwargs = dict(cfg.model_args)
+    if "num_classes" in info.args and "num_classes" not in kwargs:
+        kwargs["num_classes"] = task.num_model_classes(classes)
+    if cfg.transfer.pretrained and not resume:  # a resumed run has its weights already
+        if "pretrained" not in info.args:
+            raise ConfigError(f"transfer.pretrained: model {cfg.model!r} takes no weights file")
+        kwargs["pretrained"] = cfg.transfer.pretrained
+    if cfg.transfer.freeze != "none" and "freeze" in info.args:
+        kwargs["freeze"] = cfg.transfer.freeze
+    return kwargs
+
+
+def _plain_build_args(model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Builder kwargs that rebuild the architecture (never a weights source)."""
+    args = dict(getattr(model, "build_args", None) or kwargs)
+    args.pop("name", None)
+    args.pop("pretrained", None)
+    return args
+
+
+def _wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    """Create the run directory; a fresh run in an old one replaces its logs."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        return
+    stale = [run_dir / "metrics.jsonl", run_dir / "eval.json", run_dir / "curves.png"]
+    stale += list((run_dir / "tb").glob("events.out.tfevents.*"))
+    stale += [run_dir / CHECKPOINT_DIR / n for n in ("last.pt", "best.pt")]
+    if any(p.exists() for p in stale):
+        print(f"note: {run_dir} held an earlier run; starting over there")
+    for p in stale:
+        p.unlink(missing_ok=True)
+
+
+def checkpoint_meta(
+    model_args: dict[str, Any], cfg: Config, classes: Sequence[str], predicates: Sequence[str]
+) -> dict[str, Any]:
+    """The plain-data fields every checkpoint carries to rebuild its model."""
+    return {
+        "model_name": cfg.model,
+        "model_args": model_args,
+        "task": cfg.task,
+        "classes": list(classes),
+        "predicates": list(predicates),
+        "config": cfg.to_dict(),
+        "image_size": cfg.image_size,
+    }
+
+
+def _datasets(cfg: Config) -> tuple[Any, Any]:
+    from visionlab.data.datasets import load_dataset
+
+    augment = _augment_kwargs(cfg.augment)
+    train_tf = make_transform(cfg.task, True, cfg.image_size, augment)
+    train_ds = load_dataset(cfg.data, cfg.train_split, task=cfg.task, transforms=train_tf)
+    val_ds = None
+    if cfg.val_split:
+        val_tf = make_transform(cfg.task, False, cfg.image_size, {})
+        val_ds = load_dataset(cfg.data, cfg.val_split, task=cfg.task, transforms=val_tf)
+        if list(val_ds.classes) != list(train_ds.classes):
+            raise DataError(
+                cfg.data,
+                f"split {cfg.val_split!r} has classes {val_ds.classes[:6]}, split "
+                f"{cfg.train_split!r} has {train_ds.classes[:6]}",
+            )
+    if len(train_ds) == 0:
+        raise DataError(cfg.data, f"split {cfg.train_split!r} has no images")
+    return train_ds, val_ds
+
+
+def run_training(
+    cfg: Config, info: DistInfo, *, resume: bool, extra_hooks: Any = ()
+) -> TrainResult:
+    """Train ``cfg`` in this process (one of ``info.world_size``); see ``api.train``."""
+    from visionlab.data.loader import build_loader
+    from visionlab.models.registry import build_model
+
+    device = resolve_device(cfg.device, info.local_rank)
+    if cfg.train.amp == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp: fp16 needs CUDA; use bf16 on CPU")
+    if cfg.train.batch_size % info.world_size:
+        raise ConfigError(
+            f"train.batch_size {cfg.train.batch_size} is not divisible by the "
+            f"{info.world_size} processes"
+        )
+    run_dir = cfg.run_dir()
+    last_path = run_dir / CHECKPOINT_DIR / "last.pt"
+    if resume and not last_path.is_file():
+        raise CheckpointError(f"{run_dir}: nothing to resume (no {CHECKPOINT_DIR}/last.pt)")
+    say = print if info.is_main else (lambda *_: None)
+    say(f"run: {run_dir}")
+
+    task = get_task(cfg.task, label_smoothing=cfg.train.label_smoothing)
+    train_ds, val_ds = _datasets(cfg)
+    classes, predicates = list(train_ds.classes), list(getattr(train_ds, "predicates", []))
+    per_rank = cfg.train.batch_size // info.world_size
+    loader = build_loader(
+        train_ds,
+        batch_size=per_rank,
+        shuffle=True,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        distributed=info.enabled,
+        # full batches only (a batch of one breaks batch norm) unless the data is smaller
+        drop_last=math.ceil(len(train_ds) / info.world_size) >= per_rank,
+    )
+
+    kwargs = _model_kwargs(cfg, task, classes, resume)
+    # Seed right before the model exists: what ran before (rendering the built-in dataset on
+    # first use, say) must not change the initial weights.
+    seed_everything(cfg.seed, cfg.deterministic)
+    module = build_model(cfg.model, **kwargs).to(device)
+    model_args = _plain_build_args(module, kwargs)
+    if cfg.transfer.freeze == "backbone" and "freeze" not in kwargs:
+        if not hasattr(module, "freeze_backbone"):
+            raise ConfigError(f"transfer.freeze: model {cfg.model!r} has no backbone to freeze")
+        module.freeze_backbone()
+    model: nn.Module = _wrap_ddp(module, device) if info.enabled else module
+
+    optimizer = build_optimizer(module, cfg.optim)
+    steps_per_epoch = math.ceil(len(loader) / cfg.train.accumulate)
+    max_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
+    if max_steps < 1:
+        raise ConfigError("train.epochs: 0 epochs and no train.max_steps: nothing to train")
+    scheduler = build_scheduler(
+        optimizer, cfg.schedule, total_steps=max_steps, steps_per_epoch=steps_per_epoch
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+    trainer = Trainer(
+        model,
+        task,
+        loader,
+        optimizer,
+        scheduler=scheduler,
+        device=device,
+        max_steps=max_steps,
+        accumulate=cfg.train.accumulate,
+        grad_clip=cfg.train.grad_clip,
+        amp=cfg.train.amp,
+        scaler=scaler,
+        stop_at_step=cfg.train.stop_at_step,
+    )
+    if resume:
+        state = load_checkpoint(last_path, map_location=device)
+        if state.get("model_name") != cfg.model:
+            raise CheckpointError(
+                f"{last_path}: was trained as {state.get('model_name')!r}, the recipe says "
+                f"{cfg.model!r}"
+            )
+        module.load_state_dict(state["model"])
+        trainer.load_state_dict(state)
+        say(f"resuming from {last_path} at step {trainer.step} (epoch {trainer.epoch})")
+
+    meta = checkpoint_meta(model_args, cfg, classes, predicates)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+
+    def save(name: str) -> Path:
+        state = {"model": module.state_dict(), **meta, **trainer.state_dict()}
+        return save_checkpoint(ckpt_dir / f"{name}.pt", state)
+
+    logger = None
+    if info.is_main:
+        _prepare_run_dir(run_dir, resume)
+        save_config(cfg, run_dir / "config.yaml")
+        logger = MetricsLogger(run_dir, resume_step=trainer.step if resume else None)
+    hooks, eval_hook = _hooks(cfg, trainer, val_ds, classes, save, logger, info)
+    for hook in (*hooks, *extra_hooks):
+        trainer.register_hook(hook)
+    try:
+        trainer.train()
+    finally:
+        if logger is not None:
+            logger.close()
+
+    result = TrainResult(
+        run_dir=run_dir,
+        step=trainer.step,
+        best_metric=trainer.best_metric,
+        metrics=eval_hook.last_metrics if eval_hook is not None else None,
+        interrupted=trainer.interrupted,
+        checkpoints={p.stem: p for p in sorted(ckpt_dir.glob("*.pt"))},
+    )
+    if info.is_main:
+        _finish(cfg, run_dir, result, say, eval_hook.primary if eval_hook else None)
+    distributed.barrier()
+    return result
+
+
+def _hooks(
+    cfg: Config,
+    trainer: Trainer,
+    val_ds: Any,
+    classes: list[str],
+    save: Any,
+    logger: MetricsLogger | None,
+    info: DistInfo,
+) -> tuple[list[Any], EvalHook | None]:
+    """The run's hooks, in order: unfreeze, logging, evaluation, checkpoints."""
+    from visionlab.data.loader import build_loader
+
+    module, task, device = trainer.module, trainer.task, trainer.device
+    log_hook = LoggingHook(logger, log_every=cfg.train.log_every, progress=cfg.train.progress)
+    hooks: list[Any] = []
+    if cfg.transfer.unfreeze_after is not None:
+
+        def unfreeze() -> None:
+            if hasattr(module, "unfreeze_backbone"):
+                module.unfreeze_backbone()
+            else:
+                for p in module.parameters():
+                    p.requires_grad_(True)
+            if info.enabled:  # DDP registers trainable parameters when it is built
+                trainer.model = _wrap_ddp(module, device)
+            log_hook.write(f"epoch {trainer.epoch}: backbone unfrozen")
+
+        hooks.append(UnfreezeHook(unfreeze, after_epochs=cfg.transfer.unfreeze_after))
+    hooks.append(log_hook)
+    eval_hook = None
+    if val_ds is not None:
+        val_loader = build_loader(
+            val_ds,
+            batch_size=cfg.train.batch_size,
+            shuffle=False,
+            seed=cfg.seed,
+            num_workers=cfg.num_workers,
+        )
+
+        def run_eval() -> dict[str, Any]:
+            evaluator = task.evaluator(classes)
+            return evaluate(module, task, val_loader, evaluator, device=device, amp=cfg.train.amp)
+
+        eval_hook = EvalHook(
+            run_eval,
+            every=cfg.train.eval_every,
+            primary=task.evaluator(classes).primary,
+            on_best=lambda: save("best"),
+            logger=logger,
+            say=log_hook.write,
+        )
+        hooks.append(eval_hook)
+    hooks.append(CheckpointHook(save, save_every=cfg.train.save_every))
+    return hooks, eval_hook
+
+
+def _finish(cfg: Config, run_dir: Path, result: TrainResult, say: Any, primary: str | None) -> None:
+    """eval.json, curves.png and the closing line."""
+    if result.metrics is not None and not result.interrupted:
+        write_eval_json(
+            run_dir / "eval.json",
+            {
+                "checkpoint": str(run_dir / CHECKPOINT_DIR / "last.pt"),
+                "data": cfg.data,
+                "split": cfg.val_split,
+                "step": result.step,
+                "metrics": result.metrics,
+                "best": result.best_metric,
+            },
+        )
+    _plot_curves(run_dir, primary)
+    best = result.best_metric
+    tail = f" (best {best['name']} {best['value']:.4f} at step {best['step']})" if best else ""
+    if result.interrupted:
+        say(
+            f"stopped at step {result.step}: run saved in {run_dir}{tail}; continue it with "
+            f"`visionlab train --resume {run_dir}`"
+        )
+    else:
+        say(f"done: run saved in {run_dir}{tail}")
+
+
+def _plot_curves(run_dir: Path, primary: str | None) -> None:
+    """``curves.png``: training loss, learning rate and the primary validation metric."""
+    from visionlab.engine.logging import read_metrics
+    from visionlab.viz import plot_curves
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    wanted = ["loss", "lr"] + ([f"val/{primary}"] if primary else [])
+    keys = [k for k in wanted if any(k in r for r in records)]
+    if keys:
+        plot_curves(
+            run_dir / "metrics.jsonl", keys, run_dir / "curves.png", run_dir.name, smooth=0.6
+        )

@@ -1,0 +1,331 @@
+"""Convolutional backbones with one interface for classifiers, FCN and detectors.
+
+A backbone maps images to feature maps. Every backbone here takes what the rest of the
+library passes around, float images ``Tensor[B, 3, H, W]`` in ``[0, 1]`` RGB, and
+normalises them itself with the ImageNet mean and std (the statistics the torchvision
+weights were trained with), so callers never normalise.
+
+The interface (:class:`Backbone`):
+
+- ``forward_features(x) -> Tensor[B, out_channels, H / out_stride, W / out_stride]``:
+  the last feature map (``forward`` is the same).
+- ``feature_maps(x, strides=None) -> dict[str, Tensor]``: intermediate maps keyed
+  ``"stride4"``, ``"stride8"``, ``"stride16"``, ``"stride32"`` (in that order). The map
+  for stride ``s`` is the *deepest* layer still at resolution ``1/s`` (the last layer
+  before the next down-sampling, as detectron2's C2..C5 and timm's ``features_only``),
+  e.g. conv5_3 of VGG16 for stride 16, as Faster R-CNN (Ren et al. 2015, sec. 4) uses it.
+  Only the requested strides are returned, and computation stops after the largest one:
+  a detector asking for ``strides=(16,)`` never runs the stride-32 stage.
+- ``feature_channels: dict[str, int]`` (same keys), ``out_channels: int``,
+  ``out_stride: int``: what a head must expect, known before any forward pass.
+
+Nominal strides are exact for sizes divisible by 32, except AlexNet whose 11x11 stride-4
+first convolution (no padding to size) makes its maps one or two pixels smaller.
+
+Backbones: ``tiny_cnn`` (ours, 0.84M parameters, fast on a CPU, made for 64-128 px
+inputs), and torchvision's ``alexnet``, ``vgg16``, ``resnet18``, ``resnet50``,
+``mobilenet_v3_small`` built with ``weights=None`` (nothing is ever downloaded); their
+modules keep torchvision's names, so torchvision weights load by a prefix
+(:mod:`visionlab.models.pretrained`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from visionlab.errors import VisionLabError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STRIDES = (4, 8, 16, 32)
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel; the statistics are buffers outside the state dict."""
+
+    def __init__(self, mean: Iterable[float] = IMAGENET_MEAN, std: Iterable[float] = IMAGENET_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+class Backbone(nn.Module):
+    """Base class: images in ``[0, 1]`` to feature maps at strides 4, 8, 16 and 32.
+
+    Subclasses set ``arch`` and implement :meth:`_stages`, a generator that yields
+    ``(stride, feature_map)`` after each stage, in increasing stride order; the base class
+    does the normalisation, the bookkeeping and the early stop.
+
+    Attributes:
+        arch: architecture name (``"resnet18"``, ...).
+        feature_channels: ``{"stride4": C4, ..., "stride32": C32}``.
+        out_channels: channels of the last map (``feature_channels["stride32"]``).
+        out_stride: stride of the last map (32).
+    """
+
+    arch: str = ""
+
+    def __init__(self, channels: dict[int, int]) -> None:
+        super().__init__()
+        self.normalize = Normalize()
+        self.feature_channels = {f"stride{s}": int(channels[s]) for s in STRIDES}
+        self.out_stride = STRIDES[-1]
+        self.out_channels = int(channels[self.out_stride])
+
+    def _stages(self, x: Tensor) -> Iterator[tuple[int, Tensor]]:
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_input(x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"expected images Tensor[B, 3, H, W] in [0, 1], got {shape}")
+
+    def feature_maps(self, x: Tensor, strides: Iterable[int] | None = None) -> dict[str, Tensor]:
+        """Intermediate feature maps of images ``x``.
+
+        Args:
+            x: ``Tensor[B, 3, H, W]``, float RGB in ``[0, 1]``.
+            strides: which maps to return (subset of 4, 8, 16, 32); ``None`` = all.
+
+        Returns:
+            ``{"strideS": Tensor[B, feature_channels["strideS"], H / S, W / S]}`` in
+            increasing stride order.
+        """
+        wanted = set(STRIDES if strides is None else strides)
+        bad = wanted - set(STRIDES)
+        if bad:
+            raise ValueError(
+                f"{self.arch}: no feature map at stride(s) {sorted(bad)}; "
+                f"available: {list(STRIDES)}"
+            )
+        self._check_input(x)
+        out: dict[str, Tensor] = {}
+        if not wanted:
+            return out
+        last = max(wanted)
+        for stride, feature in self._stages(self.normalize(x)):
+            if stride in wanted:
+                out[f"stride{stride}"] = feature
+            if stride == last:
+                break
+        return out
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last feature map: ``Tensor[B, out_channels, H / 32, W / 32]``."""
+        return self.feature_maps(x, strides=(self.out_stride,))[f"stride{self.out_stride}"]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x)
+
+
+class SequentialBackbone(Backbone):
+    """A backbone that is one ``nn.Sequential`` called ``features`` (AlexNet, VGG, MobileNet).
+
+    ``stage_ends[i] = (stride, index)``: the map for ``stride`` is the output of
+    ``features[index]``.
+    """
+
+    def __init__(
+        self, features: nn.Sequential, stage_ends: list[tuple[int, int]], channels: dict[int, int]
+    ) -> None:
+        super().__init__(channels)
+        self.features = features
+        self.stage_ends = stage_ends
+
+    def _stages(self, x: Tensor) -> Iterator[tuple[int, Tensor]]:
+        start = 0
+        for stride, end in self.stage_ends:
+            for i in range(start, end + 1):
+                x = self.features[i](x)
+            start = end + 1
+            yield stride, x
+
+
+def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    """3x3 convolution (no bias), batch norm, ReLU: the unit of :class:`TinyCNN`."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinyCNN(Backbone):
+    """A small VGG-style CNN that trains in minutes on a CPU (ours, no paper).
+
+    A stride-2 stem, then four stages of two conv-bn-relu layers, the first of each with
+    stride 2, so the maps are at strides 2, 4, 8, 16, 32. With ``width=16`` the stage
+    widths are 16, 32, 64, 128, 192 (0.84M parameters, ~13M multiply-adds on a 64x64
+    image): enough for 64 px object crops, cheap enough for CPU detectors at 128-256 px.
+
+    Args:
+        width: channels of the stem; stages have ``width * (2, 4, 8, 12)``.
+    """
+
+    arch = "tiny_cnn"
+
+    def __init__(self, *, width: int = 16) -> None:
+        if not isinstance(width, int) or width < 1:
+            raise VisionLabError(f"tiny_cnn: width must be a positive integer, got {width!r}")
+        widths = [width, 2 * width, 4 * width, 8 * width, 12 * width]
+        super().__init__(dict(zip(STRIDES, widths[1:])))
+        self.stem = conv_bn_relu(3, widths[0], stride=2)
+        self.stages = nn.ModuleList(
+            nn.Sequential(conv_bn_relu(c_in, c_out, stride=2), conv_bn_relu(c_out, c_out))
+            for c_in, c_out in itertools.pairwise(widths)
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _stages(self, x: Tensor) -> Iterator[tuple[int, Tensor]]:
+        x = self.stem(x)
+        for stride, stage in zip(STRIDES, self.stages):
+            x = stage(x)
+            yield stride, x
+
+
+class ResNetBackbone(Backbone):
+    """torchvision ResNet without ``avgpool``/``fc`` (He et al. 2016): C2..C5 are
+    ``layer1``..``layer4`` at strides 4..32.
+
+    Args:
+        arch: ``resnet18`` | ``resnet50`` (any torchvision ResNet name works).
+        net: the torchvision ResNet to take the layers from (``None`` = a new one).
+    """
+
+    def __init__(self, arch: str, net: nn.Module | None = None) -> None:
+        if net is None:
+            import torchvision
+
+            net = torchvision.models.get_model(arch, weights=None)
+        layers = (net.layer1, net.layer2, net.layer3, net.layer4)
+        # the last block's last conv gives the stage width (BasicBlock: conv2, Bottleneck: conv3)
+        channels = [getattr(layer[-1], "conv3", layer[-1].conv2).out_channels for layer in layers]
+        super().__init__(dict(zip(STRIDES, channels)))
+        self.arch = arch
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+
+    def _stages(self, x: Tensor) -> Iterator[tuple[int, Tensor]]:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for stride, layer in zip(STRIDES, (self.layer1, self.layer2, self.layer3, self.layer4)):
+            x = layer(x)
+            yield stride, x
+
+
+def _alexnet() -> tuple[SequentialBackbone, nn.Module]:
+    import torchvision
+
+    net = torchvision.models.alexnet(weights=None)
+    # features: 0 conv1 s4, 1 relu, 2 pool, 3 conv2, 4 relu, 5 pool, 6-11 conv3-5 + relu, 12 pool
+    ends = [(4, 1), (8, 4), (16, 11), (32, 12)]
+    backbone = SequentialBackbone(net.features, ends, {4: 64, 8: 192, 16: 256, 32: 256})
+    backbone.arch = "alexnet"
+    return backbone, net
+
+
+def _vgg16() -> tuple[SequentialBackbone, nn.Module]:
+    import torchvision
+
+    net = torchvision.models.vgg16(weights=None)
+    # relu3_3 (15), relu4_3 (22), relu5_3 (29), pool5 (30)
+    ends = [(4, 15), (8, 22), (16, 29), (32, 30)]
+    backbone = SequentialBackbone(net.features, ends, {4: 256, 8: 512, 16: 512, 32: 512})
+    backbone.arch = "vgg16"
+    return backbone, net
+
+
+def _mobilenet_v3_small() -> tuple[SequentialBackbone, nn.Module]:
+    import torchvision
+
+    net = torchvision.models.mobilenet_v3_small(weights=None)
+    # strides of features[i] outputs: 0:2, 1:4, 2-3:8, 4-8:16, 9-12:32 (12 = 1x1 conv, 576 ch)
+    ends = [(4, 1), (8, 3), (16, 8), (32, 12)]
+    backbone = SequentialBackbone(net.features, ends, {4: 16, 8: 24, 16: 48, 32: 576})
+    backbone.arch = "mobilenet_v3_small"
+    return backbone, net
+
+
+def build_backbone_and_tv_net(arch: str) -> tuple[Backbone, nn.Module | None]:
+    """The backbone ``arch`` and, for torchvision architectures, the whole torchvision
+    network it was cut from (the classifier takes its head layers from it)."""
+    if arch == "tiny_cnn":
+        return TinyCNN(), None
+    if arch in ("resnet18", "resnet50"):
+        import torchvision
+
+        net = torchvision.models.get_model(arch, weights=None)
+        return ResNetBackbone(arch, net), net
+    if arch in _SEQUENTIAL:
+        return _SEQUENTIAL[arch]()
+    raise _unknown_backbone(arch)
+
+
+_SEQUENTIAL: dict[str, Callable[[], tuple[SequentialBackbone, nn.Module]]] = {
+    "alexnet": _alexnet,
+    "vgg16": _vgg16,
+    "mobilenet_v3_small": _mobilenet_v3_small,
+}
+BACKBONES: tuple[str, ...] = (
+    "tiny_cnn",
+    "alexnet",
+    "vgg16",
+    "resnet18",
+    "resnet50",
+    "mobilenet_v3_small",
+)
+
+
+def _unknown_backbone(arch: str) -> VisionLabError:
+    import difflib
+
+    close = difflib.get_close_matches(str(arch), BACKBONES, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return VisionLabError(f"unknown backbone {arch!r}{hint}; known: {', '.join(BACKBONES)}")
+
+
+def list_backbones() -> list[str]:
+    """Names accepted by :func:`build_backbone`."""
+    return list(BACKBONES)
+
+
+def build_backbone(
+    arch: str, *, pretrained: bool | str | Path | None = None, width: int = 16
+) -> Backbone:
+    """Build backbone ``arch`` for a detector or FCN.
+
+    Args:
+        arch: one of :func:`list_backbones`.
+        pretrained: ``None`` (random), a weights file (torchvision / timm state dict,
+            ``.safetensors``, or a visionlab classifier checkpoint of the same
+            architecture: only its ``backbone.*`` tensors are used), or ``True`` /
+            ``"hub"`` for torchvision's ImageNet file in the torch hub cache.
+        width: ``tiny_cnn`` only, the stem width.
+
+    Returns:
+        The :class:`Backbone` (``feature_maps``, ``feature_channels``, ...).
+    """
+    if arch == "tiny_cnn":
+        backbone: Backbone = TinyCNN(width=width)
+    else:
+        if width != 16:
+            raise VisionLabError(f"backbone {arch!r} has no `width` argument (tiny_cnn only)")
+        backbone, _ = build_backbone_and_tv_net(arch)
+    if pretrained not in (None, False, ""):
+        from visionlab.models.pretrained import load_pretrained
+
+        load_pretrained(backbone, pretrained)
+    return backbone

@@ -1,0 +1,180 @@
+"""The model registry: ``@register_model`` builders, ``build_model(name, **kwargs)``,
+``list_models(pattern)`` and ``model_info(name)`` (the timm factory, in miniature).
+
+Builders live in their own modules and register themselves when imported. The registry
+imports the modules named in :data:`MODEL_MODULES` the first time a name is listed or
+built, so ``import visionlab`` stays light; a new family of models adds its module there.
+
+Every model that :func:`build_model` returns carries two attributes:
+
+- ``model.task``: ``"classification"``, ``"detection"``, ``"segmentation"``, ...
+- ``model.build_args``: plain data, ``{"name": NAME, **kwargs}`` with every builder
+  default filled in, so ``build_model(**model.build_args)`` rebuilds the same
+  architecture (a checkpoint stores it). Weight sources (``pretrained``) are not part of
+  it: the weights travel in the checkpoint's state dict.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from visionlab.errors import VisionLabError
+
+# Modules whose import registers models. Later model families append their module here.
+MODEL_MODULES: list[str] = [
+    "visionlab.models.classifier",
+]
+
+# Builder keyword arguments that say where initial weights come from, not what the model
+# is; they are left out of ``build_args`` (a checkpoint already holds the weights).
+WEIGHT_SOURCE_KWARGS: tuple[str, ...] = ("pretrained",)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``visionlab models`` shows about one registered model.
+
+    Attributes:
+        name: registry name, the ``model:`` key of a recipe.
+        task: ``classification`` | ``detection`` | ``segmentation`` | ``instance`` | ...
+        summary: one line.
+        args: the builder's keyword arguments and their defaults.
+        module: the module that defines the builder.
+    """
+
+    name: str
+    task: str
+    summary: str
+    args: dict[str, Any] = field(default_factory=dict)
+    module: str = ""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: ModelInfo
+    builder: Callable[..., nn.Module]
+    signature: inspect.Signature
+
+
+_REGISTRY: dict[str, _Entry] = {}
+_imported: set[str] = set()
+
+
+def register_model(name: str, *, task: str, summary: str) -> Callable:
+    """Decorator that registers a builder function under ``name``.
+
+    The builder takes keyword arguments only and returns an ``nn.Module``; the registry
+    sets ``.task`` and ``.build_args`` on what it returns. Registering a name twice is an
+    error (two modules would silently fight over it).
+
+    Example::
+
+        @register_model("tiny_cnn", task="classification", summary="fast CPU CNN")
+        def tiny_cnn(*, num_classes: int = 1000) -> nn.Module: ...
+    """
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY and _REGISTRY[name].builder is not builder:
+            raise ValueError(f"model {name!r} is registered twice ({builder.__module__})")
+        signature = inspect.signature(builder)
+        args = {
+            p.name: p.default
+            for p in signature.parameters.values()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        }
+        info = ModelInfo(name, task, summary, args, builder.__module__)
+        _REGISTRY[name] = _Entry(info, builder, signature)
+        return builder
+
+    return decorator
+
+
+def _import_model_modules() -> None:
+    for module in list(MODEL_MODULES):
+        if module not in _imported:
+            importlib.import_module(module)
+            _imported.add(module)
+
+
+def _entry(name: str) -> _Entry:
+    _import_model_modules()
+    if not isinstance(name, str) or name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise VisionLabError(
+            f"unknown model {name!r}{hint}; `visionlab models` lists the "
+            f"{len(_REGISTRY)} registered models"
+        )
+    return _REGISTRY[name]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples become lists so that ``build_args`` is YAML-, JSON- and checkpoint-safe."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name`` with keyword arguments ``kwargs``.
+
+    Args:
+        name: a name from :func:`list_models`.
+        **kwargs: the builder's keyword arguments (``visionlab models --json`` lists them).
+
+    Returns:
+        The model, with ``.task`` and ``.build_args`` set.
+
+    Raises:
+        VisionLabError: unknown model (with a did-you-mean) or unknown keyword argument.
+    """
+    entry = _entry(name)
+    accepted = entry.info.args
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(accepted), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise VisionLabError(
+            f"model {name!r} has no argument {unknown[0]!r}{hint}; its arguments: "
+            + ", ".join(f"{k}={v!r}" for k, v in accepted.items())
+        )
+    try:
+        bound = entry.signature.bind(**kwargs)
+    except TypeError as err:
+        raise VisionLabError(f"model {name!r}: {err}") from None
+    bound.apply_defaults()
+    model = entry.builder(**kwargs)
+    model.task = entry.info.task
+    recorded = {k: v for k, v in bound.arguments.items() if k not in WEIGHT_SOURCE_KWARGS}
+    model.build_args = _plain({"name": name, **recorded})
+    return model
+
+
+def list_models(pattern: str = "*", *, task: str | None = None) -> list[str]:
+    """Sorted names of the registered models matching ``pattern`` (fnmatch) and ``task``."""
+    _import_model_modules()
+    names = [n for n in sorted(_REGISTRY) if fnmatch.fnmatchcase(n, pattern)]
+    if task is not None:
+        names = [n for n in names if _REGISTRY[n].info.task == task]
+    return names
+
+
+def model_info(name: str) -> ModelInfo:
+    """Task, one-line summary and builder arguments of the registered model ``name``."""
+    return _entry(name).info
+
+
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is a registered model (imports the model modules first)."""
+    _import_model_modules()
+    return name in _REGISTRY

@@ -1,0 +1,233 @@
+"""Shared drawing helpers: image conversion, fixed colour palettes, fonts and labelled text."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import cache
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from visionlab.errors import VisionLabError
+
+Color = tuple[int, int, int]
+
+# A fixed, high-contrast palette (Tableau 20 reordered so neighbours differ): class k always
+# gets PALETTE[k % 20], so a class has the same colour in every picture and every run.
+PALETTE: tuple[Color, ...] = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+)  # fmt: skip
+IGNORE_COLOR: Color = (224, 224, 192)  # VOC's colour for the 255 "ignore / boundary" label
+
+
+def color_for(index: int) -> Color:
+    """The fixed colour of class (or predicate, or run) ``index``."""
+    return PALETTE[int(index) % len(PALETTE)]
+
+
+@cache
+def voc_palette() -> tuple[Color, ...]:
+    """The 256-entry PASCAL VOC label palette (0 black, 1 maroon, 2 green, ...), with entry 255
+    set to VOC's ignore colour. Built by spreading the bits of the label over R, G and B."""
+    colors = []
+    for label in range(256):
+        r = g = b = 0
+        c = label
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colors.append((r, g, b))
+    colors[255] = IGNORE_COLOR
+    return tuple(colors)
+
+
+def to_pil(image: Tensor | Image.Image) -> Image.Image:
+    """An RGB PIL copy of ``image``: float ``[3, H, W]`` in [0, 1], uint8 ``[3, H, W]``,
+    ``[H, W]`` grey, or a PIL image of any mode."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")  # convert() copies, so drawing never touches the input
+    if not isinstance(image, Tensor):
+        raise VisionLabError(f"expected an image tensor or PIL image, got {type(image).__name__}")
+    x = image.detach().cpu()
+    if x.ndim == 2:
+        x = x.unsqueeze(0)
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        raise VisionLabError(f"expected an image of shape [3, H, W], got {tuple(image.shape)}")
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    if x.dtype != torch.uint8:
+        x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return Image.fromarray(x.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+
+
+def upscale(image: Image.Image, min_size: int | None) -> tuple[Image.Image, float]:
+    """Enlarge ``image`` so its shorter side is at least ``min_size`` (integer factor, nearest,
+    so pixels stay crisp). Returns the image and the factor applied to coordinates."""
+    if not min_size or min(image.size) >= min_size:
+        return image, 1.0
+    factor = -(-min_size // min(image.size))  # ceil
+    return image.resize((image.width * factor, image.height * factor), Image.NEAREST), float(factor)
+
+
+@cache
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's built-in font at ``size`` px (no font files, nothing downloaded)."""
+    return ImageFont.load_default(size=size)
+
+
+def style_for(image: Image.Image) -> tuple[int, int]:
+    """(line width, font size) that read well at this image's size."""
+    side = min(image.size)
+    return max(1, round(side / 180)), max(11, round(side / 26))
+
+
+def text_color(background: Color) -> Color:
+    """Black or white, whichever reads better on ``background``."""
+    r, g, b = background
+    return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
+
+
+def _label_size(draw: ImageDraw.ImageDraw, text: str, font_size: int) -> tuple[int, int, int]:
+    """(width, height, left bearing) of a label box; the height is the same for every text."""
+    f = font(font_size)
+    ascent, descent = f.getmetrics()
+    left, _, right, _ = draw.textbbox((0, 0), text, font=f, anchor="ls")
+    pad = max(1, font_size // 6)
+    return right - left + 2 * pad, ascent + descent + 2 * pad, left
+
+
+def _paint_label(
+    draw: ImageDraw.ImageDraw, x: float, y: float, text: str, color: Color, font_size: int
+) -> tuple[float, float, float, float]:
+    f = font(font_size)
+    w, h, left = _label_size(draw, text, font_size)
+    pad = max(1, font_size // 6)
+    draw.rectangle((x, y, x + w, y + h), fill=color)
+    draw.text(
+        (x + pad - left, y + pad + f.getmetrics()[0]),
+        text,
+        fill=text_color(color),
+        font=f,
+        anchor="ls",
+    )
+    return x, y, x + w, y + h
+
+
+def draw_label(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[float, float],
+    text: str,
+    color: Color,
+    font_size: int,
+    *,
+    anchor_above: bool = True,
+    bounds: tuple[int, int] | None = None,
+) -> int:
+    """Text on a filled box of ``color``. ``xy`` is the box's top-left corner (with
+    ``anchor_above``: the point the label sits on top of). Kept inside ``bounds`` (W, H).
+    Returns the label's height (the same for every text at one font size)."""
+    w, h, _ = _label_size(draw, text, font_size)
+    x, y = xy
+    if anchor_above:
+        y = y - h if y - h >= 0 else y  # no room above: put it just inside the box
+    if bounds is not None:
+        x = min(max(0, x), max(0, bounds[0] - w))
+        y = min(max(0, y), max(0, bounds[1] - h))
+    _paint_label(draw, x, y, text, color, font_size)
+    return h
+
+
+class LabelPlacer:
+    """Places labels so they overlap as little as possible: each label has candidate
+    positions in order of preference; the first free one wins, else the least covered."""
+
+    def __init__(self, draw: ImageDraw.ImageDraw, bounds: tuple[int, int]) -> None:
+        self.draw, self.bounds = draw, bounds
+        self.placed: list[tuple[float, float, float, float]] = []
+
+    def size(self, text: str, font_size: int) -> tuple[int, int]:
+        w, h, _ = _label_size(self.draw, text, font_size)
+        return w, h
+
+    def _overlap(self, rect: tuple[float, float, float, float]) -> float:
+        total = 0.0
+        for x1, y1, x2, y2 in self.placed:
+            iw = min(rect[2], x2) - max(rect[0], x1)
+            ih = min(rect[3], y2) - max(rect[1], y1)
+            total += max(0.0, iw) * max(0.0, ih)
+        return total
+
+    def place(
+        self, text: str, color: Color, font_size: int, candidates: Sequence[tuple[float, float]]
+    ) -> None:
+        """Draw ``text`` at the best of ``candidates`` (top-left corners)."""
+        w, h = self.size(text, font_size)
+        best, best_cost = None, math.inf
+        for x, y in candidates:
+            x = min(max(0, x), max(0, self.bounds[0] - w))
+            y = min(max(0, y), max(0, self.bounds[1] - h))
+            cost = self._overlap((x, y, x + w, y + h))
+            if cost < best_cost:
+                best, best_cost = (x, y), cost
+            if cost == 0:
+                break
+        if best is not None:
+            self.placed.append(_paint_label(self.draw, *best, text, color, font_size))
+
+
+def _mask_image(mask: Tensor, size: tuple[int, int]) -> Image.Image:
+    """A bool ``[h, w]`` mask as an "L" image (255 inside) resized (nearest) to ``size``."""
+    m = Image.fromarray(mask.to(torch.uint8).mul_(255).numpy(), mode="L")
+    return m if m.size == size else m.resize(size, Image.NEAREST)
+
+
+def blend_masks(
+    image: Image.Image, masks: Tensor, colors: list[Color], alpha: float = 0.45
+) -> Image.Image:
+    """Paint ``masks`` (bool ``[N, h, w]``, the image's size or an integer fraction of it)
+    translucently onto ``image``, in order (later masks on top)."""
+    for mask, color in zip(masks.bool(), colors):
+        tinted = Image.blend(image, Image.new("RGB", image.size, color), alpha)
+        image = Image.composite(tinted, image, _mask_image(mask, image.size))
+    return image
+
+
+def blend_label_map(
+    image: Image.Image, labels: Tensor, palette: Sequence[Color], alpha: float = 0.5
+) -> Image.Image:
+    """Paint a class map (int ``[h, w]`` in 0..255, the image's size or an integer fraction of
+    it) in ``palette[label]`` colours; label 0 (background) is left unpainted."""
+    colored = Image.fromarray(labels.to(torch.uint8).numpy(), mode="L")
+    colored.putpalette([c for rgb in palette for c in rgb])
+    colored = colored.convert("RGB")
+    if colored.size != image.size:
+        colored = colored.resize(image.size, Image.NEAREST)
+    tinted = Image.blend(image, colored, alpha)
+    return Image.composite(tinted, image, _mask_image(labels != 0, image.size))
+
+
+def as_boxes(boxes: Tensor | None) -> Tensor:
+    """``boxes`` as float ``Tensor[N, 4]`` on the CPU (empty when None)."""
+    if boxes is None:
+        return torch.zeros(0, 4)
+    boxes = torch.as_tensor(boxes).detach().cpu().float()
+    if boxes.numel() == 0:
+        return boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise VisionLabError(
+            f"boxes must be Tensor[N, 4] (x1, y1, x2, y2), got {tuple(boxes.shape)}"
+        )
+    return boxes
+
+
+def class_name(index: int, names: Sequence[str] | None, offset: int) -> str:
+    """``names[index - offset]`` when it exists, else the number."""
+    i = int(index) - offset
+    return names[i] if names is not None and 0 <= i < len(names) else str(int(index))

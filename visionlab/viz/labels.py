@@ -1,0 +1,146 @@
+"""Draw per-pixel and per-image labels: semantic maps (overlay and VOC palette PNG) and
+classification captions. Every function returns a new RGB PIL image (or writes the PNG asked
+for); the input is never modified."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from visionlab.errors import VisionLabError
+from visionlab.viz._common import (
+    blend_label_map,
+    class_name,
+    color_for,
+    draw_label,
+    font,
+    style_for,
+    to_pil,
+    upscale,
+    voc_palette,
+)
+
+ImageLike = Tensor | Image.Image
+
+
+def _check_semantic(semantic: Tensor) -> Tensor:
+    sem = torch.as_tensor(semantic).detach().cpu()
+    if sem.ndim != 2 or sem.is_floating_point():
+        raise VisionLabError(
+            f"semantic must be an integer [H, W] map, got {sem.dtype} {tuple(sem.shape)}"
+        )
+    if sem.numel() and (sem.min() < 0 or sem.max() > 255):
+        raise VisionLabError("semantic labels must lie in 0..255 (255 = ignore)")
+    return sem.to(torch.uint8)
+
+
+def draw_semantic(
+    image: ImageLike,
+    semantic: Tensor,
+    class_names: Sequence[str] | None = None,
+    alpha: float = 0.5,
+    *,
+    legend: bool = True,
+    min_size: int | None = None,
+) -> Image.Image:
+    """Overlay a class map in VOC colours, with a legend of the classes present.
+
+    Args:
+        semantic: int ``[H, W]``: 0 = background (not painted), k = ``class_names[k - 1]``,
+            255 = ignore (VOC's cream).
+    """
+    sem = _check_semantic(semantic)
+    src = to_pil(image)
+    if (src.height, src.width) != tuple(sem.shape):
+        raise VisionLabError(f"semantic is {tuple(sem.shape)}, image is {(src.height, src.width)}")
+    pil, _ = upscale(src, min_size)
+    present = [int(v) for v in sem.unique().tolist() if v != 0]
+    palette = voc_palette()
+    pil = blend_label_map(pil, sem, palette, alpha)
+    if legend and present:
+        draw = ImageDraw.Draw(pil)
+        _, font_size = style_for(pil)
+        y = 2
+        for v in present:
+            name = "ignore" if v == 255 else class_name(v, class_names, 1)
+            y += draw_label(draw, (2, y), name, palette[v], font_size, anchor_above=False) + 2
+    return pil
+
+
+def semantic_to_palette_png(semantic: Tensor, path: str | Path) -> Path:
+    """Write a class map as a "P"-mode PNG with the VOC palette (the format of VOC's
+    SegmentationClass files): pixel value = label, 255 kept as the ignore colour.
+
+    Args:
+        semantic: int ``[H, W]`` with values in 0..255.
+    Returns:
+        The path written.
+    """
+    sem = _check_semantic(semantic)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = Image.fromarray(sem.contiguous().numpy())  # "L": pixel value = label
+    out.putpalette([c for rgb in voc_palette() for c in rgb])  # "L" -> "P", values untouched
+    out.save(path, format="PNG")
+    return path
+
+
+def draw_classification(
+    image: ImageLike,
+    top_labels: Tensor | Sequence[int],
+    top_scores: Tensor | Sequence[float],
+    class_names: Sequence[str] | None = None,
+    *,
+    true_label: int | None = None,
+    min_size: int | None = 256,
+) -> Image.Image:
+    """The image with a caption strip below: one line per top-k class with a score bar.
+
+    Args:
+        top_labels: ``[K]`` class indices, 0-based (label k is ``class_names[k]``).
+        top_scores: ``[K]`` probabilities.
+        true_label: when given, the caption names it (green if it is the top-1, else red);
+            with no top labels the caption is just "label: name" (a ground-truth picture).
+
+    Returns:
+        An image as wide as the (upscaled) input and taller by the caption.
+    """
+    pil, _ = upscale(to_pil(image), min_size)
+    labels = [int(v) for v in torch.as_tensor(top_labels).flatten().tolist()]
+    scores = [float(v) for v in torch.as_tensor(top_scores).flatten().tolist()]
+    if len(labels) != len(scores):
+        raise VisionLabError(f"{len(labels)} top labels but {len(scores)} top scores")
+    _, font_size = style_for(pil)
+    line = font_size + 8
+    rows = len(labels) + (true_label is not None)
+    out = Image.new("RGB", (pil.width, pil.height + rows * line + 6), (255, 255, 255))
+    out.paste(pil, (0, 0))
+    draw = ImageDraw.Draw(out)
+    y = pil.height + 4
+    bar_w = pil.width // 3
+    for rank, (lab, score) in enumerate(zip(labels, scores)):
+        color = color_for(lab)
+        draw.rectangle(
+            (4, y + 2, 4 + int(bar_w * max(0.0, min(1.0, score))), y + line - 4), fill=color
+        )
+        draw.rectangle((4, y + 2, 4 + bar_w, y + line - 4), outline=(160, 160, 160))
+        mark = " *" if true_label is not None and lab == true_label else ""
+        draw.text(
+            (bar_w + 10, y + 2),
+            f"{rank + 1}. {class_name(lab, class_names, 0)} {score:.2f}{mark}",
+            fill=(0, 0, 0),
+            font=font(font_size),
+        )
+        y += line
+    if true_label is not None:
+        name = class_name(true_label, class_names, 0)
+        if labels:  # a prediction: green when its top-1 is right, red when wrong
+            text, fill = f"true: {name}", (0, 140, 0) if labels[0] == true_label else (200, 0, 0)
+        else:  # ground truth only
+            text, fill = f"label: {name}", (0, 0, 0)
+        draw.text((4, y + 2), text, fill=fill, font=font(font_size))
+    return out
