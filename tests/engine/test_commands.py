@@ -106,6 +106,8 @@ def test_export_round_trip(trained_run: Path, tmp_path: Path, folder_dataset: Pa
         (["train", "train.epochz=3"], "did you mean 'train.epochs'"),
         (["eval", "nowhere.pt"], "nowhere.pt: no such checkpoint file"),
         (["export", "nowhere.pt", "--out", "x"], "no such checkpoint file"),
+        (["train", "train.amp=fp16", "device=cpu"], "fp16 needs CUDA; use bf16 on CPU"),
+        (["train", "augment.hflp=0.5", "data=."], "did you mean 'augment.hflip'"),
     ],
 )
 def test_user_errors_are_one_line(

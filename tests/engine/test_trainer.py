@@ -126,3 +126,17 @@ def test_stop_at_step_marks_the_run_interrupted() -> None:
     trainer.stop_at_step = 3
     trainer.train()
     assert trainer.step == 3 and trainer.interrupted
+
+
+def test_seed_everything_and_deterministic_mode() -> None:
+    from visionlab.engine.api import seed_everything
+
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        seed_everything(7, deterministic=True)
+        first = torch.rand(3)
+        assert torch.are_deterministic_algorithms_enabled()
+        seed_everything(7)
+        assert torch.equal(torch.rand(3), first)
+    finally:
+        torch.use_deterministic_algorithms(was)

@@ -116,6 +116,7 @@ from visionlab.data.scenes_io import (
     write_png,
 )
 from visionlab.errors import DataError, VisionLabError
+from visionlab.paths import visionlab_home
 
 __all__ = [
     "DEFAULT_SCENES_ARGS",
@@ -137,11 +138,6 @@ COMPLETE_MARKER = ".complete"
 SPLITS = ("train", "val")
 
 log = logging.getLogger(__name__)
-
-
-def visionlab_home() -> Path:
-    """``$VISIONLAB_HOME``, by default ``~/.cache/visionlab``."""
-    return Path(os.environ.get("VISIONLAB_HOME") or "~/.cache/visionlab").expanduser()
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:

@@ -5,7 +5,10 @@ overrides use dotted keys (``train.epochs=3 optim.lr=0.05 out=runs/quick``). The
 ``runs/<name>/`` (or ``out``): the first and the last line printed say where. ``--resume
 RUN_DIR`` continues an interrupted run exactly from its ``checkpoints/last.pt`` (the recipe
 defaults to the run's own ``config.yaml``). Under ``torchrun --nproc_per_node N -m visionlab
-train ...`` the run uses DistributedDataParallel (NCCL on CUDA, Gloo on CPU).
+train ...`` the run uses DistributedDataParallel (NCCL on CUDA, Gloo on CPU): each process
+takes ``batch_size / N`` of every batch, logged losses are averaged over the processes,
+evaluation runs on rank 0 over the whole validation set while the others wait, and only
+rank 0 writes the run directory.
 """
 
 from __future__ import annotations

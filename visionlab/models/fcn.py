@@ -24,7 +24,8 @@ Choices, where this code differs from the reference Caffe nets, and why:
   align_corners=False)`` away from the border (see :func:`bilinear_kernel`).
   ``upsample="bilinear"`` is that fixed ``F.interpolate`` everywhere.
 - Skip layers. ``score_pool4`` / ``score_pool3`` and the class scoring layer are
-  zero-initialised as in the paper (Sec. 4.3), so FCN-16s/8s start as exactly FCN-32s.
+  zero-initialised as in the paper (Sec. 4.3), so FCN-16s/8s start from the stride-32
+  scores alone (as FCN-32s, only upsampled in steps).
   The "at-once" reference nets also scale pool4 by 0.01 and pool3 by 1e-4 (their Caffe
   VGG features are on the 0-255 scale); this is ``skip_scales``, default ``(1.0, 1.0)``
   because our backbones see ImageNet-normalised inputs and the scale would only act as a
@@ -80,7 +81,7 @@ def bilinear_kernel(channels: int, factor: int) -> Tensor:
     """Weights of a ``ConvTranspose2d(channels, channels, 2f, stride=f, padding=f // 2)``
     that upsample each channel by ``f`` with bilinear interpolation.
 
-    For an even factor the kernel is ``w(i) = 1 - |i - (f - 0.5)| / f`` per axis, so output
+    Per axis the kernel is ``w(i) = 1 - |i - (f - 0.5)| / f`` (``f`` even), so output
     pixel ``o`` reads input coordinate ``(o + 0.5) / f - 0.5``: the half-pixel convention of
     ``F.interpolate(..., mode="bilinear", align_corners=False)``. The two agree exactly
     except on the outer ``f // 2`` rows and columns, where the transposed convolution sees
@@ -89,9 +90,10 @@ def bilinear_kernel(channels: int, factor: int) -> Tensor:
     Returns:
         Tensor[channels, channels, 2f, 2f], zero off the channel diagonal.
     """
+    if factor < 2 or factor % 2:
+        raise ValueError(f"bilinear upsampling kernels need an even factor >= 2, got {factor}")
     size = 2 * factor
-    center = factor - 0.5 if size % 2 == 0 else factor - 1.0
-    axis = 1.0 - (torch.arange(size, dtype=torch.float32) - center).abs() / factor
+    axis = 1.0 - (torch.arange(size, dtype=torch.float32) - (factor - 0.5)).abs() / factor
     kernel2d = axis[:, None] * axis[None, :]
     weight = torch.zeros(channels, channels, size, size)
     weight[range(channels), range(channels)] = kernel2d
@@ -105,13 +107,12 @@ class Deconv(nn.ConvTranspose2d):
     """
 
     def __init__(self, channels: int, factor: int) -> None:
-        if factor < 2 or factor % 2:
-            raise ValueError(f"deconv upsampling needs an even factor >= 2, got {factor}")
+        weight = bilinear_kernel(channels, factor)
         super().__init__(channels, channels, 2 * factor, stride=factor, padding=factor // 2,
                          bias=False)  # fmt: skip
         self.factor = factor
         with torch.no_grad():
-            self.weight.copy_(bilinear_kernel(channels, factor))
+            self.weight.copy_(weight)
 
 
 class Bilinear(nn.Module):

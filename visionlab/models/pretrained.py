@@ -316,12 +316,15 @@ def load_pretrained(
         classes is not None and meta.get("classes") and list(meta["classes"]) != list(classes)
     )
 
+    def group_of(key: str) -> str:
+        return "backbone" if only_backbone else _group(key)
+
     target = model.state_dict()
     report = LoadReport(source=name)
     to_load: dict[str, Tensor] = {}
     wrong_shape: list[str] = []
     for key, ours in target.items():
-        group = "backbone" if only_backbone else _group(key)
+        group = group_of(key)
         if key not in state:
             if not key.endswith("num_batches_tracked"):
                 report.missing.append(key)
@@ -339,10 +342,6 @@ def load_pretrained(
             continue
         to_load[key] = theirs
     report.unexpected = [k for k in state if k not in target]
-
-    def group_of(k: str) -> str:
-        return "backbone" if only_backbone else _group(k)
-
     if not any(group_of(k) == "backbone" for k in to_load):
         raise CheckpointError(
             f"{name}: nothing in it fits {arch}: its keys look like "

@@ -31,6 +31,7 @@ from visionlab.errors import VisionLabError
 # Modules whose import registers models. Later model families append their module here.
 MODEL_MODULES: list[str] = [
     "visionlab.models.classifier",
+    "visionlab.models.fcn",
 ]
 
 # Builder keyword arguments that say where initial weights come from, not what the model

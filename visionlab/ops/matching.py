@@ -78,17 +78,17 @@ class Matcher:
                 dtype=torch.int64,
                 device=match_quality_matrix.device,
             )
-        matched_vals, matches = match_quality_matrix.max(dim=0)  # [N], [N]
-        all_matches = matches.clone() if self.allow_low_quality_matches else None
-        below = matched_vals < self.low_threshold
-        between = (matched_vals >= self.low_threshold) & (matched_vals < self.high_threshold)
-        matches[below] = self.BELOW_LOW_THRESHOLD
-        matches[between] = self.BETWEEN_THRESHOLDS
-        if all_matches is not None and num_pred > 0:
+        matched_vals, all_matches = match_quality_matrix.max(dim=0)  # [N], [N]
+        # masked fills rather than boolean indexing: no nonzero(), no host sync on GPU
+        matches = all_matches.masked_fill(
+            matched_vals < self.high_threshold, self.BETWEEN_THRESHOLDS
+        ).masked_fill_(matched_vals < self.low_threshold, self.BELOW_LOW_THRESHOLD)
+        if self.allow_low_quality_matches and num_pred > 0:
             best_per_gt = match_quality_matrix.max(dim=1).values  # [M]
-            is_best = (match_quality_matrix == best_per_gt[:, None]) & (best_per_gt[:, None] > 0)
-            pred_idx = is_best.any(dim=0)
-            matches[pred_idx] = all_matches[pred_idx]
+            # a gt that overlaps nothing (best 0) must not claim every zero-overlap prediction
+            best_per_gt = best_per_gt.masked_fill(best_per_gt <= 0, float("inf"))
+            is_best = (match_quality_matrix == best_per_gt[:, None]).any(dim=0)  # [N]
+            matches = torch.where(is_best, all_matches, matches)
         return matches
 
 

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from visionlab.errors import VisionLabError
 from visionlab.ops.boxes import box_iou
+from visionlab.paths import visionlab_home
 
 __all__ = ["proposal_recall", "selective_search", "sliding_windows"]
 
@@ -38,10 +39,7 @@ AR_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
 def default_cache_dir() -> Path:
     """``$VISIONLAB_HOME/ss_cache`` (``~/.cache/visionlab/ss_cache`` when unset)."""
-    # same rule as visionlab.data.scenes.visionlab_home; not imported, so that ops stays
-    # independent of the data package
-    home = os.environ.get("VISIONLAB_HOME") or "~/.cache/visionlab"
-    return Path(home).expanduser() / "ss_cache"
+    return visionlab_home() / "ss_cache"
 
 
 def _to_bgr_uint8(image: Tensor | np.ndarray) -> np.ndarray:
