@@ -225,6 +225,18 @@ def test_folder_without_splits_is_all(folder_root: Path) -> None:
         load_dataset(flat, "val", task="classification")
 
 
+def test_folder_under_a_hidden_parent_is_read(folder_root: Path, tmp_path: Path) -> None:
+    # the built-in crops live under ~/.cache: only hidden parts *inside* the dataset count
+    import shutil
+
+    hidden = shutil.copytree(folder_root, tmp_path / ".cache" / "crops")
+    (hidden / "train" / "cat" / ".thumbs").mkdir()
+    shutil.copy(
+        next((hidden / "train" / "cat").glob("*.png")), hidden / "train" / "cat" / ".thumbs"
+    )
+    assert len(load_dataset(hidden, "train", task="classification")) == 3
+
+
 def test_folder_refuses_detection(folder_root: Path) -> None:
     with pytest.raises(DataError, match="image-folder"):
         load_dataset(folder_root, "train", task="detection")

@@ -255,6 +255,37 @@ def test_pretrained_backbone_is_transferred(tmp_path):
     assert model.head.score_fr.weight.abs().sum() == 0  # the head stays fresh
 
 
+def test_staged_training_loads_a_coarser_fcn(tmp_path):
+    # Sec. 4.2: FCN-16s starts from a trained FCN-32s; its new skip layer starts at zero.
+    coarse = randomize_skips(small_fcn("fcn32s"))
+    path = tmp_path / "fcn32s.pt"
+    torch.save({"model": coarse.state_dict(), "model_name": "fcn32s"}, path)
+    fine = build_model("fcn16s", num_classes=3, fc_width=32, pretrained=str(path))
+    theirs = coarse.state_dict()
+    for key, value in fine.state_dict().items():
+        if key.startswith(("encoder.", "head.")):
+            torch.testing.assert_close(value, theirs[key])
+    assert fine.score_pool4.weight.abs().sum() == 0
+    assert "pretrained" not in fine.build_args  # a weight source, not the architecture
+    # an FCN whose encoder does not fit (another backbone) is an error, not a partial load
+    other = {k: v[:1] if k.startswith("encoder.") and v.dim() else v for k, v in theirs.items()}
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="encoder"):
+        build_model("fcn16s", num_classes=3, pretrained=str(tmp_path / "other.pt"))
+
+
+def test_freeze_backbone_keeps_encoder_fixed():
+    model = small_fcn("fcn8s")
+    model.freeze_backbone()
+    model.train()
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert all(p.requires_grad for p in model.head_parameters())
+    bn = next(m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not bn.training
+    model.unfreeze_backbone()
+    assert all(p.requires_grad for p in model.parameters()) and bn.training
+
+
 def shapes_dataset(n: int, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Hand-made scenes: discs (class 1) and squares (class 2) on a noisy background."""
     g = torch.Generator().manual_seed(seed)

@@ -32,6 +32,15 @@ from visionlab.bench.machine import header
 from visionlab.errors import VisionLabError
 
 LABEL_SETS = ("color", "shape_color")
+# Why each target label set is in the experiment (written into the report).
+LABEL_SET_NOTES = {
+    "color": "**color** (8 colours, drawn independently of the shape): a low-level cue that a "
+    "small network learns from few labels, and that shape pretraining may have learnt to "
+    "ignore, so transfer need not help; it tells whether the pretrained features kept colour.",
+    "shape_color": "**shape_color** (the 56 colour-shape pairs): needs the pretrained shape "
+    "knowledge plus colour, with only a handful of labels per pair, too few to learn shapes "
+    "from scratch; the setting where transfer should pay off.",
+}
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 PRETRAIN_CONFIG = "classify_scenes.yaml"
 TARGET_CONFIG = "transfer_finetune.yaml"
@@ -170,6 +179,14 @@ def _train(config: Path, overrides: Sequence[str]) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
+def result_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved recipe a run saved (``run_dir/config.yaml``)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def pretrain(work: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
     """Train tiny_cnn on the shape crops; returns its best checkpoint and its numbers."""
     overrides = [f"out={work / 'pretrain'}", f"seed={args.seed}"]
@@ -184,6 +201,7 @@ def pretrain(work: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]
         "seconds": seconds,
         "steps": result.step,
         "best_top1": max((v for _, v in curve), default=float("nan")),
+        "augment": result_config(result.run_dir).get("augment", {}),
         "overrides": overrides,
     }
 
@@ -296,17 +314,13 @@ def write_report(
         "frozen with only the new head trained (*linear probe*). Validation: every crop of "
         "the val split.",
         "",
-        "Label sets: **color** (8 colours, drawn independently of the shape) asks for what "
-        "shape pretraining may have learnt to ignore; **shape_color** (the 56 colour x shape "
-        "pairs, about a dozen labelled crops per pair) needs the shape knowledge and a new "
-        "colour distinction, with too few labels to learn shapes from scratch.",
-        "",
     ]
+    lines += [f"- {LABEL_SET_NOTES[label_set]}" for label_set in results] + [""]
     if pre:
         lines.append(
             f"Pretraining: `visionlab train configs/{PRETRAIN_CONFIG}` "
-            f"({pre['steps']} steps, {pre['seconds']:.0f} s): best shape val top-1 "
-            f"{_pct(pre['best_top1'])}%."
+            f"({pre['steps']} steps, {pre['seconds']:.0f} s; augmentation {pre['augment']}): "
+            f"best shape val top-1 {_pct(pre['best_top1'])}%."
         )
     else:
         lines.append(f"Pretrained checkpoint: `{checkpoint}` (given).")

@@ -23,10 +23,14 @@ def _visible_dirs(path: Path) -> list[Path]:
 
 
 def _images_under(path: Path) -> list[Path]:
+    """Image files below ``path``, skipping hidden files and folders *inside* it (the
+    folder itself may live under a hidden one, such as ~/.cache)."""
     return sorted(
         p
         for p in path.rglob("*")
-        if p.is_file() and is_image_file(p) and not any(s.startswith(".") for s in p.parts)
+        if p.is_file()
+        and is_image_file(p)
+        and not any(s.startswith(".") for s in p.relative_to(path).parts)
     )
 
 
