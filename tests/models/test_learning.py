@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.io import ImageReadMode, decode_image
 
+from visionlab.data.imageio import load_image
 from visionlab.data.scenes import render_scenes
 from visionlab.models.registry import build_model
 
@@ -17,9 +17,7 @@ def test_tiny_cnn_overfits_32_crops(tmp_path):
     classes = sorted(p.name for p in crops.iterdir())
     files = sorted((f, classes.index(f.parent.name)) for f in crops.glob("*/*.png"))[:32]
     assert len(files) == 32, "16 scenes should give at least 32 crops"
-    images = torch.stack(
-        [decode_image(str(f), mode=ImageReadMode.RGB).float() / 255 for f, _ in files]
-    )
+    images = torch.stack([load_image(f) for f, _ in files])
     labels = torch.tensor([label for _, label in files])
     assert images.shape == (32, 3, 64, 64) and len(labels.unique()) > 1
 

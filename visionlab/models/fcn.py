@@ -103,12 +103,7 @@ def bilinear_kernel(channels: int, factor: int) -> Tensor:
 class Deconv(nn.ConvTranspose2d):
     """Learnable upsampling by an even ``factor``, initialised to bilinear interpolation.
 
-    ``[B, C, h, w] -> [B, C, h * factor, w * factor]`` exactly. The parameters are those of
-    ``ConvTranspose2d(C, C, 2f, stride=f, padding=f // 2)``, and so is the result, but it is
-    computed as a 3x3 convolution with ``C * f * f`` outputs followed by
-    ``pixel_shuffle(f)`` ("sub-pixel convolution"): each output pixel only ever sees a 2x2
-    block of inputs, and CPU kernels for transposed convolutions with 32x32 or 64x64
-    kernels are ten times slower than this.
+    ``[B, C, h, w] -> [B, C, h * factor, w * factor]`` exactly.
     """
 
     def __init__(self, channels: int, factor: int) -> None:
@@ -118,24 +113,6 @@ class Deconv(nn.ConvTranspose2d):
         self.factor = factor
         with torch.no_grad():
             self.weight.copy_(weight)
-        # tap[r, t]: kernel index used by output phase r from input offset t - 1 (t = 0, 1, 2);
-        # 2f (one past the kernel) where none is (then the weight is zero).
-        f = factor
-        phase = torch.arange(f)[:, None]
-        tap = phase + 3 * f // 2 - f * torch.arange(3)[None, :]  # [f, 3]
-        tap[(tap < 0) | (tap >= 2 * f)] = 2 * f
-        self.register_buffer("tap", tap.flatten(), persistent=False)
-
-    def subpixel_weight(self) -> Tensor:
-        """``Tensor[C * f * f, C, 3, 3]``: the 3x3 convolution equal to this layer."""
-        f, c_in, c_out = self.factor, self.in_channels, self.out_channels
-        padded = F.pad(self.weight, (0, 1, 0, 1))  # index 2f reads a zero
-        w = padded[:, :, self.tap[:, None], self.tap[None, :]]  # [C_in, C_out, 3f, 3f]
-        w = w.reshape(c_in, c_out, f, 3, f, 3).permute(1, 2, 4, 0, 3, 5)
-        return w.reshape(c_out * f * f, c_in, 3, 3)
-
-    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
-        return F.pixel_shuffle(F.conv2d(x, self.subpixel_weight(), padding=1), self.factor)
 
 
 class Bilinear(nn.Module):
@@ -295,7 +272,7 @@ class FCN(nn.Module):
 
     @torch.no_grad()
     def forward_images(self, images: Sequence[Tensor]) -> list[Tensor]:
-        """Logits for images of different sizes, as one padded batch.
+        """Logits for images of different sizes, as one padded batch (no gradients).
 
         Args:
             images: list of ``Tensor[3, H_i, W_i]`` in [0, 1].
