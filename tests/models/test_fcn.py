@@ -217,6 +217,8 @@ def test_bad_arguments_are_clear_errors():
         build_model("fcn8s", num_classes=3, backbone="resnet101")
     with pytest.raises(VisionLabError, match="num_classes"):
         build_model("fcn32s", num_classes=1)
+    with pytest.raises(VisionLabError, match="skip_scales"):
+        build_model("fcn16s", num_classes=3, skip_scales=0.01)
     with pytest.raises(CheckpointError, match="not found"):
         build_model("fcn8s", num_classes=3, pretrained_backbone="/nonexistent/weights.pt")
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):

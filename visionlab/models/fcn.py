@@ -410,7 +410,7 @@ def build_fcn(
         raise VisionLabError(f"{variant}: fc_width={fc_width!r} must be a positive integer")
     if pretrained not in (None, "") and pretrained_backbone not in (None, ""):
         raise VisionLabError(f"{variant}: give pretrained or pretrained_backbone, not both")
-    if len(skip_scales) != 2:
+    if not isinstance(skip_scales, list | tuple) or len(skip_scales) != 2:
         raise VisionLabError(f"{variant}: skip_scales={skip_scales!r} needs two numbers")
     head = DEFAULT_HEADS[backbone]
     if fc_width is not None:
