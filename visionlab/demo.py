@@ -47,6 +47,13 @@ def _val_images(folder: Path, n: int) -> list[str]:
     return [str(p) for p in files[::step][:n]]
 
 
+def _train_and_predict(recipe: str, run_dir: Path, images: list[str]) -> None:
+    """Train one recipe into ``run_dir``, then draw its best checkpoint's predictions."""
+    _visionlab("train", recipe, f"out={run_dir}")
+    best = run_dir / "checkpoints" / "best.pt"
+    _visionlab("predict", str(best), *images, "--out", str(run_dir / "predictions"))
+
+
 def run(args: argparse.Namespace) -> int:
     from visionlab.data.scenes import default_scenes_root
 
@@ -63,28 +70,13 @@ def run(args: argparse.Namespace) -> int:
     if "data" in steps:
         _visionlab("data", "check", str(root))
         _visionlab("data", "show", str(root), "--out", str(out / "samples"), "-n", "8")
-    if "classify" in steps:
-        run_dir = out / "classify"
-        _visionlab("train", "configs/classify_scenes.yaml", f"out={run_dir}")
-        images = _val_images(root / "crops" / "val", args.predict_n)
-        _visionlab(
-            "predict",
-            str(run_dir / "checkpoints" / "best.pt"),
-            *images,
-            "--out",
-            str(run_dir / "predictions"),
-        )
-    if "fcn" in steps:
-        run_dir = out / "fcn8s"
-        _visionlab("train", "configs/fcn8s_scenes.yaml", f"out={run_dir}")
-        images = _val_images(root / "images" / "val", args.predict_n)
-        _visionlab(
-            "predict",
-            str(run_dir / "checkpoints" / "best.pt"),
-            *images,
-            "--out",
-            str(run_dir / "predictions"),
-        )
+    recipes = {
+        "classify": ("classify", "configs/classify_scenes.yaml", root / "crops" / "val"),
+        "fcn": ("fcn8s", "configs/fcn8s_scenes.yaml", root / "images" / "val"),
+    }
+    for step, (name, recipe, val_images) in recipes.items():
+        if step in steps:
+            _train_and_predict(recipe, out / name, _val_images(val_images, args.predict_n))
     minutes = (time.perf_counter() - start) / 60
     print(f"\ndemo finished in {minutes:.1f} min; pictures and runs are under {out}/")
     return 0
