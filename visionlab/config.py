@@ -23,6 +23,9 @@ Schema (defaults in brackets)::
     device: str          auto | cpu | cuda | cuda:N (auto = CUDA when present) [auto]
     deterministic: bool  torch.use_deterministic_algorithms (warn-only) [false]
     num_workers: int     DataLoader workers [0]
+    cache: str           none | ram: keep decoded images in memory after their first read
+                         (float32, 12 bytes a pixel; with num_workers > 0 each worker's
+                         cache lasts one epoch, so ram helps most with num_workers=0) [none]
     optim:
       name: str          sgd | adamw [sgd]
       lr: float          base learning rate for a batch of train.batch_size [0.01]
@@ -150,6 +153,7 @@ class Config:
     device: str = "auto"
     deterministic: bool = False
     num_workers: int = 0
+    cache: str = "none"
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -346,6 +350,8 @@ def validate(cfg: Config) -> Config:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key}: must be >= 0, got {value}")
+    if cfg.cache not in ("none", "ram"):
+        raise ConfigError(f"cache: expected 'none' or 'ram', got {cfg.cache!r}")
     if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
         raise ConfigError(f"train.max_steps: must be >= 1, got {cfg.train.max_steps}")
     if cfg.train.stop_at_step is not None and cfg.train.stop_at_step < 1:

@@ -314,3 +314,14 @@ def test_reading_leaves_files_untouched(coco_root, voc_root, yolo_root, digest) 
             ds[i]
     assert [digest(r) for r in (coco_root, voc_root, yolo_root)] == before
     assert json.loads((coco_root / "annotations" / "instances_train.json").read_text())
+
+
+def test_ram_cache_returns_what_decoding_returns(coco_root: Path) -> None:
+    plain = load_dataset(coco_root, "train", task="detection")
+    cached = load_dataset(coco_root, "train", task="detection")
+    cached.cache_images()
+    first = cached[0][0]
+    first.mul_(0)  # a caller (or an in-place transform) changing its copy ...
+    again, fresh = cached[0][0], plain[0][0]
+    assert torch.equal(again, fresh)  # ... never changes what the cache hands out next
+    assert 0 in cached._cache

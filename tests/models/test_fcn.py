@@ -342,3 +342,43 @@ def test_fcn8s_overfits_a_few_images():
         after = mean_iou(model(images).argmax(1), labels, 3)
     assert before < 0.5
     assert after > 0.9, f"mIoU {after:.3f} after overfitting 4 images"
+
+
+def test_pretrained_backbone_path_is_not_part_of_the_architecture(tmp_path):
+    # A checkpoint rebuilds its model from build_args; the weight file it started from may
+    # not exist where the checkpoint is loaded, so it must not be recorded.
+    source = small_fcn("fcn32s")
+    state = {f"backbone.{k}": v for k, v in source.encoder.backbone.state_dict().items()}
+    path = tmp_path / "classifier.pt"
+    torch.save({"model": state, "model_name": "tiny_cnn", "classes": ["a"]}, path)
+    model = build_model("fcn8s", num_classes=3, pretrained_backbone=str(path))
+    assert "pretrained_backbone" not in model.build_args
+    build_model(**model.build_args)  # rebuilds without the file
+
+
+def test_resolution_ceiling_is_exact_for_grid_aligned_blocks_and_drops_for_thin_ones():
+    from visionlab.bench.fcn import resolution_ceiling
+
+    class Blocks:
+        classes = ["a", "b"]
+
+        def __init__(self, semantic):
+            self.semantic = semantic
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return torch.zeros(3, *self.semantic.shape), {"semantic": self.semantic}
+
+    semantic = torch.zeros(32, 32, dtype=torch.int64)
+    semantic[8:24, 8:16] = 1  # blocks on the 8 px grid
+    semantic[8:24, 16:24] = 2
+    ceiling = resolution_ceiling(Blocks(semantic), strides=(1, 8))
+    assert ceiling[1] == 1.0
+    assert ceiling[8] > 0.8
+    thin = torch.zeros(32, 32, dtype=torch.int64)
+    thin[4:28, 15:17] = 1  # a 2 px line: invisible at stride 8
+    thin[0:2, 0:2] = 2
+    low = resolution_ceiling(Blocks(thin), strides=(1, 8))
+    assert low[1] == 1.0 and low[8] < 0.5

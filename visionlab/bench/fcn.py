@@ -117,6 +117,71 @@ def _diagnostic_mious(model: nn.Module, dataset: Any, count: int) -> dict[str, f
     return {k: float(ev.compute()["mIoU"]) for k, ev in evaluators.items()}
 
 
+def resolution_ceiling(
+    dataset: Any, strides: tuple[int, ...] = (4, 8, 16, 32), count: int = 500
+) -> dict[int, float]:
+    """mIoU of a predictor that knows the ground truth but only at stride ``s``.
+
+    Each image's one-hot label map is average-pooled over ``s x s`` cells and upsampled back
+    bilinearly, and the argmax is scored against the full-resolution labels: what a score map
+    at stride ``s`` followed by a bilinear upsampling can reach at best when its scores are
+    class frequencies per cell. A learned network can place edges more precisely than that
+    (larger logits move the crossing point inside a cell), so it is a yardstick, not a bound.
+    """
+    import torch.nn.functional as F
+
+    from visionlab.eval.segmentation import SegmentationEvaluator
+
+    names = ["background", *dataset.classes]
+    evaluators = {s: SegmentationEvaluator(len(names), names) for s in strides}
+    for index in range(min(count, len(dataset))):
+        semantic = dataset[index][1]["semantic"]
+        h, w = semantic.shape
+        onehot = F.one_hot(semantic.clamp(max=len(names) - 1), len(names))
+        onehot = onehot.permute(2, 0, 1)[None].float()  # [1, C, H, W]
+        for stride, evaluator in evaluators.items():
+            padded = F.pad(onehot, (0, -w % stride, 0, -h % stride))
+            cells = F.avg_pool2d(padded, stride)
+            up = F.interpolate(cells, scale_factor=stride, mode="bilinear", align_corners=False)
+            evaluator.update(up[0, :, :h, :w].argmax(0), semantic)
+    return {s: float(ev.compute()["mIoU"]) for s, ev in evaluators.items()}
+
+
+def _ceiling_section(data: str, size: int | None, count: int) -> list[str]:
+    from visionlab.data.datasets import load_dataset
+    from visionlab.data.transforms import build_transforms
+
+    val = load_dataset(data, "val", task="segmentation")
+    native = resolution_ceiling(val, count=count)
+    lines = [
+        "## How fine is stride 8? A resolution yardstick",
+        "",
+        f"mIoU of the ground truth itself, average-pooled to stride s and upsampled "
+        f"bilinearly (first {min(count, len(val))} validation images), at the images' own "
+        "size"
+        + (f" and resized to {size} px (the recipe's `image_size`)" if size else "")
+        + ". FCN-8s scores at stride 8, FCN-16s at 16, FCN-32s at 32.",
+        "",
+        "| input | stride 4 | stride 8 | stride 16 | stride 32 |",
+        "|:------|-----:|-----:|-----:|-----:|",
+        "| as stored | " + " | ".join(f"{native[s]:.3f}" for s in sorted(native)) + " |",
+    ]
+    if size and tuple(val[0][0].shape[1:]) != (size, size):
+        resized = load_dataset(
+            data,
+            "val",
+            task="segmentation",
+            transforms=build_transforms("segmentation", False, size),
+        )
+        scaled = resolution_ceiling(resized, count=count)
+        lines.append(
+            f"| resized to {size} px | "
+            + " | ".join(f"{scaled[s]:.3f}" for s in sorted(scaled))
+            + " |"
+        )
+    return [*lines, ""]
+
+
 def _train_variants(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]]:
     from tqdm.auto import tqdm
 
@@ -274,6 +339,13 @@ def run(args: argparse.Namespace) -> int:
                     "prediction.",
                     "",
                 ]
+    if not args.skip_train:
+        from visionlab.config import load_config
+
+        recipe = load_config(args.config)
+        lines += _ceiling_section(
+            args.data or recipe.data, recipe.image_size, 20 if args.quick else 500
+        )
     timing = _resnet50_timing(args)
     size = 64 if args.quick else args.timing_size
     lines += [

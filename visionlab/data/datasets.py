@@ -55,6 +55,29 @@ class VisionDataset(torch.utils.data.Dataset):
         self.colormap = parsed.colormap
         self.format, self.root, self.split, self.task = format, Path(root), split, task
         self.transforms = transforms
+        self._cache: dict[int, tuple[torch.Tensor, Target]] | None = None
+
+    def cache_images(self, enable: bool = True) -> None:
+        """Keep each decoded sample in memory after its first read (``cache: ram``).
+
+        The cache holds the decoded image (``Tensor[3, H, W]`` float32) and its target
+        (masks and semantic maps included) before transforms, so a cached read returns
+        exactly what decoding the files returns; every read gets its own copies. It lives in
+        the process that reads: DataLoader workers fill their own, dropped when they exit.
+        """
+        self._cache = {} if enable else None
+
+    def _decode(self, i: int) -> tuple[torch.Tensor, Target]:
+        record = self.records[i]
+        image = load_image(record.path, ref=record.ref)
+        if record.height and tuple(image.shape[1:]) != (record.height, record.width):
+            raise DataError(
+                record.path,
+                f"image is {image.shape[1]}x{image.shape[2]} (HxW, after EXIF orientation) "
+                f"but {record.source} says {record.height}x{record.width}",
+                field=record.ref,
+            )
+        return image, self.annotations(i)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -74,19 +97,22 @@ class VisionDataset(torch.utils.data.Dataset):
         raise NotImplementedError
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, Target]:
-        record = self.records[i]
-        image = load_image(record.path, ref=record.ref)
-        if record.height and tuple(image.shape[1:]) != (record.height, record.width):
-            raise DataError(
-                record.path,
-                f"image is {image.shape[1]}x{image.shape[2]} (HxW, after EXIF orientation) "
-                f"but {record.source} says {record.height}x{record.width}",
-                field=record.ref,
-            )
-        target = self.annotations(i)
+        if self._cache is None:
+            image, target = self._decode(i)
+        else:
+            if i not in self._cache:
+                self._cache[i] = self._decode(i)
+            image, target = _copy(self._cache[i])  # transforms may work in place
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+def _copy(sample: tuple[torch.Tensor, Target]) -> tuple[torch.Tensor, Target]:
+    image, target = sample
+    return image.clone(), {
+        k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in target.items()
+    }
 
 
 class DetectionDataset(VisionDataset):

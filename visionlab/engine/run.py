@@ -143,6 +143,10 @@ def _datasets(cfg: Config) -> tuple[Any, Any]:
             )
     if len(train_ds) == 0:
         raise DataError(cfg.data, f"split {cfg.train_split!r} has no images")
+    if cfg.cache == "ram":
+        for ds in (train_ds, val_ds):
+            if ds is not None:
+                ds.cache_images()
     return train_ds, val_ds
 
 

@@ -36,7 +36,7 @@ MODEL_MODULES: list[str] = [
 
 # Builder keyword arguments that say where initial weights come from, not what the model
 # is; they are left out of ``build_args`` (a checkpoint already holds the weights).
-WEIGHT_SOURCE_KWARGS: tuple[str, ...] = ("pretrained",)
+WEIGHT_SOURCE_KWARGS: tuple[str, ...] = ("pretrained", "pretrained_backbone")
 
 
 @dataclass(frozen=True)
