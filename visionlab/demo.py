@@ -2,7 +2,9 @@
 
 1. render the scenes dataset (once; cached) and draw samples with every annotation kind;
 2. train the tiny classifier on the scenes crops and draw its predictions;
-3. train FCN-8s on the scenes and write its masks and overlays.
+3. train FCN-8s on the scenes and write its masks and overlays;
+4. train Faster R-CNN on the scenes (a short demo schedule) and draw its detections and
+   its RPN's proposals beside selective search's.
 
 Every step goes through the same `visionlab` commands a user types, so the demo shows the
 command line as much as the models. Pictures land under ``--out`` (default runs/demo).
@@ -15,7 +17,11 @@ import shlex
 import time
 from pathlib import Path
 
-STEPS = ("data", "classify", "fcn")
+STEPS = ("data", "classify", "fcn", "faster_rcnn")
+# step -> (`visionlab train` overrides, extra `visionlab predict` flags): a short schedule
+DEMO_OVERRIDES: dict[str, tuple[list[str], list[str]]] = {
+    "faster_rcnn": (["train.epochs=2", "train.eval_every=2"], ["--show-proposals"]),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +53,18 @@ def _val_images(folder: Path, n: int) -> list[str]:
     return [str(p) for p in files[::step][:n]]
 
 
-def _train_and_predict(recipe: str, run_dir: Path, images: list[str]) -> None:
+def _train_and_predict(
+    recipe: str,
+    run_dir: Path,
+    images: list[str],
+    overrides: list[str] | None = None,
+    predict_flags: list[str] | None = None,
+) -> None:
     """Train one recipe into ``run_dir``, then draw its best checkpoint's predictions."""
-    _visionlab("train", recipe, f"out={run_dir}")
+    _visionlab("train", recipe, f"out={run_dir}", *(overrides or []))
     best = run_dir / "checkpoints" / "best.pt"
-    _visionlab("predict", str(best), *images, "--out", str(run_dir / "predictions"))
+    predict_out = ["--out", str(run_dir / "predictions"), *(predict_flags or [])]
+    _visionlab("predict", str(best), *images, *predict_out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,10 +86,16 @@ def run(args: argparse.Namespace) -> int:
     recipes = {
         "classify": ("classify", "configs/classify_scenes.yaml", root / "crops" / "val"),
         "fcn": ("fcn8s", "configs/fcn8s_scenes.yaml", root / "images" / "val"),
+        "faster_rcnn": ("faster_rcnn", "configs/faster_rcnn_scenes.yaml", root / "images" / "val"),
     }
     for step, (name, recipe, val_images) in recipes.items():
         if step in steps:
-            _train_and_predict(recipe, out / name, _val_images(val_images, args.predict_n))
+            overrides, flags = DEMO_OVERRIDES.get(step, ([], []))
+            classifier = out / "classify" / "checkpoints" / "best.pt"
+            if step == "faster_rcnn" and classifier.is_file():  # the paper's classifier init
+                overrides = [*overrides, f"model_args.pretrained_backbone={classifier}"]
+            images = _val_images(val_images, args.predict_n)
+            _train_and_predict(recipe, out / name, images, overrides, flags)
     minutes = (time.perf_counter() - start) / 60
     print(f"\ndemo finished in {minutes:.1f} min; pictures and runs are under {out}/")
     return 0

@@ -182,9 +182,12 @@ class DetectionTask(Task):
                 {
                     k: v[keep] if isinstance(v, Tensor) and v.ndim and v.shape[0] == n else v
                     for k, v in out.items()
-                    if k not in ("relations", "relation_scores")
+                    # relations are re-indexed below; proposals are not detections
+                    if k not in ("relations", "relation_scores", "proposals")
                 }
             )
+            if "proposals" in out:
+                kept[-1]["proposals"] = out["proposals"]
             if "relations" in out:  # relation indices refer to the kept boxes only
                 kept[-1].update(_keep_relations(out, keep))
         return kept

@@ -360,9 +360,8 @@ def test_resolution_ceiling_is_exact_for_grid_aligned_blocks_and_drops_for_thin_
     from visionlab.bench.fcn import resolution_ceiling
 
     class Blocks:
-        classes = ["a", "b"]
-
         def __init__(self, semantic):
+            self.classes = ["a", "b"]
             self.semantic = semantic
 
         def __len__(self):

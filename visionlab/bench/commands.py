@@ -17,6 +17,9 @@ SUITES: dict[str, tuple[str, str]] = {
     "ops": ("visionlab.bench.ops", "ops and COCO evaluation against torchvision/pycocotools"),
     "transfer": ("visionlab.bench.transfer", "transfer learning against training from scratch"),
     "fcn": ("visionlab.bench.fcn", "FCN-32s/16s/8s, deconv vs bilinear, vs torchvision"),
+    "rcnn": ("visionlab.bench.rcnn", "R-CNN vs SPPNet: mAP +- box regression, test time split"),
+    "yolo": ("visionlab.bench.yolo", "YOLO v1 vs anchors vs our Faster R-CNN: AP, ms/image"),
+    "peers": ("visionlab.bench.peers", "Faster R-CNN vs torchvision; Fast/Faster test-time split"),
 }
 
 

@@ -362,6 +362,7 @@ def build_transforms(
     scale_jitter: tuple[float, float] | None = (0.8, 1.2),
     crop: bool = False,
     color_jitter: float = 0.0,
+    hsv_jitter: float = 0.0,
     translate: float = 0.0,
     keep_ratio: bool = False,
     predicate_flip: Mapping[int, int] | None = None,
@@ -385,6 +386,8 @@ def build_transforms(
     ``scale_jitter=(0.8, 1.2), translate=0.2``), with grey image / 0 instance mask / 255
     semantic fill for uncovered area; and exposure and saturation factors drawn from
     ``[1 - color_jitter, 1 + color_jitter]`` (YOLO's "up to a factor of 1.5" is 0.5).
+    ``hsv_jitter`` is YOLO's own version, in HSV: V and S times a factor up to
+    ``1 + hsv_jitter`` or its inverse, hue kept (:mod:`visionlab.data.yolo_augment`; 0.5).
     Evaluation only resizes; it is deterministic.
 
     Boxes whose width or height ends below ``min_box_size`` px, or that leave the image, are
@@ -441,6 +444,11 @@ def build_transforms(
         if color_jitter > 0:
             steps.append(v2.ColorJitter(brightness=color_jitter, saturation=color_jitter))
             parts.append(f"color_jitter={color_jitter}")
+        if hsv_jitter > 0:
+            from visionlab.data.yolo_augment import RandomHSV
+
+            steps.append(RandomHSV(hsv_jitter))
+            parts.append(f"hsv_jitter={hsv_jitter}")
     return JointTransform(
         task,
         canvas=_Canvas(size, keep_ratio and is_boxes),

@@ -234,9 +234,10 @@ def _restore_size(pred: dict[str, Tensor], size: tuple[int, int], orig: tuple[in
         return pred
     (h, w), (oh, ow) = size, orig
     out = dict(pred)
-    if "boxes" in out:
-        scale = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=out["boxes"].device)
-        out["boxes"] = out["boxes"] * scale
+    for key in ("boxes", "proposals"):  # proposals: --show-proposals of the R-CNN family
+        if key in out:
+            scale = torch.tensor([ow / w, oh / h, ow / w, oh / h], device=out[key].device)
+            out[key] = out[key] * scale
     for key in ("semantic", "masks"):
         if key in out and out[key].ndim >= 2:
             value = out[key]

@@ -4,7 +4,10 @@ Writes ``DIR/predictions.json`` (every image's predictions, in its own pixels: t
 classes, or boxes ``[x1, y1, x2, y2]`` with class and score, or a class-map PNG) and one
 drawn PNG per image (segmentation adds the class map as a palette PNG). Folders are searched
 recursively for image files. Without ``--out``, a checkpoint inside a run directory
-(``RUN/checkpoints/best.pt``) writes to ``RUN/predictions/``.
+(``RUN/checkpoints/best.pt``) writes to ``RUN/predictions/``. ``--show-proposals`` (models
+with a ``return_proposals`` attribute: the R-CNN family) also writes ``NAME_proposals.png``
+per image, the model's region proposals beside selective search's, and records only their
+count in the JSON.
 """
 
 from __future__ import annotations
@@ -26,6 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topk", type=int, default=5, help="classes per image (classification)")
     parser.add_argument(
         "--score-threshold", type=float, default=0.3, help="drop detections scoring below this"
+    )
+    parser.add_argument(
+        "--show-grid",
+        action="store_true",
+        help="YOLO: draw the S x S grid and shade the cells the detections came from",
+    )
+    parser.add_argument(
+        "--show-proposals",
+        action="store_true",
+        help="R-CNN family: also draw the model's region proposals beside selective search's",
     )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -89,9 +102,43 @@ def _record(
         drawing = viz.draw_detections(
             image, pred["boxes"], pred["labels"], pred["scores"], classes, pred.get("masks")
         )
+        if "grid_size" in pred:  # --show-grid on a grid model: plain numbers only in JSON
+            record["grid_size"] = int(pred["grid_size"])
+            for det, cell in zip(record["detections"], pred["cells"].tolist()):
+                det["cell"] = [int(v) for v in cell]
+            drawing = viz.draw_grid(
+                image,
+                record["grid_size"],
+                pred["cells"],
+                boxes=pred["boxes"],
+                labels=pred["labels"],
+                class_names=classes,
+                min_size=384,  # small images: the grid lines and labels need the room
+            )
     drawing.save(png)
     record["drawing"] = png.name
+    if "proposals" in pred:  # --show-proposals: a PNG, and a count (never the raw tensor)
+        record["num_proposals"] = len(pred["proposals"])
+        sheet = _proposals_sheet(image, pred["proposals"], model)
+        proposals_png = _unique_png(out, f"{png.stem}_proposals", used)
+        sheet.save(proposals_png)
+        record["proposals_drawing"] = proposals_png.name
     return record
+
+
+def _proposals_sheet(image: Tensor, proposals: Tensor, model: Any) -> Any:
+    """The model's proposals (best first) beside selective search's for the same image."""
+    from visionlab import viz
+    from visionlab.ops import selective_search
+
+    theirs = selective_search(image, "fast", max_boxes=2000)
+    name = getattr(model, "meta", {}).get("model_name", "model")
+    panels = [
+        viz.draw_proposals(image, proposals, max_boxes=100, min_size=256),
+        viz.draw_proposals(image, theirs, max_boxes=100, min_size=256),
+    ]
+    titles = [f"{name}: {len(proposals)}", f"selective search: {len(theirs)}"]
+    return viz.image_grid(panels, cols=2, titles=titles)
 
 
 def _detections(pred: dict[str, Tensor], classes: list[str]) -> list[dict[str, Any]]:
@@ -139,6 +186,23 @@ def run(args: argparse.Namespace) -> int:
     out = _out_dir(args.out, Path(args.checkpoint))
     files = collect_images(args.inputs)
     model = load(args.checkpoint, resolve_device(args.device))
+    if getattr(args, "show_grid", False):
+        if not hasattr(model, "return_grid"):
+            from visionlab.errors import VisionLabError
+
+            raise VisionLabError(
+                f"--show-grid: {model.meta.get('model_name')} predicts no grid (YOLO models do)"
+            )
+        model.return_grid = True  # eval outputs then carry grid_size and cells
+    if getattr(args, "show_proposals", False):
+        if not hasattr(model, "return_proposals"):
+            from visionlab.errors import VisionLabError
+
+            raise VisionLabError(
+                f"--show-proposals: {model.meta.get('model_name')} makes no region proposals "
+                "(the R-CNN family does)"
+            )
+        model.return_proposals = True  # eval outputs then carry proposals [P, 4]
     out.mkdir(parents=True, exist_ok=True)
     records, used = [], set()
     batch = max(1, args.batch_size)

@@ -155,8 +155,11 @@ def run_training(
 ) -> TrainResult:
     """Train ``cfg`` in this process (one of ``info.world_size``); see ``api.train``."""
     from visionlab.data.loader import build_loader
+    from visionlab.engine.stages import is_multi_stage, run_stages
     from visionlab.models.registry import build_model
 
+    if is_multi_stage(cfg.model):  # R-CNN, SPPNet: their stages instead of the plain loop
+        return run_stages(cfg, info, resume=resume)
     device = resolve_device(cfg.device, info.local_rank)
     if cfg.train.amp == "fp16" and device.type != "cuda":
         raise ConfigError("train.amp: fp16 needs CUDA; use bf16 on CPU")
@@ -193,6 +196,9 @@ def run_training(
     seed_everything(cfg.seed, cfg.deterministic)
     module = build_model(cfg.model, **kwargs).to(device)
     model_args = _plain_build_args(module, kwargs)
+    if hasattr(module, "prepare_data") and info.is_main:  # e.g. Fast R-CNN's region cache
+        module.prepare_data([train_ds, val_ds], image_size=cfg.image_size)
+    distributed.barrier()
     if cfg.transfer.freeze == "backbone" and "freeze" not in kwargs:
         if not hasattr(module, "freeze_backbone"):
             raise ConfigError(f"transfer.freeze: model {cfg.model!r} has no backbone to freeze")

@@ -32,6 +32,11 @@ from visionlab.errors import VisionLabError
 MODEL_MODULES: list[str] = [
     "visionlab.models.classifier",
     "visionlab.models.fcn",
+    "visionlab.models.rcnn",
+    "visionlab.models.sppnet",
+    "visionlab.models.fast_rcnn",
+    "visionlab.models.faster_rcnn",
+    "visionlab.models.yolo",
 ]
 
 # Builder keyword arguments that say where initial weights come from, not what the model

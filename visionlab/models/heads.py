@@ -1,0 +1,587 @@
+"""The box predictor shared by the R-CNN family: RoI features in, class scores and per-class
+box deltas out, trained with Fast R-CNN's multi-task loss and decoded by one class-wise NMS.
+
+Fast R-CNN (Girshick, ICCV 2015) defines the parts this module holds:
+
+- section 2.1: RoI pooling of each region to a fixed ``H x W`` grid of the shared feature map;
+- section 2.2 / fig. 1: fully connected layers, then two sibling outputs, a softmax over
+  ``K + 1`` classes and ``4 K`` class-specific box deltas (R-CNN's parameterisation,
+  :class:`visionlab.ops.BoxCoder`);
+- section 2.3: the multi-task loss ``L = L_cls + lambda [u >= 1] L_loc`` with smooth L1
+  and ``lambda = 1``, and the minibatch sampling: 25% foreground RoIs (IoU >= 0.5 with a
+  ground-truth box), background RoIs with IoU in ``[0.1, 0.5)``.
+- section 2.4 / 3: at test time, per class, decode the class's deltas, then non-maximum
+  suppression per class.
+
+R-CNN, SPPNet, Fast and Faster R-CNN differ only in where regions and features come from;
+they share :func:`postprocess_detections` (decode, clip, threshold, class-wise NMS), and
+Fast / Faster R-CNN share :class:`RoIBoxPredictor` (pooling + :class:`BoxHead` + sampling +
+loss). The module also holds :func:`batch_images`, the padding helper of those models, and
+:func:`roi_align_separable`, RoI Align as one matrix product per image, which the CPU path
+uses (several times faster than torchvision's CPU kernel on small maps, same numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from visionlab.errors import VisionLabError
+from visionlab.ops import (
+    BalancedSampler,
+    BoxCoder,
+    Matcher,
+    batched_nms,
+    box_iou,
+    clip_boxes_to_image,
+    roi_align,
+    roi_pool,
+)
+
+__all__ = [
+    "BoxHead",
+    "BoxHeadSettings",
+    "RoIBoxPredictor",
+    "batch_images",
+    "check_detection_inputs",
+    "fast_rcnn_loss",
+    "postprocess_detections",
+    "sample_proposals",
+]
+
+POOLERS = ("roi_pool", "roi_align")
+
+
+@dataclass
+class BoxHeadSettings:
+    """Settings of the RoI box head (Fast R-CNN, Girshick 2015, sections 2.1-2.4).
+
+    Attributes:
+        pooler: ``"roi_pool"`` (Fast R-CNN's max pooling) or ``"roi_align"`` (Mask R-CNN).
+        pool_size: RoI pooling grid ``pool_size x pool_size`` (7 for VGG16 in the paper).
+        fc_width: width of the two fully connected layers (4096 in the paper; 256-512 is
+            plenty for the tiny CPU backbone).
+        batch_size_per_image: RoIs sampled per image in training (the paper: R = 128 RoIs
+            from N = 2 images, i.e. 64 per image).
+        positive_fraction: fraction of foreground RoIs in a sample (0.25).
+        fg_iou: IoU with a ground-truth box at or above which a RoI is foreground (0.5).
+        bg_iou_low: lower IoU bound of background RoIs (0.1 in Fast R-CNN; RoIs below it are
+            not sampled; 0.0 samples every non-foreground RoI, as py-faster-rcnn's end-to-end
+            recipe does). Images without objects sample all their RoIs as background.
+        add_gt_as_proposals: add the ground-truth boxes to each image's RoIs in training.
+        box_weights: :class:`BoxCoder` weights ``(wx, wy, ww, wh)``: deltas normalised to
+            roughly unit variance (the paper's target normalisation).
+        smooth_l1_beta: the smooth L1 transition point (1.0 in the paper).
+        score_threshold: test time, drop class scores below this.
+        nms_threshold: test time, class-wise NMS IoU (0.3 in Fast R-CNN, 0.5 is common).
+        detections_per_image: test time, keep at most this many detections.
+    """
+
+    pooler: str = "roi_align"
+    pool_size: int = 7
+    fc_width: int = 256
+    batch_size_per_image: int = 64
+    positive_fraction: float = 0.25
+    fg_iou: float = 0.5
+    bg_iou_low: float = 0.1
+    add_gt_as_proposals: bool = True
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    smooth_l1_beta: float = 1.0
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+
+    def __post_init__(self) -> None:
+        if self.pooler not in POOLERS:
+            raise VisionLabError(f"box head: pooler must be one of {POOLERS}, got {self.pooler!r}")
+        if not 0 <= self.bg_iou_low <= self.fg_iou <= 1:
+            raise VisionLabError(
+                f"box head: need 0 <= bg_iou_low ({self.bg_iou_low}) <= fg_iou ({self.fg_iou}) <= 1"
+            )
+        self.box_weights = tuple(float(w) for w in self.box_weights)
+
+
+def settings_from(cls: type, value: object, where: str) -> object:
+    """A settings dataclass from ``value``: an instance, a dict of its fields, or None."""
+    import dataclasses
+    import difflib
+
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise VisionLabError(f"{where}: expected a mapping of settings, got {value!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in value:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise VisionLabError(f"{where}: unknown setting {key!r}{hint}; known: {names}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def check_detection_inputs(
+    images: Sequence[Tensor], targets: Sequence[dict] | None, training: bool
+) -> None:
+    """Raise ``ValueError`` on inputs that break the detector contract."""
+    if not isinstance(images, list | tuple) or not images:
+        raise ValueError("a detector takes a non-empty list of Tensor[3, H, W] images")
+    for im in images:
+        if not isinstance(im, Tensor) or im.dim() != 3 or im.shape[0] != 3:
+            shape = tuple(im.shape) if isinstance(im, Tensor) else type(im).__name__
+            raise ValueError(f"each image must be Tensor[3, H, W], got {shape}")
+    if training:
+        if targets is None or len(targets) != len(images):
+            raise ValueError("training needs one target dict (boxes, labels) per image")
+        for t in targets:
+            boxes = t["boxes"]
+            if boxes.dim() != 2 or boxes.shape[1] != 4:
+                raise ValueError(f"target boxes must be Tensor[N, 4], got {tuple(boxes.shape)}")
+
+
+def batch_images(images: Sequence[Tensor], size_divisible: int = 32) -> tuple[Tensor, list]:
+    """Stack images of any sizes into one zero-padded batch (bottom / right padding).
+
+    The padded side lengths are multiples of ``size_divisible`` so that every backbone
+    stride divides them; box coordinates are unchanged by padding. Normalisation is the
+    backbone's job (:class:`visionlab.models.backbones.Normalize`), so none happens here.
+
+    Args:
+        images: ``[Tensor[3, H_i, W_i]]`` float in ``[0, 1]``.
+        size_divisible: pad ``H`` and ``W`` up to multiples of this.
+
+    Returns:
+        ``(batch Tensor[B, 3, H, W], image_sizes [(H_i, W_i)])``.
+    """
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    height = max(h for h, _ in sizes)
+    width = max(w for _, w in sizes)
+    height = -(-height // size_divisible) * size_divisible
+    width = -(-width // size_divisible) * size_divisible
+    if all(s == (height, width) for s in sizes):
+        return torch.stack(list(images)), sizes
+    batch = images[0].new_zeros((len(images), 3, height, width))
+    for out, im in zip(batch, images):
+        out[:, : im.shape[-2], : im.shape[-1]].copy_(im)
+    return batch, sizes
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def _axis_weights(start: Tensor, length: Tensor, bins: int, samples: int, size: int) -> Tensor:
+    """Bilinear weights ``Tensor[R, bins, size]`` of RoI Align along one axis: bin ``p``'s
+    ``samples`` sample points, each spread over its two neighbouring cells, averaged."""
+    bin_size = (length / bins)[:, None, None]  # [R, 1, 1]
+    offsets = torch.arange(bins, device=start.device, dtype=start.dtype)[None, :, None]
+    sub = (torch.arange(samples, device=start.device, dtype=start.dtype) + 0.5) / samples
+    coord = start[:, None, None] + (offsets + sub[None, None, :]) * bin_size  # [R, bins, s]
+    valid = (coord >= -1.0) & (coord <= size)  # samples far outside the map count as zero
+    coord = coord.clamp(min=0)
+    low = coord.floor().clamp(max=size - 1)
+    high = (low + 1).clamp(max=size - 1)
+    coord = torch.where(low >= size - 1, low, coord)
+    frac = coord - low
+    cells = torch.arange(size, device=start.device, dtype=start.dtype)  # [size]
+    weight = (1 - frac)[..., None] * (cells == low[..., None]) + frac[..., None] * (
+        cells == high[..., None]
+    )  # [R, bins, s, size]
+    return (weight * valid[..., None]).sum(dim=2) / samples
+
+
+def roi_align_separable(
+    features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int = 2
+) -> Tensor:
+    """RoI Align (He et al. 2017) as one matrix product per image; equal to
+    :func:`visionlab.ops.roi_align` with ``aligned=False`` and a fixed ``sampling_ratio``.
+
+    Bilinear interpolation is separable, so the average of a bin's ``s x s`` samples is a
+    fixed linear map of the feature map: the outer product of a row-weight and a
+    column-weight vector. Stacking those maps for all RoIs of an image gives one matrix
+    ``Tensor[R_i * P * P, H * W]``, and pooling is ``features_b @ map.T``. On the small maps
+    of CPU detectors (8-16 cells a side) this runs several times faster than torchvision's
+    CPU kernel, whose backward pass scatters one sample at a time; autograd gives the exact
+    gradient of the same sum.
+
+    Args:
+        features: ``Tensor[B, C, H, W]``.
+        rois: ``Tensor[R, 5]`` rows ``(batch_index, x1, y1, x2, y2)`` in image pixels.
+        output_size: bins per side ``P``.
+        spatial_scale: feature cells per image pixel.
+        sampling_ratio: sample points per bin side (> 0).
+
+    Returns:
+        ``Tensor[R, C, P, P]``.
+    """
+    if sampling_ratio <= 0:
+        raise ValueError("roi_align_separable needs a fixed sampling_ratio > 0")
+    channels, height, width = features.shape[-3:]
+    num, bins = len(rois), output_size * output_size
+    if num == 0:
+        return features.new_zeros((0, channels, output_size, output_size))
+    boxes = rois[:, 1:].to(features.dtype) * spatial_scale
+    extent = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1.0)  # [R, 2] (w, h)
+    a_y = _axis_weights(boxes[:, 1], extent[:, 1], output_size, sampling_ratio, height)
+    a_x = _axis_weights(boxes[:, 0], extent[:, 0], output_size, sampling_ratio, width)
+    # [R, P, 1, H, 1] * [R, 1, P, 1, W] -> [R, P * P, H * W]
+    weights = (a_y[:, :, None, :, None] * a_x[:, None, :, None, :]).reshape(num, bins, -1)
+    image_idx = rois[:, 0].long()
+    order = torch.argsort(image_idx, stable=True)
+    counts = torch.bincount(image_idx, minlength=features.shape[0]).tolist()
+    flat = features.flatten(2)  # [B, C, H * W]
+    chunks = []
+    for b, chunk in enumerate(weights[order].split(counts)):
+        if len(chunk):
+            pooled = flat[b] @ chunk.reshape(-1, height * width).T  # [C, R_b * P * P]
+            chunks.append(pooled.reshape(channels, len(chunk), bins).transpose(0, 1))
+    out = torch.cat(chunks)[torch.argsort(order)]  # back to the input order
+    return out.reshape(num, channels, output_size, output_size)
+
+
+# --------------------------------------------------------------------------- head
+
+
+class BoxHead(nn.Module):
+    """Two fully connected layers, then the class scores and per-class box deltas
+    (Fast R-CNN, fig. 1).
+
+    Args:
+        in_channels: channels of the pooled RoI features.
+        pool_size: side of the pooled grid.
+        num_classes: classes including background (``K + 1``).
+        fc_width: width of the two hidden layers.
+    """
+
+    def __init__(self, *, in_channels: int, pool_size: int, num_classes: int, fc_width: int):
+        super().__init__()
+        self.fc6 = nn.Linear(in_channels * pool_size * pool_size, fc_width)
+        self.fc7 = nn.Linear(fc_width, fc_width)
+        self.cls_score = nn.Linear(fc_width, num_classes)
+        self.bbox_pred = nn.Linear(fc_width, num_classes * 4)
+        # the paper's initialisation: zero-mean Gaussians, std 0.01 (scores), 0.001 (deltas)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        for layer in (self.cls_score, self.bbox_pred):
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        """``pooled Tensor[R, C, P, P]`` -> ``(class_logits [R, K+1], box_deltas [R, 4(K+1)])``."""
+        x = F.relu(self.fc6(pooled.flatten(1)))
+        x = F.relu(self.fc7(x))
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def sample_proposals(
+    proposals: Sequence[Tensor],
+    targets: Sequence[dict],
+    *,
+    matcher: Matcher,
+    sampler: BalancedSampler,
+    box_coder: BoxCoder,
+    add_gt: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[list[Tensor], Tensor, Tensor]:
+    """Label proposals by IoU with the ground truth and sample a balanced minibatch.
+
+    A proposal whose best IoU is ``>= matcher.high_threshold`` is foreground (its gt's
+    class); in ``[matcher.low_threshold, high)`` background; below ``low`` ignored (Fast
+    R-CNN's hard-example heuristic), except in an image without objects, where every
+    proposal is background.
+
+    Args:
+        proposals: per image ``Tensor[P_i, 4]`` xyxy.
+        targets: per image ``{"boxes": Tensor[G_i, 4], "labels": Tensor[G_i] (1..K)}``.
+        matcher: ``Matcher(fg_iou, bg_iou_low)``.
+        sampler: ``BalancedSampler(batch_size_per_image, positive_fraction)``.
+        box_coder: encodes regression targets.
+        add_gt: append the gt boxes to each image's proposals first.
+        generator: makes the draw reproducible.
+
+    Returns:
+        ``(sampled_proposals [Tensor[S_i, 4]] per image, labels Tensor[S] int64 (0 =
+        background), regression_targets Tensor[S, 4])`` with ``S = sum S_i``.
+    """
+    labels_per_image, matched_per_image, props = [], [], []
+    for boxes, target in zip(proposals, targets):
+        gt_boxes = target["boxes"].to(boxes.dtype)
+        if add_gt and gt_boxes.numel():
+            boxes = torch.cat([boxes, gt_boxes])
+        props.append(boxes)
+        if gt_boxes.numel() == 0:
+            labels_per_image.append(torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device))
+            matched_per_image.append(boxes)  # no regression target is used
+            continue
+        matches = matcher(box_iou(gt_boxes, boxes))  # [P]
+        labels = target["labels"].to(boxes.device)[matches.clamp(min=0)]
+        labels = labels.masked_fill(matches == Matcher.BETWEEN_THRESHOLDS, 0)
+        labels = labels.masked_fill(matches == Matcher.BELOW_LOW_THRESHOLD, -1)
+        labels_per_image.append(labels)
+        matched_per_image.append(gt_boxes[matches.clamp(min=0)])
+    pos_masks, neg_masks = sampler(labels_per_image, generator=generator)
+    sampled, labels, matched = [], [], []
+    for boxes, lab, gt, pos, neg in zip(
+        props, labels_per_image, matched_per_image, pos_masks, neg_masks
+    ):
+        keep = torch.where(pos | neg)[0]
+        sampled.append(boxes[keep])
+        labels.append(lab[keep].clamp(min=0))
+        matched.append(gt[keep])
+    all_boxes = torch.cat(sampled)
+    regression_targets = box_coder.encode(torch.cat(matched), all_boxes)
+    return sampled, torch.cat(labels), regression_targets
+
+
+def fast_rcnn_loss(
+    class_logits: Tensor,
+    box_deltas: Tensor,
+    labels: Tensor,
+    regression_targets: Tensor,
+    *,
+    smooth_l1_beta: float = 1.0,
+) -> dict[str, Tensor]:
+    """Fast R-CNN's multi-task loss (section 2.3, eq. 1-3).
+
+    Args:
+        class_logits: ``Tensor[S, K+1]``.
+        box_deltas: ``Tensor[S, 4(K+1)]``, class ``k``'s deltas at columns ``4k..4k+3``.
+        labels: ``Tensor[S] int64``, 0 = background.
+        regression_targets: ``Tensor[S, 4]`` encoded deltas of each RoI's matched gt box.
+        smooth_l1_beta: smooth L1 transition point.
+
+    Returns:
+        ``{"loss_classifier": log loss averaged over the S RoIs, "loss_box_reg": smooth L1
+        of the foreground RoIs' true-class deltas, summed and divided by S}``.
+    """
+    if labels.numel() == 0:
+        zero = class_logits.sum() * 0.0 + box_deltas.sum() * 0.0
+        return {"loss_classifier": zero, "loss_box_reg": zero}
+    loss_cls = F.cross_entropy(class_logits.float(), labels)
+    fg = torch.where(labels > 0)[0]
+    deltas = box_deltas.reshape(len(labels), -1, 4)[fg, labels[fg]]  # [F, 4]
+    loss_box = (
+        F.smooth_l1_loss(
+            deltas.float(), regression_targets[fg], beta=smooth_l1_beta, reduction="sum"
+        )
+        / labels.numel()
+    )
+    return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+
+
+# --------------------------------------------------------------------------- test time
+
+
+def postprocess_detections(
+    class_logits: Tensor,
+    box_deltas: Tensor,
+    proposals: Sequence[Tensor],
+    image_sizes: Sequence[tuple[int, int]],
+    *,
+    box_coder: BoxCoder,
+    score_threshold: float = 0.05,
+    nms_threshold: float = 0.5,
+    detections_per_image: int = 100,
+    min_size: float = 1e-2,
+) -> list[dict[str, Tensor]]:
+    """Turn per-RoI class scores and per-class deltas into detections (Fast R-CNN sec. 3).
+
+    Shared by R-CNN, SPPNet, Fast and Faster R-CNN. Per image: softmax scores; each RoI's
+    deltas for class ``k`` decoded against the RoI (:meth:`BoxCoder.decode`), clipped to
+    the image; every (RoI, class >= 1) pair scoring ``>= score_threshold`` with a box of
+    side ``>= min_size`` is a candidate; NMS per class (:func:`visionlab.ops.batched_nms`);
+    the ``detections_per_image`` best remain.
+
+    Args:
+        class_logits: ``Tensor[R, K+1]`` logits (softmax is applied here) for the RoIs of
+            all images, in image order. A model whose scores are already probabilities
+            (SVM scores, say) can pass ``log`` of them: softmax of log-probabilities that sum
+            to one returns them unchanged.
+        box_deltas: ``Tensor[R, 4(K+1)]`` per-class deltas, or ``Tensor[R, 4]`` class-agnostic
+            deltas (zeros: the RoIs themselves are the boxes).
+        proposals: per image ``Tensor[R_i, 4]`` xyxy RoIs (``sum R_i = R``).
+        image_sizes: per image ``(H, W)`` to clip to.
+        box_coder: the coder the deltas were trained with.
+        score_threshold: drop candidates scoring below this.
+        nms_threshold: IoU of the class-wise NMS.
+        detections_per_image: keep at most this many per image (best first).
+        min_size: drop boxes narrower or lower than this (pixels).
+
+    Returns:
+        Per image ``{"boxes": Tensor[N, 4] xyxy, "labels": Tensor[N] int64 in 1..K,
+        "scores": Tensor[N]}``, by decreasing score.
+    """
+    counts = [len(p) for p in proposals]
+    num_classes = class_logits.shape[1]
+    scores_all = F.softmax(class_logits.float(), dim=-1)
+    if box_deltas.shape[1] == 4:  # class-agnostic deltas: the same box for every class
+        box_deltas = box_deltas.repeat(1, num_classes)
+    all_props = torch.cat(list(proposals)) if proposals else box_deltas.new_zeros((0, 4))
+    if all_props.numel():
+        decoded = box_coder.decode(box_deltas.float(), all_props.float())
+    else:
+        decoded = box_deltas.float().new_zeros((0, 4 * num_classes))
+    results = []
+    for scores, boxes, size in zip(scores_all.split(counts), decoded.split(counts), image_sizes):
+        boxes = clip_boxes_to_image(boxes.reshape(-1, num_classes, 4), size)
+        labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
+        # drop the background column, then flatten (RoI, class) pairs
+        boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:], labels[:, 1:]
+        scores, labels = scores.reshape(-1), labels.reshape(-1)
+        wh = boxes[:, 2:] - boxes[:, :2]
+        keep = torch.where((scores >= score_threshold) & (wh.min(dim=1).values >= min_size))[0]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = batched_nms(boxes, scores, labels, nms_threshold)[:detections_per_image]
+        results.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
+    return results
+
+
+# --------------------------------------------------------------------------- module
+
+
+def _indexed(rois: Sequence[Tensor]) -> Tensor:
+    """Per-image ``Tensor[R_i, 4]`` -> ``Tensor[R, 5]`` rows ``(image index, x1, y1, x2, y2)``."""
+    boxes = torch.cat(list(rois))
+    image_idx = torch.repeat_interleave(
+        torch.arange(len(rois), device=boxes.device),
+        torch.tensor([len(r) for r in rois], device=boxes.device),
+    )
+    return torch.cat([image_idx[:, None].to(boxes.dtype), boxes], dim=1)
+
+
+class RoIBoxPredictor(nn.Module):
+    """RoI pooling + :class:`BoxHead` + sampling + loss + decoding: the detector half of
+    Fast and Faster R-CNN, on one feature map.
+
+    Args:
+        in_channels: channels of the feature map.
+        spatial_scale: feature cells per image pixel (``1 / stride``).
+        num_classes: classes including background.
+        settings: :class:`BoxHeadSettings`.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        spatial_scale: float,
+        num_classes: int,
+        settings: BoxHeadSettings | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = s = settings or BoxHeadSettings()
+        self.spatial_scale = float(spatial_scale)
+        self.num_classes = int(num_classes)
+        self.head = BoxHead(
+            in_channels=in_channels,
+            pool_size=s.pool_size,
+            num_classes=num_classes,
+            fc_width=s.fc_width,
+        )
+        self.box_coder = BoxCoder(s.box_weights)
+        self.matcher = Matcher(s.fg_iou, s.bg_iou_low, allow_low_quality_matches=False)
+        self.sampler = BalancedSampler(s.batch_size_per_image, s.positive_fraction)
+        # FPN level assignment (used when forward gets a list of maps): level index
+        # ``canonical_level`` pools RoIs of side ``canonical_size``
+        self.level_scales: list[float] = []
+        self.canonical_level = 0
+        self.canonical_size = 64.0
+
+    def set_levels(self, scales: Sequence[float], canonical_level: int, canonical_size: float):
+        """Pool from several maps (FPN): their scales, and which level holds RoIs of side
+        ``canonical_size`` pixels (smaller RoIs go one level finer per halving)."""
+        self.level_scales = [float(x) for x in scales]
+        self.canonical_level = int(canonical_level)
+        self.canonical_size = float(canonical_size)
+
+    def _pool_level(self, features: Tensor, rois: Tensor | list, scale: float) -> Tensor:
+        size = self.settings.pool_size
+        if self.settings.pooler == "roi_pool":
+            return roi_pool(features, rois, size, scale)
+        # training on CPU: the matrix form, whose backward is fast; torchvision's kernel
+        # is the faster forward-only pass (inference) and the GPU path
+        if features.device.type == "cpu" and torch.is_grad_enabled() and features.requires_grad:
+            if isinstance(rois, list):
+                rois = _indexed(rois).to(features.dtype)
+            return roi_align_separable(features, rois, size, scale, sampling_ratio=2)
+        return roi_align(features, rois, size, scale, sampling_ratio=2)
+
+    def pool(self, features: Tensor | Sequence[Tensor], rois: Sequence[Tensor]) -> Tensor:
+        """``Tensor[R, C, P, P]`` pooled features of the per-image RoIs.
+
+        ``features`` is one map (scale ``spatial_scale``) or, with FPN, one map per level
+        (scales ``level_scales``); a RoI then pools from the level of its size (FPN, Lin et
+        al. 2017, eq. 1: ``k = floor(k0 + log2(sqrt(wh) / canonical_size))``).
+        """
+        if isinstance(features, Tensor):
+            return self._pool_level(features, list(rois), self.spatial_scale)
+        indexed = _indexed(rois)  # [R, 5]
+        boxes = indexed[:, 1:]
+        side = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6).sqrt()
+        level = torch.floor(self.canonical_level + torch.log2(side / self.canonical_size))
+        level = level.clamp(0, len(features) - 1).long()
+        size = self.settings.pool_size
+        out = boxes.new_zeros((len(boxes), features[0].shape[1], size, size))
+        for k, (feat, scale) in enumerate(zip(features, self.level_scales)):
+            idx = torch.where(level == k)[0]
+            if len(idx):
+                out[idx] = self._pool_level(feat, indexed[idx], scale).to(out.dtype)
+        return out
+
+    def forward(
+        self,
+        features: Tensor | Sequence[Tensor],
+        proposals: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+        targets: Sequence[dict] | None = None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """Score proposals.
+
+        Args:
+            features: ``Tensor[B, C, H / s, W / s]`` shared feature map, or per FPN level
+                (see :meth:`set_levels`).
+            proposals: per image ``Tensor[P_i, 4]`` xyxy (detached).
+            image_sizes: per image ``(H, W)``.
+            targets: training only, per image ``boxes`` / ``labels``.
+
+        Returns:
+            ``(detections, losses)``: in training ``([], {"loss_classifier", "loss_box_reg"})``;
+            in eval (per-image detection dicts, ``{}``).
+        """
+        s = self.settings
+        if self.training:
+            rois, labels, regression_targets = sample_proposals(
+                proposals,
+                targets,
+                matcher=self.matcher,
+                sampler=self.sampler,
+                box_coder=self.box_coder,
+                add_gt=s.add_gt_as_proposals,
+            )
+            logits, deltas = self.head(self.pool(features, rois))
+            losses = fast_rcnn_loss(
+                logits, deltas, labels, regression_targets, smooth_l1_beta=s.smooth_l1_beta
+            )
+            return [], losses
+        logits, deltas = self.head(self.pool(features, proposals))
+        detections = postprocess_detections(
+            logits,
+            deltas,
+            proposals,
+            image_sizes,
+            box_coder=self.box_coder,
+            score_threshold=s.score_threshold,
+            nms_threshold=s.nms_threshold,
+            detections_per_image=s.detections_per_image,
+        )
+        return detections, {}

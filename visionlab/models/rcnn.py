@@ -1,0 +1,517 @@
+"""R-CNN (Girshick, Donahue, Darrell, Malik, "Rich feature hierarchies for accurate object
+detection and semantic segmentation", CVPR 2014), and the region-detector frame it shares
+with SPPNet (:mod:`visionlab.models.sppnet`).
+
+The paper's pipeline, as this module follows it:
+
+- section 2.1 "Region proposals": selective search in fast mode, about 2000 boxes per image
+  (:func:`visionlab.ops.selective_search`, cached on disk). The scenes images are 128 px,
+  where fast mode finds ~130 boxes covering 74% of the objects; the search therefore runs on
+  the image resized to ``ProposalSettings.search_size`` (256 px: ~290 boxes, 96% recall at
+  IoU 0.5), the boxes mapped back.
+- section 2.1 "Feature extraction" and appendix A: every region is dilated so that, once
+  warped (anisotropically) to the CNN input size, ``context`` pixels of image surround it
+  (p = 16 at 227 px in the paper), padded with the image mean where it leaves the image
+  (:func:`warp_regions`); the CNN's pool5 output feeds fc6 and fc7.
+- section 2.3 "Supervised pre-training" / "Domain-specific fine-tuning": the CNN is trained
+  on warped regions as an (N + 1)-way classifier, regions with IoU >= 0.5 against a ground-
+  truth box are that box's class, the rest background; each SGD step takes 128 regions,
+  32 of them foreground. (There is no ImageNet for the tiny backbone: it starts from random
+  weights, or from ``pretrained``, e.g. a ``tiny_cnn`` trained on the scenes crops.)
+- section 2.3 "Object category classifiers": one linear SVM per class on fc7, positives
+  the ground-truth boxes, negatives IoU < 0.3, hard negative mining
+  (:mod:`visionlab.models.svm`).
+- appendix C: class-specific ridge regression from pool5 features to box deltas, trained on
+  proposals with IoU > 0.6.
+- section 2.2 "Test-time detection": score every region with every SVM, then greedy
+  non-maximum suppression per class (IoU 0.3).
+
+The stages (fine-tune, extract features, fit SVMs, fit box regressors) run in
+:mod:`visionlab.engine.stages`; this module holds the model and its two modes: training mode
+gives the fine-tuning loss ``{"loss_cls"}`` (torchvision's detection contract), eval mode the
+detections. Before the SVMs are fitted, eval mode scores regions with the fine-tuned
+softmax. SVM weights and box regressors are buffers: a checkpoint's state dict carries them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from visionlab.errors import VisionLabError
+from visionlab.models.backbones import IMAGENET_MEAN, build_backbone
+from visionlab.models.heads import sample_proposals, settings_from
+from visionlab.models.registry import register_model
+from visionlab.models.svm import SVMSettings
+from visionlab.ops import (
+    BalancedSampler,
+    BoxCoder,
+    Matcher,
+    batched_nms,
+    clip_boxes_to_image,
+    roi_align,
+    selective_search,
+)
+
+__all__ = [
+    "MULTI_STAGE_MODELS",
+    "RCNN",
+    "BoxRegSettings",
+    "FinetuneSettings",
+    "ProposalSettings",
+    "RegionDetector",
+    "TestSettings",
+    "warp_regions",
+]
+
+# Registered names of models trained by the stages of visionlab.engine.stages.
+MULTI_STAGE_MODELS: set[str] = set()
+# R-CNN's box parameterisation (appendix C) without Fast R-CNN's target scaling.
+BOX_CODER_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+TIMING_KEYS = ("proposals", "features", "classification", "nms")
+
+
+@dataclass
+class ProposalSettings:
+    """Selective search (R-CNN sec. 2.1).
+
+    Attributes:
+        mode: ``"fast"`` (the paper's) or ``"quality"``.
+        max_proposals: keep at most this many boxes per image (2000).
+        search_size: run the search on the image resized so its longer side is this many
+            pixels (0: as it is); boxes are mapped back to the image.
+        min_size: drop boxes narrower or lower than this (pixels of the image).
+        cache: keep results on disk (``$VISIONLAB_HOME/ss_cache``).
+    """
+
+    mode: str = "fast"
+    max_proposals: int = 2000
+    search_size: int = 256
+    min_size: float = 2.0
+    cache: bool = True
+
+
+@dataclass
+class FinetuneSettings:
+    """Region sampling of the (N + 1)-way fine-tuning (R-CNN sec. 2.3).
+
+    Attributes:
+        fg_iou: regions with IoU >= this against a gt box are foreground (0.5); all others
+            background.
+        regions_per_image: regions sampled per image (the paper: 128 per batch; a batch of
+            4 images x 32 regions is the same).
+        fg_fraction: fraction of foreground regions (32 / 128).
+        train_conv: train the convolutional layers too (R-CNN fine-tunes the whole network;
+            SPPNet only its fully connected layers, on an ImageNet-trained conv part).
+        hflip: mirror an image (with its boxes and proposals) with probability 0.5.
+        images: training images the stages use, a seeded random subset (0 = all); the
+            selective search over them is the stages' first cost.
+        eval_images: validation images scored after the last stage (0 = all, -1 = none);
+            ``visionlab eval`` scores a whole split.
+    """
+
+    fg_iou: float = 0.5
+    regions_per_image: int = 32
+    fg_fraction: float = 0.25
+    train_conv: bool = True
+    hflip: bool = True
+    images: int = 0
+    eval_images: int = 100
+
+
+@dataclass
+class BoxRegSettings:
+    """Bounding-box ridge regression (R-CNN appendix C).
+
+    Attributes:
+        min_iou: train on proposals whose IoU with a gt box of the class exceeds this (0.6).
+        ridge: regularisation lambda on pool features scaled to mean L2 norm ``feat_norm``.
+        feat_norm: the mean L2 norm the features are scaled to before the regression.
+    """
+
+    min_iou: float = 0.6
+    ridge: float = 1000.0
+    feat_norm: float = 20.0
+
+
+@dataclass
+class TestSettings:
+    """Test-time detection (R-CNN sec. 2.2).
+
+    Attributes:
+        box_regression: apply the fitted box regressors.
+        score_threshold: drop detections scoring below this (scores are ``sigmoid`` of
+            the SVM margins, or softmax probabilities before the SVMs are fitted).
+        nms_threshold: class-wise NMS IoU (0.3 in R-CNN).
+        detections_per_image: keep at most this many.
+        chunk: regions per forward pass of the CNN (memory bound of R-CNN's warped crops).
+    """
+
+    box_regression: bool = True
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.3
+    detections_per_image: int = 100
+    chunk: int = 512
+
+
+def warp_regions(image: Tensor, boxes: Tensor, *, size: int, context: int) -> Tensor:
+    """Warp each box of ``image`` to ``size x size`` with ``context`` pixels of surrounding
+    image (R-CNN appendix A, "warp with context padding").
+
+    The box is dilated about its centre by ``size / (size - 2 * context)`` so that, after
+    the anisotropic warp, the original box fills the central ``size - 2 * context`` pixels;
+    where the dilated box leaves the image the crop shows the image mean (ImageNet's, the
+    statistics the backbones normalise with). Bilinear sampling (RoI Align, one sample per
+    output pixel).
+
+    Args:
+        image: ``Tensor[3, H, W]`` float in [0, 1].
+        boxes: ``Tensor[K, 4]`` xyxy pixels.
+        size: output side (the CNN input, 227 for AlexNet).
+        context: pixels of context at the warped scale (16 in the paper; 0 = tight warp).
+
+    Returns:
+        ``Tensor[K, 3, size, size]``.
+    """
+    if not 0 <= 2 * context < size:
+        raise VisionLabError(f"warp: context {context} must be >= 0 and < size / 2 ({size})")
+    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    boxes = boxes.to(image.dtype)
+    scale = size / (size - 2 * context)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1.0) * (scale / 2)
+    dilated = torch.cat([centre - half, centre + half], dim=1)
+    # sample the mean-subtracted image so that samples outside it (zeros) become the mean
+    crops = roi_align(
+        (image - mean)[None], [dilated], size, spatial_scale=1.0, sampling_ratio=1, aligned=True
+    )
+    return crops + mean
+
+
+def _resize_longer(image: Tensor, size: int) -> tuple[Tensor, float]:
+    """``image [3, H, W]`` resized (bilinear) so its longer side is ``size``; the factor."""
+    h, w = image.shape[-2:]
+    factor = size / max(h, w)
+    if size <= 0 or abs(factor - 1) < 1e-6:
+        return image, 1.0
+    out_size = (max(1, round(h * factor)), max(1, round(w * factor)))
+    resized = F.interpolate(image[None], size=out_size, mode="bilinear", align_corners=False)
+    return resized[0].clamp(0, 1), factor
+
+
+@dataclass
+class _Timing:
+    """Seconds spent per test-time step, summed over images (read by the benchmark)."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMING_KEYS, 0.0))
+    images: int = 0
+
+
+class RegionDetector(nn.Module):
+    """Regions + CNN features + per-class linear SVMs + box ridge regression.
+
+    Subclasses say how region features are computed (:meth:`pool_features`): R-CNN warps
+    each region and runs the whole CNN on it, SPPNet pools windows of one feature map.
+
+    Args:
+        backbone: the convolutional part (:class:`~visionlab.models.backbones.Backbone`).
+        pool_dim: length of the pooled ("pool5") feature of one region.
+        num_classes: classes including background (``C + 1``).
+        fc_width: width of fc6 and fc7.
+        dropout: dropout after fc6 and fc7 (0.5 in the paper).
+        proposals / finetune / svm / box_reg / test: settings dataclasses.
+
+    Buffers (in the state dict): ``svm_weight [C, fc_width]``, ``svm_bias [C]``,
+    ``svm_scale []`` (feature scaling), ``svm_fitted []``; ``bbox_weight [C, pool_dim + 1,
+    4]``, ``bbox_scale []``, ``bbox_fitted []``.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        pool_dim: int,
+        num_classes: int,
+        fc_width: int,
+        dropout: float,
+        proposals: ProposalSettings,
+        finetune: FinetuneSettings,
+        svm: SVMSettings,
+        box_reg: BoxRegSettings,
+        test: TestSettings,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise VisionLabError(
+                f"num_classes must count background + >= 1 class, got {num_classes}"
+            )
+        self.backbone = backbone
+        self.pool_dim = int(pool_dim)
+        self.num_classes = int(num_classes)
+        self.head = nn.Sequential(
+            nn.Linear(pool_dim, fc_width),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(fc_width, fc_width),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+        )
+        self.cls_score = nn.Linear(fc_width, num_classes)
+        self.proposal_settings = proposals
+        self.finetune_settings = finetune
+        self.svm_settings = svm
+        self.box_reg_settings = box_reg
+        self.test_settings = test
+        self.box_coder = BoxCoder(weights=BOX_CODER_WEIGHTS)
+        c = num_classes - 1
+        self.register_buffer("svm_weight", torch.zeros(c, fc_width))
+        self.register_buffer("svm_bias", torch.zeros(c))
+        self.register_buffer("svm_scale", torch.ones(()))
+        self.register_buffer("svm_fitted", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("bbox_weight", torch.zeros(c, pool_dim + 1, 4))
+        self.register_buffer("bbox_scale", torch.ones(()))
+        self.register_buffer("bbox_fitted", torch.zeros((), dtype=torch.bool))
+        # `visionlab predict --show-proposals` sets this: eval outputs carry `proposals`
+        self.return_proposals = False
+        self.timing = _Timing()
+        self._matcher = Matcher(finetune.fg_iou, 0.0)
+        self._sampler = BalancedSampler(finetune.regions_per_image, finetune.fg_fraction)
+
+    # ------------------------------------------------------------------ parts
+
+    def pool_features(self, images: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
+        """Pooled features ``Tensor[sum K_i, pool_dim]`` of ``boxes[i]`` (xyxy) of ``images[i]``."""
+        raise NotImplementedError
+
+    def fc_features(self, pooled: Tensor) -> Tensor:
+        """fc7: ``Tensor[K, pool_dim] -> Tensor[K, fc_width]``."""
+        return self.head(pooled)
+
+    def finetune_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained by the fine-tuning stage (conv too, unless ``train_conv`` off)."""
+        if self.finetune_settings.train_conv:
+            return [p for p in self.parameters() if p.requires_grad]
+        return [*self.head.parameters(), *self.cls_score.parameters()]
+
+    @torch.no_grad()
+    def propose(self, image: Tensor) -> Tensor:
+        """Selective-search boxes ``Tensor[K, 4]`` xyxy of ``image [3, H, W]`` (sec. 2.1)."""
+        s = self.proposal_settings
+        search, factor = _resize_longer(image.detach().float().cpu(), s.search_size)
+        boxes = selective_search(search, s.mode, s.max_proposals, cache=s.cache)
+        boxes = clip_boxes_to_image(boxes / factor, tuple(image.shape[-2:]))
+        wh = boxes[:, 2:] - boxes[:, :2]
+        boxes = boxes[(wh >= s.min_size).all(dim=1)]
+        return boxes.to(image.device)
+
+    def class_scores(self, fc7: Tensor) -> Tensor:
+        """``Tensor[K, C]`` scores in [0, 1] of classes 1..C: ``sigmoid`` of the SVM margins
+        (a monotone map, so rankings and AP are the SVMs'), or the fine-tuned softmax
+        before the SVMs are fitted."""
+        if bool(self.svm_fitted):
+            return torch.sigmoid(self.svm_margins(fc7))
+        return F.softmax(self.cls_score(fc7), dim=1)[:, 1:]
+
+    def svm_margins(self, fc7: Tensor) -> Tensor:
+        """SVM outputs ``w_c . (s * x) + b_c`` for every class: ``Tensor[K, C]``."""
+        return (fc7 * self.svm_scale) @ self.svm_weight.T + self.svm_bias
+
+    def regress_boxes(self, pooled: Tensor, boxes: Tensor) -> Tensor:
+        """Per-class refined boxes ``Tensor[K, C, 4]`` (the boxes themselves when off)."""
+        c = self.num_classes - 1
+        if not (bool(self.bbox_fitted) and self.test_settings.box_regression):
+            return boxes[:, None, :].expand(-1, c, 4)
+        x = torch.cat([pooled * self.bbox_scale, pooled.new_ones(pooled.shape[0], 1)], dim=1)
+        deltas = torch.einsum("kd,cdt->kct", x, self.bbox_weight)  # [K, C, 4]
+        return self.box_coder.decode(deltas.reshape(len(boxes), 4 * c), boxes).view(-1, c, 4)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self, images: list[Tensor], targets: list[dict] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Training: ``{"loss_cls"}`` of the (N + 1)-way fine-tuning on sampled regions
+        (targets may carry precomputed ``proposals``). Eval: per image ``{"boxes",
+        "labels", "scores"}`` (+ ``"proposals"`` when ``return_proposals``)."""
+        if self.training:
+            if targets is None:
+                raise VisionLabError(f"{type(self).__name__}: training mode needs targets")
+            return self.finetune_loss(images, targets)
+        return self.detect(images)
+
+    def finetune_loss(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
+        """Cross-entropy of the (N + 1)-way classifier on a balanced sample of regions."""
+        proposals = [
+            t["proposals"] if "proposals" in t else self.propose(img)
+            for img, t in zip(images, targets)
+        ]
+        sampled, labels, _ = sample_proposals(
+            proposals,
+            targets,
+            matcher=self._matcher,
+            sampler=self._sampler,
+            box_coder=self.box_coder,
+            add_gt=True,  # R-CNN fine-tunes on the ground-truth boxes too
+        )
+        logits = self.cls_score(self.fc_features(self.pool_features(images, sampled)))
+        return {"loss_cls": F.cross_entropy(logits, labels.to(logits.device))}
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        """Test-time detection (sec. 2.2), one image at a time, timing each step."""
+        results = []
+        for image in images:
+            tick = time.perf_counter()
+            boxes = self.propose(image)
+            t_prop = time.perf_counter()
+            pooled = self.pool_features([image], [boxes])
+            fc7 = self.fc_features(pooled)
+            t_feat = time.perf_counter()
+            scores = self.class_scores(fc7)
+            refined = clip_boxes_to_image(
+                self.regress_boxes(pooled, boxes).reshape(-1, 4), tuple(image.shape[-2:])
+            ).view(scores.shape[0], -1, 4)
+            t_cls = time.perf_counter()
+            out = self.postprocess(refined, scores)
+            t_nms = time.perf_counter()
+            if self.return_proposals:
+                out["proposals"] = boxes
+            results.append(out)
+            secs = self.timing.seconds
+            secs["proposals"] += t_prop - tick
+            secs["features"] += t_feat - t_prop
+            secs["classification"] += t_cls - t_feat
+            secs["nms"] += t_nms - t_cls
+            self.timing.images += 1
+        return results
+
+    def postprocess(self, boxes: Tensor, scores: Tensor) -> dict[str, Tensor]:
+        """Threshold, class-wise greedy NMS, best ``detections_per_image``.
+
+        Args:
+            boxes: ``Tensor[K, C, 4]`` per-class boxes of the K regions.
+            scores: ``Tensor[K, C]``.
+        """
+        s = self.test_settings
+        c = scores.shape[1]
+        labels = torch.arange(1, c + 1, device=scores.device).expand_as(scores)
+        boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
+        wh = boxes[:, 2:] - boxes[:, :2]
+        keep = (scores >= s.score_threshold) & (wh > 1e-2).all(dim=1)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = batched_nms(boxes, scores, labels, s.nms_threshold)[: s.detections_per_image]
+        return {"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]}
+
+    def reset_timing(self) -> None:
+        self.timing = _Timing()
+
+
+class RCNN(RegionDetector):
+    """R-CNN: each region warped (with context) to ``input_size`` and run through the
+    whole CNN; pool5 is the flattened last feature map (see the module docstring).
+
+    Args:
+        input_size: side of the warped regions (227 for AlexNet; 64 suits ``tiny_cnn``).
+        context: pixels of context around each region at the warped scale (16 at 227).
+        **kwargs: :class:`RegionDetector` arguments (``pool_dim`` is computed).
+    """
+
+    def __init__(self, *, backbone: nn.Module, input_size: int, context: int, **kwargs) -> None:
+        with torch.no_grad():
+            was = backbone.training
+            probe = backbone.eval().forward_features(torch.zeros(1, 3, input_size, input_size))
+            backbone.train(was)
+        super().__init__(backbone=backbone, pool_dim=probe[0].numel(), **kwargs)
+        self.input_size = int(input_size)
+        self.context = int(context)
+
+    def pool_features(self, images: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
+        crops = torch.cat(
+            [
+                warp_regions(img, b, size=self.input_size, context=self.context)
+                for img, b in zip(images, boxes)
+            ]
+        )
+        if crops.shape[0] == 0:
+            return crops.new_zeros((0, self.pool_dim))
+        chunk = self.test_settings.chunk if not torch.is_grad_enabled() else crops.shape[0]
+        return torch.cat(
+            [self.backbone.forward_features(part).flatten(1) for part in crops.split(chunk)]
+        )
+
+
+def region_settings(
+    proposals: dict | None,
+    finetune: dict | None,
+    svm: dict | None,
+    box_reg: dict | None,
+    test: dict | None,
+    where: str,
+) -> dict:
+    """The settings dataclasses of a :class:`RegionDetector` from plain dicts (a recipe)."""
+    return {
+        "proposals": settings_from(ProposalSettings, proposals, f"{where}.proposals"),
+        "finetune": settings_from(FinetuneSettings, finetune, f"{where}.finetune"),
+        "svm": settings_from(SVMSettings, svm, f"{where}.svm"),
+        "box_reg": settings_from(BoxRegSettings, box_reg, f"{where}.box_reg"),
+        "test": settings_from(TestSettings, test, f"{where}.test"),
+    }
+
+
+@register_model(
+    "rcnn",
+    task="detection",
+    summary="R-CNN (2014): selective search, warped-region CNN, SVMs + box regression",
+)
+def rcnn(
+    *,
+    num_classes: int = 8,
+    backbone: str = "tiny_cnn",
+    width: int = 16,
+    input_size: int = 64,
+    context: int = 4,
+    fc_width: int = 256,
+    dropout: float = 0.5,
+    proposals: dict | None = None,
+    finetune: dict | None = None,
+    svm: dict | None = None,
+    box_reg: dict | None = None,
+    test: dict | None = None,
+    pretrained: str | None = None,
+) -> RCNN:
+    """R-CNN on a visionlab backbone.
+
+    Args:
+        num_classes: classes including background.
+        backbone: a :func:`~visionlab.models.backbones.list_backbones` name (``alexnet``
+            with ``input_size=227, context=16`` is the paper's setting).
+        width: ``tiny_cnn`` stem width.
+        input_size: warped region side.
+        context: context pixels at the warped scale (4 at 64 px is the paper's 16 at 227).
+        fc_width: fc6 / fc7 width (4096 in the paper).
+        dropout: after fc6 and fc7.
+        proposals, finetune, svm, box_reg, test: dicts of :class:`ProposalSettings`,
+            :class:`FinetuneSettings`, :class:`~visionlab.models.svm.SVMSettings`,
+            :class:`BoxRegSettings`, :class:`TestSettings` fields.
+        pretrained: weights file for the backbone (e.g. a ``tiny_cnn`` classifier
+            checkpoint: the "supervised pre-training" of sec. 2.3).
+    """
+    kw = {"width": width} if backbone == "tiny_cnn" else {}
+    net = build_backbone(backbone, pretrained=pretrained, **kw)
+    return RCNN(
+        backbone=net,
+        input_size=input_size,
+        context=context,
+        num_classes=num_classes,
+        fc_width=fc_width,
+        dropout=dropout,
+        **region_settings(proposals, finetune, svm, box_reg, test, "rcnn"),
+    )
+
+
+MULTI_STAGE_MODELS.add("rcnn")

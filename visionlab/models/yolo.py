@@ -1,0 +1,383 @@
+"""YOLO: one network pass from the image to every box, no region proposals.
+
+Redmon, Divvala, Girshick and Farhadi, "You Only Look Once: Unified, Real-Time Object
+Detection", CVPR 2016. The image is divided into an S x S grid; each cell predicts B boxes
+``(x, y, w, h)`` with a confidence ``Pr(object) * IoU`` and one set of C conditional class
+probabilities ``Pr(class | object)``: an ``S x S x (B * 5 + C)`` output tensor (Sec. 2). The
+network is a convolutional backbone followed by fully connected layers that output that tensor
+(Sec. 2.1: "the initial convolutional layers extract features while the fully connected layers
+predict the output probabilities and coordinates"), leaky ReLU (0.1) everywhere but the last,
+linear layer, dropout 0.5 after the first fully connected layer (Sec. 2.2). Training and the
+loss (responsible predictor, lambda_coord, lambda_noobj, square roots, IoU targets) are in
+:mod:`visionlab.models.yolo_loss`. At test time the class-specific confidence of each box is
+``Pr(class | object) * confidence`` (Sec. 2, eq. 2); boxes under ``score_thresh`` are dropped
+and class-wise non-maximum suppression removes duplicates (Sec. 2.3).
+
+Options beyond v1, off by default, from Redmon and Farhadi, "YOLO9000: Better, Faster,
+Stronger", CVPR 2017, Sec. 2:
+
+- ``head="conv"``: no fully connected layers; the grid is the backbone's feature map at
+  ``feature_stride`` ("Convolutional With Anchor Boxes"), so ``S = input_size /
+  feature_stride``.
+- ``anchors=[[w, h], ...]``: B priors per cell (their sizes in input pixels, e.g. from
+  :func:`visionlab.models.yolo_loss.kmeans_priors`, "Dimension Clusters"); each predictor
+  regresses ``sigmoid`` offsets in its cell and ``log`` size ratios to its prior ("Direct
+  location prediction") and has its own class probabilities: ``S x S x B (5 + C)``.
+- ``multiscale=[sizes]``: every ``multiscale_every`` training batches the input is resized
+  to a size drawn from the list ("Multi-Scale Training"); needs ``head="conv"``.
+
+Where this code differs from the paper, and why: backbones are the library's (``tiny_cnn``
+for CPU; the paper's 24-layer Darknet is not in it); the head's widths are smaller than the
+paper's 4096-unit layer (``fc_hidden``); the loss is divided by the number of images, so the
+learning rate does not depend on the batch size; linear outputs are clamped to ``[0, 1]``
+when turned into scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from visionlab.errors import VisionLabError
+from visionlab.models.backbones import build_backbone
+from visionlab.models.registry import register_model
+from visionlab.models.yolo_head import HEAD_KINDS, YoloHead, YoloHeadConfig
+from visionlab.models.yolo_loss import (
+    YoloLossConfig,
+    assign,
+    decode_prior,
+    decode_v1,
+    yolo_prior_loss,
+    yolo_v1_loss,
+)
+
+
+@dataclass(frozen=True)
+class YoloPostConfig:
+    """Test-time filtering (Sec. 2.3).
+
+    Attributes:
+        score_thresh: class-specific confidences below this are dropped.
+        nms_thresh: IoU of class-wise non-maximum suppression.
+        pre_nms_topk: best (box, class) pairs kept per image before NMS.
+        detections_per_img: at most this many boxes per image.
+    """
+
+    score_thresh: float = 0.005
+    nms_thresh: float = 0.5
+    pre_nms_topk: int = 1000
+    detections_per_img: int = 100
+
+
+class YOLO(nn.Module):
+    """YOLO v1 (and the YOLO9000 options): ``forward(images, targets=None)``.
+
+    Args:
+        backbone: a :class:`visionlab.models.backbones.Backbone`.
+        num_classes: foreground classes + 1 (torchvision's count; labels are 1..C).
+        input_size: side of the square network input; images are resized to it and boxes
+            mapped back to each image's own pixels.
+        S: cells per side (``fc`` head; ``conv`` heads have ``input_size / feature_stride``).
+        B: boxes per cell (the number of priors when ``anchors`` is given).
+        head, loss, post: :class:`YoloHeadConfig`, ``YoloLossConfig``, :class:`YoloPostConfig`.
+        anchors: ``[[w, h]] * B`` prior sizes in input pixels (YOLO9000), or None (v1).
+        multiscale: training input sizes (multiples of ``feature_stride``), or None.
+        multiscale_every: training batches between two size draws (10 in YOLO9000).
+
+    Attributes:
+        return_grid: when True, eval outputs also carry ``grid_size`` (int S) and ``cells``
+            (``Tensor[N, 2]`` (row, col) of the cell each detection came from), for drawing.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        num_classes: int,
+        input_size: int = 448,
+        S: int = 7,
+        B: int = 2,
+        head: YoloHeadConfig | None = None,
+        loss: YoloLossConfig | None = None,
+        post: YoloPostConfig | None = None,
+        anchors: Sequence[Sequence[float]] | None = None,
+        multiscale: Sequence[int] | None = None,
+        multiscale_every: int = 10,
+    ) -> None:
+        super().__init__()
+        head = head or YoloHeadConfig()
+        self.backbone = backbone
+        self.num_classes = num_classes - 1  # C, foreground
+        self.input_size, self.B = input_size, B
+        self.head_config, self.loss_config = head, loss or YoloLossConfig()
+        self.post = post or YoloPostConfig()
+        self.stride = head.feature_stride
+        self.S = S if head.kind == "fc" else input_size // self.stride
+        self.use_priors = anchors is not None
+        priors = torch.tensor(anchors if anchors is not None else [], dtype=torch.float32)
+        self.register_buffer("priors", priors.reshape(-1, 2), persistent=False)
+        C = self.num_classes
+        depth = B * (5 + C) if self.use_priors else B * 5 + C
+        self.head = YoloHead(
+            in_channels=backbone.feature_channels[f"stride{self.stride}"],
+            map_size=input_size // self.stride,
+            S=self.S,
+            depth=depth,
+            config=head,
+        )
+        self.multiscale = list(multiscale) if multiscale else []
+        self.multiscale_every = multiscale_every
+        self._batches, self._train_size = 0, input_size
+        self.return_grid = False
+
+    # ------------------------------------------------------------------ prediction grid
+
+    def grid(self, x: Tensor) -> dict[str, Tensor]:
+        """Run the network on a batch ``x [N, 3, s, s]`` and split its output grid.
+
+        Returns:
+            ``params [N, S, S, B, 4]`` (v1: ``x, y, sqrt_w, sqrt_h``; priors: ``sx, sy, tw,
+            th``), ``confidence [N, S, S, B]``, and ``classes``: v1 ``Tensor[N, S, S, C]``
+            ``P(class | object)`` (linear), priors ``Tensor[N, S, S, B, C]`` logits.
+        """
+        features = self.backbone.feature_maps(x, strides=(self.stride,))[f"stride{self.stride}"]
+        out = self.head(features)  # [N, S, S, D]
+        n, S, B, C = out.shape[0], out.shape[1], self.B, self.num_classes
+        if self.use_priors:
+            per_box = out.reshape(n, S, S, B, 5 + C)
+            params = torch.cat([per_box[..., :2].sigmoid(), per_box[..., 2:4]], -1)
+            return {
+                "params": params,
+                "confidence": per_box[..., 4].sigmoid(),
+                "classes": per_box[..., 5:],
+            }
+        boxes = out[..., : B * 5].reshape(n, S, S, B, 5)
+        return {"params": boxes[..., :4], "confidence": boxes[..., 4], "classes": out[..., B * 5 :]}
+
+    def decode(self, params: Tensor, size: int) -> Tensor:
+        """Grid parameters ``[..., S, S, B, 4]`` -> xyxy boxes in pixels of a ``size`` input."""
+        if self.use_priors:
+            scale = size / self.input_size  # priors are sizes at input_size
+            return decode_prior(params, self.priors * scale, (size, size))
+        return decode_v1(params, (size, size))
+
+    # ------------------------------------------------------------------------ forward
+
+    def _size(self) -> int:
+        if self.training and self.multiscale:
+            if self._batches % self.multiscale_every == 0:
+                pick = torch.randint(len(self.multiscale), ()).item()
+                self._train_size = int(self.multiscale[pick])
+            self._batches += 1
+            return self._train_size
+        return self.input_size
+
+    @staticmethod
+    def _resize(images: Sequence[Tensor], size: int) -> Tensor:
+        out = []
+        for im in images:
+            if tuple(im.shape[-2:]) != (size, size):
+                im = F.interpolate(
+                    im[None],
+                    size=(size, size),
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
+                )[0]
+            out.append(im)
+        return torch.stack(out)
+
+    def forward(
+        self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Training (``targets`` given, train mode): ``{loss_xy, loss_wh, loss_obj,
+        loss_noobj, loss_cls}``. Eval: per image ``{boxes [K, 4] xyxy in that image's pixels,
+        labels [K] 1..C, scores [K]}`` (+ ``grid_size``, ``cells`` with ``return_grid``).
+        """
+        if self.training and targets is None:
+            raise VisionLabError("YOLO in training mode needs targets (call model.eval())")
+        size = self._size()
+        x = self._resize(images, size)
+        grid = self.grid(x)
+        if self.training:
+            return self.losses(grid, images, targets, size)
+        return self.postprocess(grid, [tuple(im.shape[-2:]) for im in images], size)
+
+    def losses(
+        self,
+        grid: dict[str, Tensor],
+        images: Sequence[Tensor],
+        targets: Sequence[dict[str, Tensor]],
+        size: int,
+    ) -> dict[str, Tensor]:
+        gt_boxes, gt_labels = [], []
+        for im, t in zip(images, targets):
+            h, w = im.shape[-2:]
+            scale = torch.tensor([size / w, size / h, size / w, size / h], device=im.device)
+            gt_boxes.append(t["boxes"].reshape(-1, 4).float() * scale)
+            gt_labels.append(t["labels"].reshape(-1).long())
+        with torch.no_grad():
+            decoded = self.decode(grid["params"].detach(), size)
+        priors = self.priors * (size / self.input_size) if self.use_priors else None
+        assigned = assign(gt_boxes, gt_labels, decoded, (size, size), priors)
+        if self.use_priors:
+            return yolo_prior_loss(
+                grid["params"],
+                grid["confidence"],
+                grid["classes"],
+                priors,
+                assigned,
+                (size, size),
+                self.loss_config,
+            )
+        return yolo_v1_loss(
+            grid["params"],
+            grid["confidence"],
+            grid["classes"],
+            assigned,
+            (size, size),
+            self.loss_config,
+        )
+
+    @torch.no_grad()
+    def postprocess(
+        self, grid: dict[str, Tensor], image_sizes: list[tuple[int, int]], size: int
+    ) -> list[dict[str, Tensor]]:
+        """Class-specific confidences, threshold, class-wise NMS, boxes to image pixels."""
+        from visionlab.ops.boxes import batched_nms, clip_boxes_to_image
+
+        n, S = grid["params"].shape[:2]
+        B, C = self.B, self.num_classes
+        boxes = clip_boxes_to_image(self.decode(grid["params"], size).reshape(-1, 4), (size, size))
+        boxes = boxes.view(n, S * S * B, 4)
+        conf = grid["confidence"].clamp(0, 1).reshape(n, S * S * B, 1)
+        if self.use_priors:
+            probs = grid["classes"].softmax(-1).reshape(n, S * S * B, C)
+        else:  # one class distribution per cell, shared by its B boxes
+            probs = grid["classes"].clamp(0, 1).reshape(n, S * S, 1, C).expand(n, S * S, B, C)
+            probs = probs.reshape(n, S * S * B, C)
+        scores = probs * conf  # Pr(class | object) * Pr(object) * IoU, eq. 2
+        outputs = []
+        for i, (h, w) in enumerate(image_sizes):
+            flat = scores[i].flatten()
+            keep = (flat > self.post.score_thresh).nonzero().squeeze(1)
+            if keep.numel() > self.post.pre_nms_topk:
+                keep = keep[flat[keep].topk(self.post.pre_nms_topk).indices]
+            box_index, labels = keep // C, keep % C + 1
+            kept_boxes, kept_scores = boxes[i, box_index], flat[keep]
+            nms_keep = batched_nms(kept_boxes, kept_scores, labels, self.post.nms_thresh)
+            nms_keep = nms_keep[: self.post.detections_per_img]
+            scale = kept_boxes.new_tensor([w / size, h / size, w / size, h / size])
+            out = {
+                "boxes": kept_boxes[nms_keep] * scale,
+                "labels": labels[nms_keep],
+                "scores": kept_scores[nms_keep],
+            }
+            if self.return_grid:
+                cell = box_index[nms_keep] // B
+                out["grid_size"] = S
+                out["cells"] = torch.stack([cell // S, cell % S], 1)
+            outputs.append(out)
+        return outputs
+
+
+@register_model(
+    "yolo",
+    task="detection",
+    summary="YOLO v1: S x S grid, B boxes + C classes per cell, one pass (+ YOLO9000 options)",
+)
+def yolo(
+    *,
+    num_classes: int = 21,
+    backbone: str = "tiny_cnn",
+    pretrained_backbone: str | None = None,
+    width: int = 16,
+    input_size: int = 448,
+    S: int | None = None,
+    B: int | None = None,
+    head: str = "fc",
+    feature_stride: int = 32,
+    head_convs: int = 2,
+    head_channels: int = 256,
+    fc_hidden: int = 512,
+    dropout: float = 0.5,
+    lambda_coord: float = 5.0,
+    lambda_noobj: float = 0.5,
+    anchors: Sequence[Sequence[float]] | None = None,
+    multiscale: Sequence[int] | None = None,
+    multiscale_every: int = 10,
+    score_thresh: float = 0.005,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+) -> YOLO:
+    """YOLO v1 by default (S=7, B=2, fully connected head, 448 px input).
+
+    ``S`` defaults to 7 (``fc``) or ``input_size / feature_stride`` (``conv``, where it can
+    be nothing else); ``B`` defaults to 2, or to the number of ``anchors``. See :class:`YOLO`
+    and the module docstring for the options.
+    """
+    if head not in HEAD_KINDS:
+        raise VisionLabError(f"yolo: head must be one of {HEAD_KINDS}, got {head!r}")
+    if feature_stride not in (8, 16, 32):
+        raise VisionLabError(f"yolo: feature_stride must be 8, 16 or 32, got {feature_stride}")
+    if input_size % feature_stride:
+        raise VisionLabError(
+            f"yolo: input_size {input_size} is not a multiple of feature_stride {feature_stride}"
+        )
+    if anchors is not None:
+        if not anchors or any(len(a) != 2 or min(a) <= 0 for a in anchors):
+            raise VisionLabError(f"yolo: anchors must be [[w, h], ...] > 0, got {anchors!r}")
+        if B is not None and len(anchors) != B:
+            raise VisionLabError(f"yolo: B={B} but {len(anchors)} anchors are given")
+    B = len(anchors) if anchors is not None else (2 if B is None else B)
+    if head == "conv":
+        if S is not None and input_size // feature_stride != S:
+            raise VisionLabError(
+                f"yolo: with head='conv' the grid is the stride-{feature_stride} map: S = "
+                f"{input_size // feature_stride} at input_size {input_size}, not {S}"
+            )
+        S = input_size // feature_stride
+    S = 7 if S is None else S
+    if S < 1 or B < 1 or num_classes < 2:
+        raise VisionLabError(
+            f"yolo: need S >= 1, B >= 1, num_classes >= 2 (got {S}, {B}, {num_classes})"
+        )
+    if multiscale:
+        if head != "conv":
+            raise VisionLabError(
+                "yolo: multiscale needs head='conv' (fully connected layers fix the input size)"
+            )
+        bad = [s for s in multiscale if s % feature_stride]
+        if bad:
+            raise VisionLabError(
+                f"yolo: multiscale sizes {bad} are not multiples of feature_stride {feature_stride}"
+            )
+    net = build_backbone(
+        backbone, pretrained=pretrained_backbone, **({"width": width} if width != 16 else {})
+    )
+    return YOLO(
+        backbone=net,
+        num_classes=num_classes,
+        input_size=input_size,
+        S=S,
+        B=B,
+        head=YoloHeadConfig(
+            kind=head,
+            feature_stride=feature_stride,
+            convs=head_convs,
+            channels=head_channels,
+            fc_hidden=fc_hidden,
+            dropout=dropout,
+        ),
+        loss=YoloLossConfig(lambda_coord=lambda_coord, lambda_noobj=lambda_noobj),
+        post=YoloPostConfig(
+            score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img
+        ),
+        anchors=anchors,
+        multiscale=multiscale,
+        multiscale_every=multiscale_every,
+    )
