@@ -153,20 +153,21 @@ def _ceiling_section(data: str, size: int | None, count: int) -> list[str]:
 
     val = load_dataset(data, "val", task="segmentation")
     native = resolution_ceiling(val, count=count)
+    resize = bool(size) and tuple(val[0][0].shape[1:]) != (size, size)
     lines = [
         "## How fine is stride 8? A resolution yardstick",
         "",
         f"mIoU of the ground truth itself, average-pooled to stride s and upsampled "
         f"bilinearly (first {min(count, len(val))} validation images), at the images' own "
         "size"
-        + (f" and resized to {size} px (the recipe's `image_size`)" if size else "")
+        + (f" and resized to {size} px (the recipe's `image_size`)" if resize else "")
         + ". FCN-8s scores at stride 8, FCN-16s at 16, FCN-32s at 32.",
         "",
         "| input | stride 4 | stride 8 | stride 16 | stride 32 |",
         "|:------|-----:|-----:|-----:|-----:|",
         "| as stored | " + " | ".join(f"{native[s]:.3f}" for s in sorted(native)) + " |",
     ]
-    if size and tuple(val[0][0].shape[1:]) != (size, size):
+    if resize:
         resized = load_dataset(
             data,
             "val",
