@@ -185,13 +185,12 @@ def _infer_ms(model: nn.Module, images: list[Tensor]) -> float:
 @torch.no_grad()
 def split_times(model: nn.Module, images: list[Tensor]) -> dict[str, float]:
     """Mean ms per image (batch of one) of proposals / backbone / heads / NMS."""
-    from visionlab.models.heads import batch_images, postprocess_detections
+    from visionlab.models.heads import batch_images
     from visionlab.ops import selective_search
 
     model.eval()
     parts = {"proposals": [], "backbone": [], "heads": [], "NMS": []}
     heads = model.roi_heads
-    s = heads.settings
     for i, im in enumerate([images[0], *images]):  # the first pass warms up
         t0 = time.perf_counter()
         batch, sizes = batch_images([im], 32)
@@ -212,16 +211,7 @@ def split_times(model: nn.Module, images: list[Tensor]) -> dict[str, float]:
             backbone, propose = t2 - t1, t1 - t0
         logits, deltas = heads.head(heads.pool(roi_feats, proposals))
         t3 = time.perf_counter()
-        postprocess_detections(
-            logits,
-            deltas,
-            proposals,
-            sizes,
-            box_coder=heads.box_coder,
-            score_threshold=s.score_threshold,
-            nms_threshold=s.nms_threshold,
-            detections_per_image=s.detections_per_image,
-        )
+        heads.detect(logits, deltas, proposals, sizes)
         t4 = time.perf_counter()
         if i > 0:
             for key, value in zip(parts, (propose, backbone, t3 - t2, t4 - t3)):

@@ -574,7 +574,19 @@ class RoIBoxPredictor(nn.Module):
             )
             return [], losses
         logits, deltas = self.head(self.pool(features, proposals))
-        detections = postprocess_detections(
+        return self.detect(logits, deltas, proposals, image_sizes), {}
+
+    def detect(
+        self,
+        logits: Tensor,
+        deltas: Tensor,
+        proposals: Sequence[Tensor],
+        image_sizes: Sequence[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        """Decode, threshold and class-wise NMS with this head's settings (see
+        :func:`postprocess_detections`); the last step of eval-mode :meth:`forward`."""
+        s = self.settings
+        return postprocess_detections(
             logits,
             deltas,
             proposals,
@@ -584,4 +596,3 @@ class RoIBoxPredictor(nn.Module):
             nms_threshold=s.nms_threshold,
             detections_per_image=s.detections_per_image,
         )
-        return detections, {}
