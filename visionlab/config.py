@@ -60,7 +60,8 @@ Schema (defaults in brackets)::
                          the training split, e.g. {hflip: 0.5} [{}]
     transfer:
       pretrained: str    checkpoint (.pt), exported dir or .safetensors to start from; the
-                         classifier head is reset when the class count differs [""]
+                         classifier head is reset when the class count differs. A model
+                         without `pretrained` gets it as `pretrained_backbone` [""]
       freeze: str        none | backbone [none]
       unfreeze_after: int|None  epochs after which a frozen backbone is trained too [None]
 

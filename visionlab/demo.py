@@ -92,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
         if step in steps:
             overrides, flags = DEMO_OVERRIDES.get(step, ([], []))
             classifier = out / "classify" / "checkpoints" / "best.pt"
-            if step == "faster_rcnn" and classifier.is_file():  # the paper's classifier init
-                overrides = [*overrides, f"model_args.pretrained_backbone={classifier}"]
+            if step in ("fcn", "faster_rcnn"):  # the papers' classifier init, the demo's own
+                source = classifier if classifier.is_file() else "null"
+                overrides = [*overrides, f"model_args.pretrained_backbone={source}"]
             images = _val_images(val_images, args.predict_n)
             _train_and_predict(recipe, out / name, images, overrides, flags)
     minutes = (time.perf_counter() - start) / 60

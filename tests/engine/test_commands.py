@@ -50,6 +50,22 @@ def test_eval_command(trained_run: Path, capsys: pytest.CaptureFixture) -> None:
     assert written["metrics"]["top1"] == metrics["top1"] and written["split"] == "val"
 
 
+def test_eval_limit_scores_the_first_images(
+    trained_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    ckpt = str(trained_run / "checkpoints" / "last.pt")
+    assert main(["eval", ckpt, "--json", "--limit", "1"]) == 0
+    one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert one["top1"] in (0.0, 1.0)  # a single image is right or wrong
+    assert json.loads((trained_run / "eval.json").read_text())["images"] == "first 1"
+    assert main(["eval", ckpt, "--json", "--limit", "1000"]) == 0  # more than the split: all
+    every = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", ckpt, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == every
+    assert main(["eval", ckpt, "--limit", "0"]) == 2
+    assert "limit must be a positive number" in capsys.readouterr().err
+
+
 def test_predict_command(
     trained_run: Path, folder_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -65,7 +65,7 @@ def test_ridge_recovers_a_linear_map() -> None:
 
 def _cfg(data: Path, out: Path, model: str, **extra):
     args = {
-        "width": 8,
+        "backbone_width": 8,
         "fc_width": 64,
         "dropout": 0.0,
         "proposals": {"search_size": 128},
@@ -89,6 +89,19 @@ def _cfg(data: Path, out: Path, model: str, **extra):
             "train": {"max_steps": 60, "batch_size": 4, "progress": False},
         }
     )
+
+
+def test_transfer_pretrained_initialises_the_backbone(tmp_path: Path) -> None:
+    # rcnn / sppnet take backbone weights only: `transfer.pretrained` is their backbone's
+    from visionlab.engine.run import _model_kwargs
+    from visionlab.tasks import get_task
+
+    cfg = _cfg(tmp_path, tmp_path / "run", "rcnn")
+    cfg.transfer.pretrained = "classifier.pt"
+    task = get_task("detection")
+    kwargs = _model_kwargs(cfg, task, ["a", "b"], resume=False)
+    assert kwargs["pretrained_backbone"] == "classifier.pt" and "pretrained" not in kwargs
+    assert "pretrained_backbone" not in _model_kwargs(cfg, task, ["a", "b"], resume=True)
 
 
 def test_overfit_a_few_images(tiny_scenes: Path, tmp_path: Path) -> None:

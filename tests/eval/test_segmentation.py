@@ -66,6 +66,21 @@ def test_confusion_matrix_and_other_scores():
     assert r["pixel_acc"] == pytest.approx(5 / 7)
     assert r["mean_acc"] == pytest.approx(np.mean([1 / 2, 1, 2 / 3]))
     assert r["fwIoU"] == pytest.approx((2 * ious[0] + 2 * ious[1] + 3 * ious[2]) / 7)
+    # classes 1, 2 merged: foreground in both at 4 pixels, in either at 6 (the 255 is left out)
+    assert r["fg_IoU"] == pytest.approx(4 / 6)
+    assert r["fg_class_acc"] == pytest.approx(4 / 4)
+
+
+def test_foreground_diagnostics_separate_finding_from_naming():
+    target = torch.tensor([[0, 1, 1, 2, 2, 0]])
+    swapped = torch.tensor([[0, 2, 2, 1, 1, 0]])  # every object found, every one misnamed
+    ev = SegmentationEvaluator(3)
+    ev.update(swapped, target)
+    r = ev.compute()
+    assert r["fg_IoU"] == 1.0 and r["fg_class_acc"] == 0.0 and r["per_class"]["1"] == 0.0
+    empty = SegmentationEvaluator(3)
+    empty.update(torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long))
+    assert math.isnan(empty.compute()["fg_IoU"]) and math.isnan(empty.compute()["fg_class_acc"])
 
 
 def test_logits_and_target_dicts_are_accepted():

@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from visionlab.errors import VisionLabError
 from visionlab.models.fast_rcnn import cached_selective_search
 from visionlab.models.registry import build_model
 from visionlab.ops import selective_search
+from visionlab.ops.proposals import resize_longer
 
 SMALL = {"backbone_width": 8, "feature_stride": 8, "box_head": {"fc_width": 64}}
 
@@ -42,6 +44,42 @@ def test_flipped_image_reuses_mirrored_regions(tmp_path):
     width = image.shape[-1]
     expected = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
     assert torch.equal(mirrored, expected)
+
+
+def test_search_size_searches_an_enlarged_copy_and_maps_boxes_back(tmp_path):
+    image, _ = _scene(1, size=48)
+    boxes = cached_selective_search(image, search_size=96)
+    search, factor = resize_longer(image, 96)
+    assert factor == 2.0 and tuple(search.shape[-2:]) == (96, 96)
+    expected = selective_search(search, "fast", 2000, cache=False) / 2
+    assert torch.allclose(boxes, expected.clamp(0, 48))
+    assert boxes.max() <= 48 and boxes.min() >= 0
+    assert not torch.equal(boxes, cached_selective_search(image))  # a different search
+    with pytest.raises(VisionLabError, match="search_size"):
+        build_model("fast_rcnn", num_classes=3, search_size=-1, **SMALL)
+
+
+class _Images(torch.utils.data.Dataset):
+    transforms = None
+
+    def __init__(self, n: int) -> None:
+        self.items = [_scene(10 + i, size=48) for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+def test_prepare_data_in_worker_processes_fills_the_cache(tmp_path):
+    model = build_model("fast_rcnn", num_classes=3, search_size=64, **SMALL)
+    model.prepare_data([_Images(5)], workers=2)
+    assert len(list((tmp_path / "home").rglob("*.npy"))) == 5  # one search per image
+    for image, _ in _Images(5).items:  # the same boxes a search in this process finds
+        search, factor = resize_longer(image, 64)
+        expected = selective_search(search, "fast", 2000, cache=False) / factor
+        assert torch.allclose(model.propose([image])[0], expected.clamp(0, 48))
 
 
 def test_train_eval_contract_and_empty_targets():

@@ -1,5 +1,5 @@
 """The R-CNN family's shared parts: RPN anchor labelling, proposal sampling, the multi-task
-losses (seeded pins against hand computations), RoI align as matrix products, decoding."""
+losses (seeded pins against hand computations), decoding."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ from visionlab.models.heads import (
     batch_images,
     fast_rcnn_loss,
     postprocess_detections,
-    roi_align_separable,
     sample_proposals,
 )
 from visionlab.models.rpn import RPN, RPNSettings, label_anchors
-from visionlab.ops import BalancedSampler, BoxCoder, Matcher, box_iou, roi_align
+from visionlab.ops import BalancedSampler, BoxCoder, Matcher, box_iou
 
 
 def test_rpn_anchor_labels_hand_made_case():
@@ -130,22 +129,6 @@ def test_rpn_loss_seeded_pin_and_empty_image():
     assert losses["loss_objectness"].item() == pytest.approx(
         ((F.softplus(torch.tensor(2.0)) + F.softplus(torch.tensor(-1.0))) / 2).item(), abs=1e-6
     )
-
-
-@pytest.mark.parametrize("size", [8, 13])
-def test_roi_align_separable_matches_torchvision(size):
-    g = torch.Generator().manual_seed(0)
-    features = torch.randn(3, 5, size, size, generator=g, requires_grad=True)
-    xy = torch.rand(40, 2, generator=g) * 200 - 20
-    wh = torch.rand(40, 2, generator=g) * 90 + 0.3
-    rois = torch.cat([torch.randint(0, 3, (40, 1), generator=g).float(), xy, xy + wh], dim=1)
-    ours = roi_align_separable(features, rois, 7, 1 / 16, 2)
-    theirs = roi_align(features, rois, 7, 1 / 16, sampling_ratio=2)
-    assert torch.allclose(ours, theirs, atol=1e-5)
-    grad = torch.randn(ours.shape, generator=g)
-    (g_ours,) = torch.autograd.grad((ours * grad).sum(), features)
-    (g_theirs,) = torch.autograd.grad((theirs * grad).sum(), features)
-    assert torch.allclose(g_ours, g_theirs, atol=1e-4)
 
 
 def test_postprocess_decodes_thresholds_and_suppresses_per_class():

@@ -1,4 +1,5 @@
-"""R-CNN: warping with context (appendix A), the detection contract, buffers in checkpoints."""
+"""R-CNN: warping with context (appendix A), the detection contract, buffers in checkpoints,
+the backbone arguments' old names."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import io
 import pytest
 import torch
 
+from visionlab.errors import VisionLabError
 from visionlab.models.backbones import IMAGENET_MEAN
 from visionlab.models.rcnn import rcnn, warp_regions
 from visionlab.models.registry import build_model, list_models
@@ -59,7 +61,7 @@ def test_registered_and_detection_contract() -> None:
     model = build_model(
         "rcnn",
         num_classes=3,
-        width=4,
+        backbone_width=4,
         input_size=32,
         context=2,
         fc_width=32,
@@ -80,7 +82,7 @@ def test_registered_and_detection_contract() -> None:
 
 
 def test_checkpoint_carries_svms_and_regressors() -> None:
-    model = rcnn(num_classes=3, width=4, input_size=32, fc_width=16)
+    model = rcnn(num_classes=3, backbone_width=4, input_size=32, fc_width=16)
     model.svm_weight.normal_()
     model.svm_fitted.fill_(True)
     model.bbox_weight.normal_()
@@ -88,7 +90,39 @@ def test_checkpoint_carries_svms_and_regressors() -> None:
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
-    again = rcnn(num_classes=3, width=4, input_size=32, fc_width=16)
+    again = rcnn(num_classes=3, backbone_width=4, input_size=32, fc_width=16)
     again.load_state_dict(state)
     assert torch.equal(again.svm_weight, model.svm_weight) and bool(again.svm_fitted)
     assert torch.equal(again.bbox_weight, model.bbox_weight)
+
+
+def _seeded_rcnn(**kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("rcnn", num_classes=3, input_size=32, fc_width=16, **kwargs)
+
+
+def test_old_backbone_argument_names_build_the_same_model(tmp_path, caplog) -> None:
+    # checkpoints saved before the rename store `width` (and recipes may say `pretrained`)
+    classifier = build_model("tiny_cnn", num_classes=3, width=4)
+    weights = tmp_path / "classifier.pt"
+    torch.save({"model": classifier.state_dict(), "model_name": "tiny_cnn"}, weights)
+    new = _seeded_rcnn(backbone_width=4, pretrained_backbone=str(weights))
+    with caplog.at_level("WARNING", logger="visionlab.models.rcnn"):
+        old = _seeded_rcnn(width=4, pretrained=str(weights))
+    assert "'width' is deprecated" in caplog.text and "'pretrained' is deprecated" in caplog.text
+    new_state, old_state = new.state_dict(), old.state_dict()
+    assert list(old_state) == list(new_state)
+    for key, value in new_state.items():
+        assert old_state[key].shape == value.shape and torch.equal(old_state[key], value), key
+    # both record the new names and no weights file: a checkpoint rebuilds without it
+    assert old.build_args == new.build_args
+    assert old.build_args["backbone_width"] == 4
+    assert not {"width", "pretrained", "pretrained_backbone"} & set(old.build_args)
+    build_model(**old.build_args)
+
+
+def test_old_and_new_backbone_argument_names_together_are_an_error() -> None:
+    with pytest.raises(VisionLabError, match="'width' is the deprecated name of 'backbone_width'"):
+        build_model("rcnn", width=4, backbone_width=4)
+    with pytest.raises(VisionLabError, match="deprecated name of 'pretrained_backbone'"):
+        build_model("sppnet", pretrained="a.pt", pretrained_backbone="b.pt")

@@ -88,3 +88,12 @@ def test_register_twice_is_an_error(monkeypatch):
         @register_model("test_dummy", task="classification", summary="again")
         def dummy2() -> nn.Module:
             return nn.Identity()
+
+
+def test_renamed_args_must_map_old_names_to_arguments(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    with pytest.raises(ValueError, match="renamed_args"):
+
+        @register_model("test_renamed", task="classification", summary="x", renamed_args={"w": "x"})
+        def renamed(*, width: int = 2) -> nn.Module:
+            return nn.Linear(width, width)

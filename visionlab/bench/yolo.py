@@ -49,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reuse", action="store_true", help="use RUNS/<name>/checkpoints/best.pt when present"
     )
     parser.add_argument("--quick", action="store_true", help="smoke test: 20 steps, 5 images")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides for every recipe, e.g. "
+        "model_args.pretrained_backbone=RUN/checkpoints/best.pt",
+    )
 
 
 def _name(config: str) -> str:
@@ -60,14 +67,14 @@ def _train_or_reuse(args: argparse.Namespace, config: str, runs: Path) -> dict[s
     from visionlab.engine.api import train
     from visionlab.models.registry import is_registered
 
-    cfg = load_config(config, [])
+    cfg = load_config(config, list(args.overrides))
     if not is_registered(cfg.model):
         raise VisionLabError(f"{config}: model {cfg.model!r} is not registered in this checkout")
     run_dir = runs / _name(config)
     best = run_dir / "checkpoints" / "best.pt"
     if args.reuse and best.is_file():
         return {"config": config, "run_dir": run_dir, "seconds": float("nan"), "steps": None}
-    overrides = [f"out={run_dir}", "train.progress=false"]
+    overrides = [*args.overrides, f"out={run_dir}", "train.progress=false"]
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
     if args.max_steps is not None or args.quick:

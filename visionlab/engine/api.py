@@ -184,18 +184,21 @@ def evaluate(
     device: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint on a dataset split with the task's evaluator.
 
     Args:
         data: a dataset path (any format) or "scenes"; default: the recipe's dataset.
+        limit: score only the split's first ``limit`` images (a quick look; the figures
+            of record use the whole split).
 
     Returns:
         The evaluator's metrics (classification ``top1``, ``top5``; segmentation ``mIoU``
         ...; detection ``AP``, ``AP50`` ...) as a dict.
     """
     from visionlab.data.datasets import load_dataset
-    from visionlab.data.loader import build_loader
+    from visionlab.data.loader import build_loader, collate_for
     from visionlab.engine.trainer import evaluate as run_eval
 
     dev = resolve_device(device)
@@ -217,11 +220,22 @@ def evaluate(
             f"the dataset's classes {dataset.classes[:6]} differ from the checkpoint's "
             f"{model.classes[:6]}",
         )
+    classes, collate_fn = dataset.classes, None
+    if limit is not None:
+        if limit < 1:
+            raise ConfigError(f"limit must be a positive number of images, got {limit}")
+        collate_fn = collate_for(dataset.task)
+        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
     loader = build_loader(
-        dataset, batch_size=batch_size, shuffle=False, seed=0, num_workers=num_workers
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        seed=0,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
     )
     return run_eval(
-        model, task, loader, task.evaluator(dataset.classes), device=dev, progress=progress
+        model, task, loader, task.evaluator(classes), device=dev, progress=progress
     )
 
 

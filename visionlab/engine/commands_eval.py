@@ -1,4 +1,4 @@
-"""`visionlab eval CKPT [--data DATASET] [--split val] [--json]`: score a checkpoint.
+"""`visionlab eval CKPT [--data DATASET] [--split val] [--limit N] [--json]`: score a checkpoint.
 
 Metric names are those of the task's evaluator: classification ``top1`` / ``top5``,
 segmentation ``mIoU`` / ``pixel_acc``, detection ``AP`` / ``AP50`` / ... When the checkpoint
@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="score only the split's first N images"
+    )
 
 
 def _table(metrics: dict[str, Any]) -> str:
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         progress=not args.json,
+        limit=args.limit,
     )
     ckpt = Path(args.checkpoint)
     if ckpt.is_file() and ckpt.parent.name == "checkpoints":
@@ -60,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             "checkpoint": str(ckpt),
             "data": str(data),
             "split": args.split,
+            "images": "all" if args.limit is None else f"first {args.limit}",
             "step": model.meta.get("step"),
             "metrics": metrics,
         }
@@ -67,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(to_plain(metrics)))
     else:
-        print(f"{ckpt} on {data} [{args.split}]")
+        part = "" if args.limit is None else f", first {args.limit} images"
+        print(f"{ckpt} on {data} [{args.split}{part}]")
         print(_table(metrics))
     return 0

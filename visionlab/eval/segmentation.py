@@ -1,6 +1,9 @@
 """Semantic segmentation metrics from a confusion matrix: per-class IoU, mIoU, pixel accuracy,
 mean class accuracy and frequency-weighted IoU (the four numbers of Long et al. 2015, FCN,
-Section 5), with an ignore label (255) left out of everything.
+Section 5), with an ignore label (255) left out of everything; and two diagnostics that
+split the error into *where* and *what*: ``fg_IoU`` (objects vs background, classes merged)
+and ``fg_class_acc`` (the share of pixels that are foreground in both the ground truth and
+the prediction which get the right class).
 """
 
 from __future__ import annotations
@@ -64,10 +67,12 @@ def segmentation_scores(cm: Tensor, class_names: Sequence[str] | None = None) ->
     """Scores of a confusion matrix ``Tensor[C, C]`` (rows: ground truth).
 
     Returns:
-        ``{"mIoU", "pixel_acc", "mean_acc", "fwIoU", "per_class": {name: IoU}}`` as floats.
-        A class absent from both prediction and ground truth has IoU NaN and is left out of
-        the means (so is a class without ground truth from ``mean_acc``); NaN throughout when
-        no pixel was counted.
+        ``{"mIoU", "pixel_acc", "mean_acc", "fwIoU", "fg_IoU", "fg_class_acc",
+        "per_class": {name: IoU}}`` as floats. A class absent from both prediction and
+        ground truth has IoU NaN and is left out of the means (so is a class without ground
+        truth from ``mean_acc``); NaN throughout when no pixel was counted. ``fg_IoU`` and
+        ``fg_class_acc`` take class 0 as the background: a segmenter whose ``fg_IoU`` is high
+        but ``fg_class_acc`` low finds the objects and misnames them.
     """
     cm = cm.detach().cpu().double()
     tp = cm.diagonal()
@@ -79,11 +84,15 @@ def segmentation_scores(cm: Tensor, class_names: Sequence[str] | None = None) ->
     total = cm.sum()
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(tp))]
     seen = ~iou.isnan()
+    both_fg = cm[1:, 1:].sum()
+    fg_union = total - cm[0, 0]
     return {
         "mIoU": float(iou[seen].mean()) if seen.any() else float("nan"),
         "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
         "mean_acc": float(acc.nanmean()) if (~acc.isnan()).any() else float("nan"),
         "fwIoU": float((gt_pixels[seen] * iou[seen]).sum() / total) if total > 0 else float("nan"),
+        "fg_IoU": float(both_fg / fg_union) if fg_union > 0 else float("nan"),
+        "fg_class_acc": float(cm[1:, 1:].trace() / both_fg) if both_fg > 0 else float("nan"),
         "per_class": {n: float(v) for n, v in zip(names, iou.tolist())},
     }
 
@@ -94,8 +103,8 @@ class SegmentationEvaluator:
     ``update(pred, target)`` takes ``[B, H, W]`` or ``[H, W]`` int64 class maps (targets may
     hold ``ignore_index``), or, for ``pred``, logits ``[B, C, H, W]`` (argmax over C).
     ``compute()`` returns :func:`segmentation_scores`: ``mIoU``, ``pixel_acc``, ``mean_acc``,
-    ``fwIoU`` and ``per_class`` (name -> IoU; NaN for a class absent from both prediction and
-    ground truth, left out of the mean). ``primary = "mIoU"``.
+    ``fwIoU``, ``fg_IoU``, ``fg_class_acc`` and ``per_class`` (name -> IoU; NaN for a class
+    absent from both prediction and ground truth, left out of the mean). ``primary = "mIoU"``.
 
     Args:
         num_classes: C, background included.

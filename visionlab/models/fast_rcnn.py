@@ -39,27 +39,51 @@ __all__ = ["FastRCNN", "cached_selective_search", "fast_rcnn"]
 SS_MODES = ("fast", "quality")
 
 
-def cached_selective_search(image: Tensor, mode: str = "fast", max_boxes: int = 2000) -> Tensor:
+def cached_selective_search(
+    image: Tensor, mode: str = "fast", max_boxes: int = 2000, search_size: int = 0
+) -> Tensor:
     """Selective-search boxes of ``image`` ``Tensor[3, H, W]`` (CPU result ``Tensor[K, 4]``).
 
+    With ``search_size`` > 0 the search runs on the image resized so its longer side is that
+    many pixels, and the boxes are mapped back (R-CNN's ``ProposalSettings.search_size``).
     A cache miss whose mirror image is cached returns the mirrored boxes of that image (a
     horizontal flip is the training augmentation), so one pass over a dataset serves both.
     """
+    from visionlab.ops import clip_boxes_to_image
     from visionlab.ops import proposals as ss
 
     image = image.detach().cpu()
+    search, factor = ss.resize_longer(image.float(), search_size)
     folder = ss.default_cache_dir()
-    bgr = ss._to_bgr_uint8(image)
+    bgr = ss._to_bgr_uint8(search)
+    out = None
     for flipped in (False, True):
         key = ss._cache_key(np.ascontiguousarray(bgr[:, ::-1]) if flipped else bgr, mode)
         boxes = ss._load_cached(folder / key[:2] / f"{key}.npy")
         if boxes is not None:
             out = torch.from_numpy(np.ascontiguousarray(boxes[:max_boxes]))
             if flipped:
-                width = image.shape[-1]
+                width = search.shape[-1]
                 out = torch.stack([width - out[:, 2], out[:, 1], width - out[:, 0], out[:, 3]], 1)
-            return out
-    return ss.selective_search(image, mode, max_boxes, cache=True)
+            break
+    if out is None:
+        out = ss.selective_search(search, mode, max_boxes, cache=True)
+    if factor == 1.0:
+        return out
+    return clip_boxes_to_image(out / factor, tuple(image.shape[-2:]))
+
+
+_PREPARE: tuple[Any, tuple[str, int, int]] | None = None  # read by forked search workers
+
+
+def _search_one(dataset: Any, settings: tuple[str, int, int], index: int) -> None:
+    image, _ = dataset[index]
+    cached_selective_search(image, *settings)
+
+
+def _search_forked(index: int) -> None:
+    assert _PREPARE is not None
+    _search_one(*_PREPARE, index)
 
 
 class FastRCNN(nn.Module):
@@ -77,6 +101,8 @@ class FastRCNN(nn.Module):
         box_head: :class:`BoxHeadSettings`.
         proposal_mode: selective search mode, ``fast`` or ``quality``.
         max_proposals: regions per image (the paper: ~2000).
+        search_size: run selective search on the image enlarged (or shrunk) so its longer
+            side is this many pixels, boxes mapped back; 0 = the image as given.
     """
 
     def __init__(
@@ -88,6 +114,7 @@ class FastRCNN(nn.Module):
         box_head: BoxHeadSettings | None = None,
         proposal_mode: str = "fast",
         max_proposals: int = 2000,
+        search_size: int = 0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -100,12 +127,15 @@ class FastRCNN(nn.Module):
         )
         self.proposal_mode = proposal_mode
         self.max_proposals = int(max_proposals)
+        self.search_size = int(search_size)
         self.return_proposals = False
 
     def propose(self, images: Sequence[Tensor]) -> list[Tensor]:
         """Selective-search regions per image, ``Tensor[P_i, 4]`` on the images' device."""
         return [
-            cached_selective_search(im, self.proposal_mode, self.max_proposals).to(im.device)
+            cached_selective_search(
+                im, self.proposal_mode, self.max_proposals, self.search_size
+            ).to(im.device)
             for im in images
         ]
 
@@ -130,26 +160,53 @@ class FastRCNN(nn.Module):
                 det["proposals"] = props
         return detections
 
-    def prepare_data(self, datasets: Iterable[Any], image_size: int | None = None) -> None:
+    def prepare_data(
+        self, datasets: Iterable[Any], image_size: int | None = None, workers: int | None = None
+    ) -> None:
         """Compute (and cache on disk) selective search for every image of ``datasets``,
         as evaluation resizes them to ``image_size``, with a progress bar. Called by
-        ``visionlab train`` before the first step; cached images cost a file read."""
+        ``visionlab train`` before the first step; cached images cost a file read. The
+        search is serial inside OpenCV, so images are spread over ``workers`` processes
+        (default: one per CPU core, at most 4; 1 = in this process)."""
         import copy
+        import multiprocessing
+        import os
 
         from tqdm.auto import tqdm
 
         from visionlab.data.transforms import build_transforms
 
+        if workers is None:
+            workers = min(4, os.cpu_count() or 1)
+        can_fork = "fork" in multiprocessing.get_all_start_methods()
         transform = build_transforms("detection", False, image_size)
+        settings = (self.proposal_mode, self.max_proposals, self.search_size)
         for dataset in datasets:
             if dataset is None:
                 continue
             plain = copy.copy(dataset)
             plain.transforms = transform
-            name = getattr(dataset, "split", "")
-            for i in tqdm(range(len(plain)), desc=f"selective search {name}", unit="img"):
-                image, _ = plain[i]
-                cached_selective_search(image, self.proposal_mode, self.max_proposals)
+            bar = tqdm(
+                total=len(plain),
+                desc=f"selective search {getattr(dataset, 'split', '')}",
+                unit="img",
+            )
+            if workers <= 1 or not can_fork or len(plain) < 2 * workers:
+                for i in range(len(plain)):
+                    _search_one(plain, settings, i)
+                    bar.update()
+            else:  # forked workers inherit the dataset; each task is an index
+                global _PREPARE
+                _PREPARE = (plain, settings)
+                try:
+                    with multiprocessing.get_context("fork").Pool(
+                        workers, initializer=torch.set_num_threads, initargs=(1,)
+                    ) as pool:
+                        for _ in pool.imap_unordered(_search_forked, range(len(plain)), 8):
+                            bar.update()
+                finally:
+                    _PREPARE = None
+            bar.close()
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())
@@ -173,6 +230,7 @@ def fast_rcnn(
     pooler: str = "roi_pool",
     proposal_mode: str = "fast",
     max_proposals: int = 2000,
+    search_size: int = 0,
     box_head: dict | None = None,
 ) -> FastRCNN:
     """Build Fast R-CNN.
@@ -186,6 +244,9 @@ def fast_rcnn(
         pooler: ``roi_pool`` (the paper's) or ``roi_align``.
         proposal_mode: selective search ``fast`` or ``quality``.
         max_proposals: regions kept per image.
+        search_size: longer side (px) of the copy selective search runs on; 0 = as given.
+            The scenes' 128 px images give ~130 boxes and 74% recall at IoU 0.5 as they
+            are, ~220 boxes and 96% at 256 (R-CNN's setting).
         box_head: :class:`BoxHeadSettings` fields, e.g. ``{"fc_width": 256}``.
     """
     if pooler not in POOLERS:
@@ -194,6 +255,8 @@ def fast_rcnn(
         raise VisionLabError(f"fast_rcnn: proposal_mode must be one of {SS_MODES}")
     if feature_stride not in STRIDES:
         raise VisionLabError(f"fast_rcnn: feature_stride must be one of {STRIDES}")
+    if not isinstance(search_size, int) or search_size < 0:
+        raise VisionLabError(f"fast_rcnn: search_size must be a length in px >= 0: {search_size!r}")
     if num_classes < 2:
         raise VisionLabError(f"fast_rcnn: num_classes counts background, got {num_classes}")
     box = dict(box_head or {})
@@ -205,4 +268,5 @@ def fast_rcnn(
         box_head=settings_from(BoxHeadSettings, box, "fast_rcnn box_head"),
         proposal_mode=proposal_mode,
         max_proposals=max_proposals,
+        search_size=search_size,
     )

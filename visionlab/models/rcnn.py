@@ -17,7 +17,8 @@ The paper's pipeline, as this module follows it:
   on warped regions as an (N + 1)-way classifier, regions with IoU >= 0.5 against a ground-
   truth box are that box's class, the rest background; each SGD step takes 128 regions,
   32 of them foreground. (There is no ImageNet for the tiny backbone: it starts from random
-  weights, or from ``pretrained``, e.g. a ``tiny_cnn`` trained on the scenes crops.)
+  weights, or from ``pretrained_backbone``, e.g. a ``tiny_cnn`` trained on the scenes
+  crops.)
 - section 2.3 "Object category classifiers": one linear SVM per class on fc7, positives
   the ground-truth boxes, negatives IoU < 0.3, hard negative mining
   (:mod:`visionlab.models.svm`).
@@ -57,10 +58,12 @@ from visionlab.ops import (
     roi_align,
     selective_search,
 )
+from visionlab.ops.proposals import resize_longer
 
 __all__ = [
     "MULTI_STAGE_MODELS",
     "RCNN",
+    "RENAMED_BACKBONE_ARGS",
     "BoxRegSettings",
     "FinetuneSettings",
     "ProposalSettings",
@@ -74,6 +77,9 @@ MULTI_STAGE_MODELS: set[str] = set()
 # R-CNN's box parameterisation (appendix C) without Fast R-CNN's target scaling.
 BOX_CODER_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 TIMING_KEYS = ("proposals", "features", "classification", "nms")
+# The backbone arguments' old names (before they matched fast_rcnn / faster_rcnn): old
+# checkpoints store them in `model_args`, so the registry still maps them.
+RENAMED_BACKBONE_ARGS = {"width": "backbone_width", "pretrained": "pretrained_backbone"}
 
 
 @dataclass
@@ -193,17 +199,6 @@ def warp_regions(image: Tensor, boxes: Tensor, *, size: int, context: int) -> Te
     return crops + mean
 
 
-def _resize_longer(image: Tensor, size: int) -> tuple[Tensor, float]:
-    """``image [3, H, W]`` resized (bilinear) so its longer side is ``size``; the factor."""
-    h, w = image.shape[-2:]
-    factor = size / max(h, w)
-    if size <= 0 or abs(factor - 1) < 1e-6:
-        return image, 1.0
-    out_size = (max(1, round(h * factor)), max(1, round(w * factor)))
-    resized = F.interpolate(image[None], size=out_size, mode="bilinear", align_corners=False)
-    return resized[0].clamp(0, 1), factor
-
-
 @dataclass
 class _Timing:
     """Seconds spent per test-time step, summed over images (read by the benchmark)."""
@@ -302,7 +297,7 @@ class RegionDetector(nn.Module):
     def propose(self, image: Tensor) -> Tensor:
         """Selective-search boxes ``Tensor[K, 4]`` xyxy of ``image [3, H, W]`` (sec. 2.1)."""
         s = self.proposal_settings
-        search, factor = _resize_longer(image.detach().float().cpu(), s.search_size)
+        search, factor = resize_longer(image.detach().float().cpu(), s.search_size)
         boxes = selective_search(search, s.mode, s.max_proposals, cache=s.cache)
         boxes = clip_boxes_to_image(boxes / factor, tuple(image.shape[-2:]))
         wh = boxes[:, 2:] - boxes[:, :2]
@@ -467,12 +462,14 @@ def region_settings(
     "rcnn",
     task="detection",
     summary="R-CNN (2014): selective search, warped-region CNN, SVMs + box regression",
+    renamed_args=RENAMED_BACKBONE_ARGS,
 )
 def rcnn(
     *,
     num_classes: int = 8,
     backbone: str = "tiny_cnn",
-    width: int = 16,
+    backbone_width: int = 16,
+    pretrained_backbone: str | None = None,
     input_size: int = 64,
     context: int = 4,
     fc_width: int = 256,
@@ -482,7 +479,6 @@ def rcnn(
     svm: dict | None = None,
     box_reg: dict | None = None,
     test: dict | None = None,
-    pretrained: str | None = None,
 ) -> RCNN:
     """R-CNN on a visionlab backbone.
 
@@ -490,7 +486,9 @@ def rcnn(
         num_classes: classes including background.
         backbone: a :func:`~visionlab.models.backbones.list_backbones` name (``alexnet``
             with ``input_size=227, context=16`` is the paper's setting).
-        width: ``tiny_cnn`` stem width.
+        backbone_width: ``tiny_cnn`` stem width.
+        pretrained_backbone: weights file for the backbone (e.g. a ``tiny_cnn`` classifier
+            checkpoint: the "supervised pre-training" of sec. 2.3).
         input_size: warped region side.
         context: context pixels at the warped scale (4 at 64 px is the paper's 16 at 227).
         fc_width: fc6 / fc7 width (4096 in the paper).
@@ -498,11 +496,11 @@ def rcnn(
         proposals, finetune, svm, box_reg, test: dicts of :class:`ProposalSettings`,
             :class:`FinetuneSettings`, :class:`~visionlab.models.svm.SVMSettings`,
             :class:`BoxRegSettings`, :class:`TestSettings` fields.
-        pretrained: weights file for the backbone (e.g. a ``tiny_cnn`` classifier
-            checkpoint: the "supervised pre-training" of sec. 2.3).
+
+    The old names ``width`` and ``pretrained`` still work (:data:`RENAMED_BACKBONE_ARGS`).
     """
-    kw = {"width": width} if backbone == "tiny_cnn" else {}
-    net = build_backbone(backbone, pretrained=pretrained, **kw)
+    kw = {"width": backbone_width} if backbone == "tiny_cnn" else {}
+    net = build_backbone(backbone, pretrained=pretrained_backbone, **kw)
     return RCNN(
         backbone=net,
         input_size=input_size,

@@ -12,6 +12,10 @@ Every model that :func:`build_model` returns carries two attributes:
   default filled in, so ``build_model(**model.build_args)`` rebuilds the same
   architecture (a checkpoint stores it). Weight sources (``pretrained``) are not part of
   it: the weights travel in the checkpoint's state dict.
+
+A builder that renames an argument declares ``renamed_args={old: new}``: checkpoints keep
+the ``model_args`` they were saved with, so :func:`build_model` still takes the old name
+(with a deprecation warning) and records the new one.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import difflib
 import fnmatch
 import importlib
 import inspect
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,18 +73,22 @@ class _Entry:
     info: ModelInfo
     builder: Callable[..., nn.Module]
     signature: inspect.Signature
+    renamed_args: dict[str, str] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, _Entry] = {}
 _imported: set[str] = set()
 
 
-def register_model(name: str, *, task: str, summary: str) -> Callable:
+def register_model(
+    name: str, *, task: str, summary: str, renamed_args: Mapping[str, str] | None = None
+) -> Callable:
     """Decorator that registers a builder function under ``name``.
 
     The builder takes keyword arguments only and returns an ``nn.Module``; the registry
     sets ``.task`` and ``.build_args`` on what it returns. Registering a name twice is an
-    error (two modules would silently fight over it).
+    error (two modules would silently fight over it). ``renamed_args`` maps deprecated
+    argument names to the builder's current ones (see :func:`build_model`).
 
     Example::
 
@@ -96,8 +105,12 @@ def register_model(name: str, *, task: str, summary: str) -> Callable:
             for p in signature.parameters.values()
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         }
+        renamed = dict(renamed_args or {})
+        bad = {old: new for old, new in renamed.items() if old in args or new not in args}
+        if bad:
+            raise ValueError(f"model {name!r}: renamed_args {bad} must map old names to arguments")
         info = ModelInfo(name, task, summary, args, builder.__module__)
-        _REGISTRY[name] = _Entry(info, builder, signature)
+        _REGISTRY[name] = _Entry(info, builder, signature, renamed)
         return builder
 
     return decorator
@@ -131,6 +144,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _rename_deprecated(name: str, entry: _Entry, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the builder's deprecated argument names replaced by the current ones."""
+    old_names = [old for old in entry.renamed_args if old in kwargs]
+    if not old_names:
+        return kwargs
+    log = logging.getLogger(entry.builder.__module__)
+    kwargs = dict(kwargs)
+    for old in old_names:
+        new = entry.renamed_args[old]
+        if new in kwargs:
+            raise VisionLabError(
+                f"model {name!r}: {old!r} is the deprecated name of {new!r}; give only {new!r}"
+            )
+        log.warning("model %r: argument %r is deprecated, use %r", name, old, new)
+        kwargs[new] = kwargs.pop(old)
+    return kwargs
+
+
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name`` with keyword arguments ``kwargs``.
 
@@ -142,9 +173,11 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         The model, with ``.task`` and ``.build_args`` set.
 
     Raises:
-        VisionLabError: unknown model (with a did-you-mean) or unknown keyword argument.
+        VisionLabError: unknown model (with a did-you-mean), unknown keyword argument, or
+            an argument given under both its deprecated and its current name.
     """
     entry = _entry(name)
+    kwargs = _rename_deprecated(name, entry, kwargs)
     accepted = entry.info.args
     unknown = [k for k in kwargs if k not in accepted]
     if unknown:

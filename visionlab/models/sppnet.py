@@ -14,7 +14,8 @@ regressors exactly as in R-CNN (:class:`~visionlab.models.rcnn.RegionDetector`).
   closest to ``target_size`` squared (224 x 224 in the paper).
 - Fine-tuning (sec. 4, "Fine-tuning"): the paper fine-tunes only the fully connected
   layers on ImageNet conv layers; without ImageNet for the tiny backbone the recipe trains
-  the conv layers too (``finetune.train_conv``), set it to false with ``pretrained``.
+  the conv layers too (``finetune.train_conv``), set it to false with
+  ``pretrained_backbone``.
 - Feature map: ``feature_stride`` 16 by default (the paper's conv5 is at stride 16). On the
   128 px scenes, whose objects are 8-40 px, that is one or two cells per object even on the
   image enlarged to 256 px, and proposals a few pixels apart pool to the same vector:
@@ -32,7 +33,12 @@ from torch import Tensor, nn
 
 from visionlab.errors import VisionLabError
 from visionlab.models.backbones import STRIDES, build_backbone
-from visionlab.models.rcnn import MULTI_STAGE_MODELS, RegionDetector, region_settings
+from visionlab.models.rcnn import (
+    MULTI_STAGE_MODELS,
+    RENAMED_BACKBONE_ARGS,
+    RegionDetector,
+    region_settings,
+)
 from visionlab.models.registry import register_model
 from visionlab.ops import spp_rois
 
@@ -135,12 +141,14 @@ class SPPNet(RegionDetector):
     "sppnet",
     task="detection",
     summary="SPPNet (2014): one conv pass, spatial pyramid pooling, SVMs + box regression",
+    renamed_args=RENAMED_BACKBONE_ARGS,
 )
 def sppnet(
     *,
     num_classes: int = 8,
     backbone: str = "tiny_cnn",
-    width: int = 16,
+    backbone_width: int = 16,
+    pretrained_backbone: str | None = None,
     scales: list[int] | tuple[int, ...] = (256,),
     levels: list[int] | tuple[int, ...] = (4, 2, 1),
     feature_stride: int = 16,
@@ -152,23 +160,24 @@ def sppnet(
     svm: dict | None = None,
     box_reg: dict | None = None,
     test: dict | None = None,
-    pretrained: str | None = None,
 ) -> SPPNet:
     """SPPNet detector on a visionlab backbone.
 
     Args:
         num_classes: classes including background.
-        backbone: a backbone name; ``width``: ``tiny_cnn`` stem width.
+        backbone: a backbone name; ``backbone_width``: ``tiny_cnn`` stem width.
+        pretrained_backbone: backbone weights file.
         scales: shorter image side(s); several = multi-scale (paper: 480..688, single 688).
         levels: pyramid levels (paper: 6, 3, 2, 1; ``(4, 2, 1)`` suits the small maps).
         feature_stride: backbone map to pool.
         target_size: multi-scale window side to aim for (224 in the paper).
         fc_width, dropout: fc6 / fc7.
         proposals, finetune, svm, box_reg, test: settings dicts, as for ``rcnn``.
-        pretrained: backbone weights file.
+
+    The old names ``width`` and ``pretrained`` still work, as for ``rcnn``.
     """
-    kw = {"width": width} if backbone == "tiny_cnn" else {}
-    net = build_backbone(backbone, pretrained=pretrained, **kw)
+    kw = {"width": backbone_width} if backbone == "tiny_cnn" else {}
+    net = build_backbone(backbone, pretrained=pretrained_backbone, **kw)
     return SPPNet(
         backbone=net,
         scales=scales,

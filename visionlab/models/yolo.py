@@ -289,13 +289,14 @@ class YOLO(nn.Module):
     "yolo",
     task="detection",
     summary="YOLO v1: S x S grid, B boxes + C classes per cell, one pass (+ YOLO9000 options)",
+    renamed_args={"width": "backbone_width"},
 )
 def yolo(
     *,
     num_classes: int = 21,
     backbone: str = "tiny_cnn",
     pretrained_backbone: str | None = None,
-    width: int = 16,
+    backbone_width: int = 16,
     input_size: int = 448,
     S: int | None = None,
     B: int | None = None,
@@ -357,7 +358,9 @@ def yolo(
                 f"yolo: multiscale sizes {bad} are not multiples of feature_stride {feature_stride}"
             )
     net = build_backbone(
-        backbone, pretrained=pretrained_backbone, **({"width": width} if width != 16 else {})
+        backbone,
+        pretrained=pretrained_backbone,
+        **({"width": backbone_width} if backbone_width != 16 else {}),
     )
     return YOLO(
         backbone=net,

@@ -18,7 +18,13 @@ from visionlab.ops.boxes import (
 )
 from visionlab.ops.coder import BoxCoder
 from visionlab.ops.matching import BalancedSampler, Matcher
-from visionlab.ops.pooling import roi_align, roi_pool, spatial_pyramid_pool, spp_rois
+from visionlab.ops.pooling import (
+    roi_align,
+    roi_align_separable,
+    roi_pool,
+    spatial_pyramid_pool,
+    spp_rois,
+)
 from visionlab.ops.proposals import proposal_recall, selective_search, sliding_windows
 
 __all__ = [
@@ -37,6 +43,7 @@ __all__ = [
     "proposal_recall",
     "remove_small_boxes",
     "roi_align",
+    "roi_align_separable",
     "roi_pool",
     "selective_search",
     "sliding_windows",

@@ -1,6 +1,7 @@
 """Pooling of regions into fixed-size features: spatial pyramid pooling (SPPNet, He et al.
-2014) over whole maps or RoI windows, and thin wrappers on torchvision's RoI Pool (Fast R-CNN)
-and RoI Align (Mask R-CNN) kernels with one argument order.
+2014) over whole maps or RoI windows, thin wrappers on torchvision's RoI Pool (Fast R-CNN)
+and RoI Align (Mask R-CNN) kernels with one argument order, and RoI Align as matrix products
+(:func:`roi_align_separable`, the fast CPU training path).
 
 RoIs are either ``Tensor[K, 5]`` rows ``(batch_index, x1, y1, x2, y2)`` or a list with one
 ``Tensor[K_i, 4]`` xyxy per image, always in input-image pixels; ``spatial_scale`` maps them
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor
 
-__all__ = ["roi_align", "roi_pool", "spatial_pyramid_pool", "spp_rois"]
+__all__ = ["roi_align", "roi_align_separable", "roi_pool", "spatial_pyramid_pool", "spp_rois"]
 
 Rois = Tensor | list[Tensor]
 
@@ -186,3 +187,72 @@ def roi_align(
     return torchvision.ops.roi_align(
         features, rois, output_size, float(spatial_scale), int(sampling_ratio), bool(aligned)
     )
+
+
+def _axis_weights(start: Tensor, length: Tensor, bins: int, samples: int, size: int) -> Tensor:
+    """Bilinear weights ``Tensor[R, bins, size]`` of RoI Align along one axis: bin ``p``'s
+    ``samples`` sample points, each spread over its two neighbouring cells, averaged."""
+    bin_size = (length / bins)[:, None, None]  # [R, 1, 1]
+    offsets = torch.arange(bins, device=start.device, dtype=start.dtype)[None, :, None]
+    sub = (torch.arange(samples, device=start.device, dtype=start.dtype) + 0.5) / samples
+    coord = start[:, None, None] + (offsets + sub[None, None, :]) * bin_size  # [R, bins, s]
+    valid = (coord >= -1.0) & (coord <= size)  # samples far outside the map count as zero
+    coord = coord.clamp(min=0)
+    low = coord.floor().clamp(max=size - 1)
+    high = (low + 1).clamp(max=size - 1)
+    coord = torch.where(low >= size - 1, low, coord)
+    frac = coord - low
+    cells = torch.arange(size, device=start.device, dtype=start.dtype)  # [size]
+    weight = (1 - frac)[..., None] * (cells == low[..., None]) + frac[..., None] * (
+        cells == high[..., None]
+    )  # [R, bins, s, size]
+    return (weight * valid[..., None]).sum(dim=2) / samples
+
+
+def roi_align_separable(
+    features: Tensor, rois: Tensor, output_size: int, spatial_scale: float, sampling_ratio: int = 2
+) -> Tensor:
+    """RoI Align (He et al. 2017) as one matrix product per image; equal to
+    :func:`visionlab.ops.roi_align` with ``aligned=False`` and a fixed ``sampling_ratio``.
+
+    Bilinear interpolation is separable, so the average of a bin's ``s x s`` samples is a
+    fixed linear map of the feature map: the outer product of a row-weight and a
+    column-weight vector. Stacking those maps for all RoIs of an image gives one matrix
+    ``Tensor[R_i * P * P, H * W]``, and pooling is ``features_b @ map.T``. On the small maps
+    of CPU detectors (8-16 cells a side) this runs several times faster than torchvision's
+    CPU kernel, whose backward pass scatters one sample at a time; autograd gives the exact
+    gradient of the same sum.
+
+    Args:
+        features: ``Tensor[B, C, H, W]``.
+        rois: ``Tensor[R, 5]`` rows ``(batch_index, x1, y1, x2, y2)`` in image pixels.
+        output_size: bins per side ``P``.
+        spatial_scale: feature cells per image pixel.
+        sampling_ratio: sample points per bin side (> 0).
+
+    Returns:
+        ``Tensor[R, C, P, P]``.
+    """
+    if sampling_ratio <= 0:
+        raise ValueError("roi_align_separable needs a fixed sampling_ratio > 0")
+    channels, height, width = features.shape[-3:]
+    num, bins = len(rois), output_size * output_size
+    if num == 0:
+        return features.new_zeros((0, channels, output_size, output_size))
+    boxes = rois[:, 1:].to(features.dtype) * spatial_scale
+    extent = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1.0)  # [R, 2] (w, h)
+    a_y = _axis_weights(boxes[:, 1], extent[:, 1], output_size, sampling_ratio, height)
+    a_x = _axis_weights(boxes[:, 0], extent[:, 0], output_size, sampling_ratio, width)
+    # [R, P, 1, H, 1] * [R, 1, P, 1, W] -> [R, P * P, H * W]
+    weights = (a_y[:, :, None, :, None] * a_x[:, None, :, None, :]).reshape(num, bins, -1)
+    image_idx = rois[:, 0].long()
+    order = torch.argsort(image_idx, stable=True)
+    counts = torch.bincount(image_idx, minlength=features.shape[0]).tolist()
+    flat = features.flatten(2)  # [B, C, H * W]
+    chunks = []
+    for b, chunk in enumerate(weights[order].split(counts)):
+        if len(chunk):
+            pooled = flat[b] @ chunk.reshape(-1, height * width).T  # [C, R_b * P * P]
+            chunks.append(pooled.reshape(channels, len(chunk), bins).transpose(0, 1))
+    out = torch.cat(chunks)[torch.argsort(order)]  # back to the input order
+    return out.reshape(num, channels, output_size, output_size)

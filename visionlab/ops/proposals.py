@@ -26,7 +26,7 @@ from visionlab.errors import VisionLabError
 from visionlab.ops.boxes import box_iou
 from visionlab.paths import visionlab_home
 
-__all__ = ["proposal_recall", "selective_search", "sliding_windows"]
+__all__ = ["proposal_recall", "resize_longer", "selective_search", "sliding_windows"]
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,23 @@ def _save_atomic(path: Path, boxes: np.ndarray) -> None:
             raise
     except OSError as err:
         log.warning("could not write selective-search cache %s (%s); continuing", path, err)
+
+
+def resize_longer(image: Tensor, size: int) -> tuple[Tensor, float]:
+    """``image [3, H, W]`` (float in [0, 1]) resized bilinearly so its longer side is
+    ``size``, and the factor applied; ``size <= 0`` (or already that size) returns the image
+    and 1. Selective search finds more of the small objects of a small image on an enlarged
+    copy; divide its boxes by the factor to map them back.
+    """
+    import torch.nn.functional as F
+
+    h, w = image.shape[-2:]
+    factor = size / max(h, w) if size > 0 else 1.0
+    if size <= 0 or abs(factor - 1) < 1e-6:
+        return image, 1.0
+    out_size = (max(1, round(h * factor)), max(1, round(w * factor)))
+    resized = F.interpolate(image[None], size=out_size, mode="bilinear", align_corners=False)
+    return resized[0].clamp(0, 1), factor
 
 
 def selective_search(
