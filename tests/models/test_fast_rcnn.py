@@ -55,6 +55,11 @@ def test_search_size_searches_an_enlarged_copy_and_maps_boxes_back(tmp_path):
     assert torch.allclose(boxes, expected.clamp(0, 48))
     assert boxes.max() <= 48 and boxes.min() >= 0
     assert not torch.equal(boxes, cached_selective_search(image))  # a different search
+    files = sorted((tmp_path / "home").rglob("*.npy"))
+    mirrored = cached_selective_search(image.flip(-1), search_size=96)
+    assert sorted((tmp_path / "home").rglob("*.npy")) == files  # served from the cache
+    flipped_back = torch.stack([48 - boxes[:, 2], boxes[:, 1], 48 - boxes[:, 0], boxes[:, 3]], 1)
+    assert torch.allclose(mirrored, flipped_back)
     with pytest.raises(VisionLabError, match="search_size"):
         build_model("fast_rcnn", num_classes=3, search_size=-1, **SMALL)
 

@@ -48,29 +48,33 @@ def cached_selective_search(
     many pixels, and the boxes are mapped back (R-CNN's ``ProposalSettings.search_size``).
     A cache miss whose mirror image is cached returns the mirrored boxes of that image (a
     horizontal flip is the training augmentation), so one pass over a dataset serves both.
+    The cache is keyed by the image as given (and ``search_size``), whose mirror is exact;
+    a resized copy's pixels need not be.
     """
     from visionlab.ops import clip_boxes_to_image
     from visionlab.ops import proposals as ss
 
     image = image.detach().cpu()
-    search, factor = ss.resize_longer(image.float(), search_size)
     folder = ss.default_cache_dir()
-    bgr = ss._to_bgr_uint8(search)
-    out = None
+    bgr = ss._to_bgr_uint8(image)
+    key_mode = mode if search_size <= 0 else f"{mode}|search_size={search_size}"
     for flipped in (False, True):
-        key = ss._cache_key(np.ascontiguousarray(bgr[:, ::-1]) if flipped else bgr, mode)
+        key = ss._cache_key(np.ascontiguousarray(bgr[:, ::-1]) if flipped else bgr, key_mode)
         boxes = ss._load_cached(folder / key[:2] / f"{key}.npy")
         if boxes is not None:
             out = torch.from_numpy(np.ascontiguousarray(boxes[:max_boxes]))
             if flipped:
-                width = search.shape[-1]
+                width = image.shape[-1]
                 out = torch.stack([width - out[:, 2], out[:, 1], width - out[:, 0], out[:, 3]], 1)
-            break
-    if out is None:
-        out = ss.selective_search(search, mode, max_boxes, cache=True)
-    if factor == 1.0:
-        return out
-    return clip_boxes_to_image(out / factor, tuple(image.shape[-2:]))
+            return out
+    if search_size <= 0:
+        return ss.selective_search(image, mode, max_boxes, cache=True)
+    search, factor = ss.resize_longer(image.float(), search_size)
+    found = ss.selective_search(search, mode, None, cache=False)
+    boxes = clip_boxes_to_image(found / factor, tuple(image.shape[-2:])).float()
+    key = ss._cache_key(bgr, key_mode)
+    ss._save_atomic(folder / key[:2] / f"{key}.npy", boxes.numpy())
+    return boxes[:max_boxes]
 
 
 _PREPARE: tuple[Any, tuple[str, int, int]] | None = None  # read by forked search workers
