@@ -22,8 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from visionlab.errors import VisionLabError
-from visionlab.models.backbones import STRIDES, Backbone
-from visionlab.models.faster_rcnn import build_detector_backbone
+from visionlab.models.backbones import STRIDES, Backbone, build_backbone
 from visionlab.models.heads import (
     POOLERS,
     BoxHeadSettings,
@@ -266,7 +265,7 @@ def fast_rcnn(
     box = dict(box_head or {})
     box.setdefault("pooler", pooler)
     return FastRCNN(
-        backbone=build_detector_backbone(backbone, pretrained_backbone, backbone_width),
+        backbone=build_backbone(backbone, pretrained=pretrained_backbone, width=backbone_width),
         num_classes=num_classes,
         feature_stride=feature_stride,
         box_head=settings_from(BoxHeadSettings, box, "fast_rcnn box_head"),

@@ -20,7 +20,6 @@ level) and each RoI pools from the level of its size.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -169,16 +168,6 @@ def _check_strides(strides: Sequence[int], fpn: bool) -> tuple[int, ...]:
     return strides
 
 
-def build_detector_backbone(
-    backbone: str, pretrained_backbone: str | None, width: int = 16
-) -> Backbone:
-    """A registry backbone for a detector, with optional local pretrained weights."""
-    kwargs: dict[str, Any] = {"pretrained": pretrained_backbone}
-    if backbone == "tiny_cnn":
-        kwargs["width"] = width
-    return build_backbone(backbone, **kwargs)
-
-
 @register_model(
     "faster_rcnn",
     task="detection",
@@ -223,7 +212,7 @@ def faster_rcnn(
     if num_classes < 2:
         raise VisionLabError(f"faster_rcnn: num_classes counts background, got {num_classes}")
     model = FasterRCNN(
-        backbone=build_detector_backbone(backbone, pretrained_backbone, backbone_width),
+        backbone=build_backbone(backbone, pretrained=pretrained_backbone, width=backbone_width),
         num_classes=num_classes,
         feature_strides=strides,
         fpn_channels=fpn_channels if fpn else None,

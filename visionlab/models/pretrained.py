@@ -169,12 +169,9 @@ def resolve_source(source: bool | str | Path, arch: str) -> Path:
             raise CheckpointError(f"{path}: directory without model.safetensors")
         return inner
     if not path.is_file():
-        hint = ""
-        if "classify_scenes" in str(path):
-            hint = " (train it first: visionlab train configs/classify_scenes.yaml)"
         raise CheckpointError(
-            f"{path}: pretrained weights file not found{hint}; set the key to null to start "
-            "from random weights"
+            f"{path}: pretrained weights file not found (train the run it names first, or set "
+            "the key to null to start from random weights)"
         )
     return path
 

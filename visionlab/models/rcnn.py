@@ -499,8 +499,7 @@ def rcnn(
 
     The old names ``width`` and ``pretrained`` still work (:data:`RENAMED_BACKBONE_ARGS`).
     """
-    kw = {"width": backbone_width} if backbone == "tiny_cnn" else {}
-    net = build_backbone(backbone, pretrained=pretrained_backbone, **kw)
+    net = build_backbone(backbone, pretrained=pretrained_backbone, width=backbone_width)
     return RCNN(
         backbone=net,
         input_size=input_size,

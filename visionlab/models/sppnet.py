@@ -176,8 +176,7 @@ def sppnet(
 
     The old names ``width`` and ``pretrained`` still work, as for ``rcnn``.
     """
-    kw = {"width": backbone_width} if backbone == "tiny_cnn" else {}
-    net = build_backbone(backbone, pretrained=pretrained_backbone, **kw)
+    net = build_backbone(backbone, pretrained=pretrained_backbone, width=backbone_width)
     return SPPNet(
         backbone=net,
         scales=scales,

@@ -357,11 +357,7 @@ def yolo(
             raise VisionLabError(
                 f"yolo: multiscale sizes {bad} are not multiples of feature_stride {feature_stride}"
             )
-    net = build_backbone(
-        backbone,
-        pretrained=pretrained_backbone,
-        **({"width": backbone_width} if backbone_width != 16 else {}),
-    )
+    net = build_backbone(backbone, pretrained=pretrained_backbone, width=backbone_width)
     return YOLO(
         backbone=net,
         num_classes=num_classes,
