@@ -146,6 +146,53 @@ def test_crop_drops_boxes_outside_and_reindexes_relations():
     assert dropped > 0  # the IoU crop did cut boxes away in some draws
 
 
+def test_crop_size_takes_a_window_of_the_resized_image():
+    image, target = _sample()
+    target = {**target, "labels": torch.tensor([1, 2, 3, 4])}  # a label tells the box
+    t = build_transforms("instance", True, None, crop_size=48, hflip=0.0, scale_jitter=None)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        out_image, out = t(image, target)
+        assert out_image.shape == (3, 48, 48)
+        # the window is a translate of the input: find it from the image itself
+        match = [
+            (y, x)
+            for y in range(H - 48 + 1)
+            for x in range(W - 48 + 1)
+            if torch.equal(image[:, y, x : x + 48], out_image[:, 0])
+            and torch.equal(image[:, y + 47, x : x + 48], out_image[:, 47])
+        ]
+        assert len(match) == 1
+        y, x = match[0]
+        for box, mask, label in zip(out["boxes"], out["masks"], out["labels"]):
+            x1, y1, x2, y2 = BOXES[int(label) - 1]
+            clipped = [max(x1 - x, 0), max(y1 - y, 0), min(x2 - x, 48), min(y2 - y, 48)]
+            assert box.tolist() == clipped  # cut by the window, clipped to it
+            assert torch.equal(_mask_box(mask), box)
+        kept = {int(label) - 1 for label in out["labels"]}
+        for k, (x1, y1, x2, y2) in enumerate(BOXES):  # dropped = (almost) outside the window
+            inside_w = min(x2 - x, 48) - max(x1 - x, 0)
+            inside_h = min(y2 - y, 48) - max(y1 - y, 0)
+            assert (k in kept) == (inside_w >= 1 and inside_h >= 1)
+    # segmentation: a canvas smaller than the crop is padded with the ignore label
+    image, target = _sample(semantic=True)
+    t = build_transforms("segmentation", True, 40, crop_size=64, hflip=0.0, scale_jitter=None)
+    out_image, out = t(image, target)
+    assert out_image.shape == (3, 64, 64) and out["semantic"].shape == (64, 64)
+    assert (out["semantic"][40:] == IGNORE_INDEX).all()
+    assert (out["semantic"][:, 40:] == IGNORE_INDEX).all()
+    assert not (out["semantic"][:40, :40] == IGNORE_INDEX).any()
+    assert "crop_size=64" in repr(t)
+    with pytest.raises(ValueError, match="crop_size"):
+        build_transforms("segmentation", True, 40, crop_size=0)
+    # evaluation never crops
+    assert build_transforms("segmentation", False, 40, crop_size=16)(image, target)[0].shape == (
+        3,
+        40,
+        40,
+    )
+
+
 def test_semantic_padding_is_ignore():
     image, target = _sample(semantic=True)
     out_image, out = build_transforms("segmentation", False, 60, keep_ratio=True)(image, target)

@@ -36,6 +36,7 @@ def test_train_writes_the_run_directory(trained_run: Path) -> None:
     assert best["step"] == best["best_metric"]["step"]
     eval_json = json.loads((trained_run / "eval.json").read_text())
     assert eval_json["metrics"]["top1"] == evals[-1]["val/top1"]
+    assert eval_json["train_seconds"] > 0 and eval_json["resumed"] is False
 
 
 def test_eval_command(trained_run: Path, capsys: pytest.CaptureFixture) -> None:

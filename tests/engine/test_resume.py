@@ -25,7 +25,9 @@ def test_interrupted_and_resumed_run_is_bit_identical(
 
     assert main(["train", "--resume", str(out)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    best = json.loads((out / "eval.json").read_text())["best"]
+    record = json.loads((out / "eval.json").read_text())
+    best = record["best"]
+    assert record["resumed"] is True  # its train_seconds are only the resumed part
     assert lines[0] == f"run: {out}"
     assert lines[-1].endswith(
         f"run saved in {out} (best top1 {best['value']:.4f} at step {best['step']})"

@@ -45,8 +45,4 @@ def command_line() -> str:
 
 def header(title: str) -> str:
     """Markdown header every benchmark file starts with."""
-    return (
-        f"# {title}\n\n"
-        f"- Machine: {machine_description()}\n"
-        f"- Command: `{command_line()}`\n"
-    )
+    return f"# {title}\n\n- Machine: {machine_description()}\n- Command: `{command_line()}`\n"

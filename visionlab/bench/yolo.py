@@ -16,6 +16,7 @@ a few validation images).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -73,7 +74,8 @@ def _train_or_reuse(args: argparse.Namespace, config: str, runs: Path) -> dict[s
     run_dir = runs / _name(config)
     best = run_dir / "checkpoints" / "best.pt"
     if args.reuse and best.is_file():
-        return {"config": config, "run_dir": run_dir, "seconds": float("nan"), "steps": None}
+        seconds, steps = _recorded_training(run_dir)
+        return {"config": config, "run_dir": run_dir, "seconds": seconds, "steps": steps}
     overrides = [*args.overrides, f"out={run_dir}", "train.progress=false"]
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
@@ -87,6 +89,22 @@ def _train_or_reuse(args: argparse.Namespace, config: str, runs: Path) -> dict[s
         "seconds": time.perf_counter() - start,
         "steps": result.step,
     }
+
+
+def _recorded_training(run_dir: Path) -> tuple[float, int | None]:
+    """Training wall time and steps a reused run recorded in its ``eval.json`` (NaN / None
+    when it has none, or when it was resumed, so its time is only a part)."""
+    import json
+
+    try:
+        record = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return float("nan"), None
+    seconds = record.get("train_seconds")
+    if not isinstance(seconds, int | float) or record.get("resumed", False):
+        return float("nan"), None
+    step = record.get("step")
+    return float(seconds), step if isinstance(step, int) else None
 
 
 def _val_set(model: Any, quick: bool) -> Any:
@@ -256,6 +274,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0f}"
+
+
 def _describe(row: dict[str, Any]) -> str:
     a = row["args"]
     if row["model"] != "yolo":
@@ -292,7 +314,7 @@ def _markdown(
         speed = f"{ms[base['name']] / ms[r['name']]:.1f}x" if base else "n/a"
         lines.append(
             f"| `{r['config']}` | {_describe(r)} | {r['size']} | {m['AP50']:.3f} | "
-            f"{m['AP']:.3f} | {m['AP75']:.3f} | {m['APs']:.3f} | {r['seconds']:.0f} | "
+            f"{m['AP']:.3f} | {m['AP75']:.3f} | {m['APs']:.3f} | {_seconds(r['seconds'])} | "
             f"{r['steps'] if r['steps'] is not None else '-'} | {ms[r['name']]:.1f} | {speed} | "
             f"{r['params'] / 1e6:.2f}M |"
         )

@@ -269,6 +269,30 @@ class _RandomResizedCrop:
         return _map(sample, lambda x: F.crop(x, top, left, h, w))
 
 
+class _RandomCrop:
+    """A random ``size`` x ``size`` window of the resized image (torchvision's segmentation
+    reference ``RandomCrop(crop_size)``); a canvas smaller than that is first padded bottom /
+    right with the fill values (grey image, 255 semantic labels, empty instance masks)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        h, w = _size_of(sample)
+        if h < self.size or w < self.size:
+            pad = [0, 0, max(0, self.size - w), max(0, self.size - h)]
+            sample = {
+                k: F.pad(v, pad, fill=_FILL[type(v)]) if type(v) in _FILL else v
+                for k, v in sample.items()
+            }
+            if "boxes" in sample:
+                sample["boxes"] = F.pad(sample["boxes"], pad)
+            h, w = _size_of(sample)
+        top = int(torch.randint(h - self.size + 1, ()))
+        left = int(torch.randint(w - self.size + 1, ()))
+        return _map(sample, lambda x: F.crop(x, top, left, self.size, self.size))
+
+
 class _ShortSideCenterCrop:
     """Shorter side to ``size``, then the centre ``size`` x ``size``: ImageNet's eval framing."""
 
@@ -361,6 +385,7 @@ def build_transforms(
     hflip: float = 0.5,
     scale_jitter: tuple[float, float] | None = (0.8, 1.2),
     crop: bool = False,
+    crop_size: int | None = None,
     color_jitter: float = 0.0,
     hsv_jitter: float = 0.0,
     translate: float = 0.0,
@@ -379,16 +404,19 @@ def build_transforms(
     ``size=None``: the input's own size (evaluation is then the identity).
 
     Training adds, in this order: a random crop when ``crop`` (detection / instance: SSD's
-    random IoU crop; classification / segmentation: random resized crop, area 35-100 %),
-    resized back to the canvas; a horizontal flip with probability ``hflip``; a random zoom
-    by ``s`` in ``scale_jitter`` and a shift up to ``translate`` of the width / height on the
-    fixed canvas (YOLO v1 Sec. 2.2: "random scaling and translations of up to 20 %", i.e.
+    random IoU crop; classification / segmentation: random resized crop, area 35-100 %), resized
+    back to the canvas; a random ``crop_size`` x ``crop_size`` window of the canvas when
+    ``crop_size`` is set (torchvision's segmentation reference: train on crops of the resized
+    image, evaluate on the whole of it; boxes cut by the window are clipped to it and dropped
+    when under ``min_box_size``); a horizontal flip with probability ``hflip``; a random zoom by
+    ``s`` in ``scale_jitter`` and a shift up to ``translate`` of the width / height on the fixed
+    canvas (YOLO v1 Sec. 2.2: "random scaling and translations of up to 20 %", i.e.
     ``scale_jitter=(0.8, 1.2), translate=0.2``), with grey image / 0 instance mask / 255
-    semantic fill for uncovered area; and exposure and saturation factors drawn from
-    ``[1 - color_jitter, 1 + color_jitter]`` (YOLO's "up to a factor of 1.5" is 0.5).
-    ``hsv_jitter`` is YOLO's own version, in HSV: V and S times a factor up to
-    ``1 + hsv_jitter`` or its inverse, hue kept (:mod:`visionlab.data.yolo_augment`; 0.5).
-    Evaluation only resizes; it is deterministic.
+    semantic fill for uncovered area; and exposure and saturation factors drawn from ``[1 -
+    color_jitter, 1 + color_jitter]`` (YOLO's "up to a factor of 1.5" is 0.5). ``hsv_jitter`` is
+    YOLO's own version, in HSV: V and S times a factor up to ``1 + hsv_jitter`` or its inverse,
+    hue kept (:mod:`visionlab.data.yolo_augment`; 0.5). Evaluation only resizes; it is
+    deterministic.
 
     Boxes whose width or height ends below ``min_box_size`` px, or that leave the image, are
     dropped with their labels, masks, iscrowd, difficult and relations (see
@@ -414,6 +442,10 @@ def build_transforms(
         raise ValueError(f"scale_jitter must be (low, high) with 0 < low <= high: {scale_jitter}")
     if not 0 <= translate < 1 or not 0 <= hflip <= 1 or not 0 <= color_jitter < 1:
         raise ValueError("need 0 <= translate < 1, 0 <= hflip <= 1, 0 <= color_jitter < 1")
+    if crop_size is not None and (
+        isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1
+    ):
+        raise ValueError(f"crop_size must be a positive int or None, got {crop_size!r}")
     is_boxes = task in ("detection", "instance")
 
     letterbox = keep_ratio and task == "segmentation" and size is not None
@@ -427,6 +459,9 @@ def build_transforms(
         if crop:
             crop_step = _IoUCrop() if is_boxes else _RandomResizedCrop()
             parts.append("iou_crop" if is_boxes else "random_resized_crop")
+        if crop_size is not None:
+            steps.append(_RandomCrop(crop_size))
+            parts.append(f"crop_size={crop_size}")
         if hflip > 0:
             steps.append(_RandomHorizontalFlip(hflip, predicate_flip))
             parts.append(f"hflip={hflip}")

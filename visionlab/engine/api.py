@@ -234,9 +234,7 @@ def evaluate(
         num_workers=num_workers,
         collate_fn=collate_fn,
     )
-    return run_eval(
-        model, task, loader, task.evaluator(classes), device=dev, progress=progress
-    )
+    return run_eval(model, task, loader, task.evaluator(classes), device=dev, progress=progress)
 
 
 # ---------------------------------------------------------------------------- predict

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,7 @@ def run_training(
     cfg: Config, info: DistInfo, *, resume: bool, extra_hooks: Any = ()
 ) -> TrainResult:
     """Train ``cfg`` in this process (one of ``info.world_size``); see ``api.train``."""
+    started = time.perf_counter()
     from visionlab.data.loader import build_loader
     from visionlab.engine.stages import is_multi_stage, run_stages
     from visionlab.models.registry import build_model
@@ -271,7 +273,9 @@ def run_training(
         checkpoints={p.stem: p for p in sorted(ckpt_dir.glob("*.pt"))},
     )
     if info.is_main:
-        _finish(cfg, run_dir, result, say, eval_hook.primary if eval_hook else None)
+        seconds = time.perf_counter() - started
+        primary = eval_hook.primary if eval_hook else None
+        _finish(cfg, run_dir, result, say, primary, seconds=seconds, resumed=resume)
     distributed.barrier()
     return result
 
@@ -332,8 +336,18 @@ def _hooks(
     return hooks, eval_hook
 
 
-def _finish(cfg: Config, run_dir: Path, result: TrainResult, say: Any, primary: str | None) -> None:
-    """eval.json, curves.png and the closing line."""
+def _finish(
+    cfg: Config,
+    run_dir: Path,
+    result: TrainResult,
+    say: Any,
+    primary: str | None,
+    *,
+    seconds: float | None = None,
+    resumed: bool = False,
+) -> None:
+    """eval.json, curves.png and the closing line. ``seconds``: wall time of this training
+    call (data, model, steps and evaluations; a resumed run counts only its own part)."""
     if result.metrics is not None and not result.interrupted:
         write_eval_json(
             run_dir / "eval.json",
@@ -344,6 +358,8 @@ def _finish(cfg: Config, run_dir: Path, result: TrainResult, say: Any, primary: 
                 "step": result.step,
                 "metrics": result.metrics,
                 "best": result.best_metric,
+                "train_seconds": None if seconds is None else round(seconds, 1),
+                "resumed": resumed,
             },
         )
     _plot_curves(run_dir, primary)
