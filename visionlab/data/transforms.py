@@ -269,6 +269,20 @@ class _RandomResizedCrop:
         return _map(sample, lambda x: F.crop(x, top, left, h, w))
 
 
+def _pad_bottom_right(sample: dict[str, Any], below: int, right: int) -> dict[str, Any]:
+    """Pad ``below`` rows and ``right`` columns with the fill values (grey image, 0 instance
+    masks, 255 semantic labels); boxes keep their coordinates."""
+    if not below and not right:
+        return sample
+    pad = [0, 0, right, below]
+    sample = {
+        k: F.pad(v, pad, fill=_FILL[type(v)]) if type(v) in _FILL else v for k, v in sample.items()
+    }
+    if "boxes" in sample:
+        sample["boxes"] = F.pad(sample["boxes"], pad)
+    return sample
+
+
 class _RandomCrop:
     """A random ``size`` x ``size`` window of the resized image (torchvision's segmentation
     reference ``RandomCrop(crop_size)``); a canvas smaller than that is first padded bottom /
@@ -279,15 +293,8 @@ class _RandomCrop:
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         h, w = _size_of(sample)
-        if h < self.size or w < self.size:
-            pad = [0, 0, max(0, self.size - w), max(0, self.size - h)]
-            sample = {
-                k: F.pad(v, pad, fill=_FILL[type(v)]) if type(v) in _FILL else v
-                for k, v in sample.items()
-            }
-            if "boxes" in sample:
-                sample["boxes"] = F.pad(sample["boxes"], pad)
-            h, w = _size_of(sample)
+        sample = _pad_bottom_right(sample, max(0, self.size - h), max(0, self.size - w))
+        h, w = _size_of(sample)
         top = int(torch.randint(h - self.size + 1, ()))
         left = int(torch.randint(w - self.size + 1, ()))
         return _map(sample, lambda x: F.crop(x, top, left, self.size, self.size))
@@ -359,14 +366,7 @@ class JointTransform:
             r = min(out_h / h, out_w / w)
             sample = _resize(sample, (max(1, round(h * r)), max(1, round(w * r))))
             h, w = _size_of(sample)
-            pad = [0, 0, out_w - w, out_h - h]
-            if pad[2] or pad[3]:
-                sample = {
-                    k: F.pad(v, pad, fill=_FILL[type(v)]) if type(v) in _FILL else v
-                    for k, v in sample.items()
-                }
-                if "boxes" in sample:
-                    sample["boxes"] = F.pad(sample["boxes"], pad)
+            sample = _pad_bottom_right(sample, out_h - h, out_w - w)
         else:
             sample = _resize(sample, (out_h, out_w))
         for step in self.steps:
