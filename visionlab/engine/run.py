@@ -343,8 +343,8 @@ def _finish(
     say: Any,
     primary: str | None,
     *,
-    seconds: float | None = None,
-    resumed: bool = False,
+    seconds: float,
+    resumed: bool,
 ) -> None:
     """eval.json, curves.png and the closing line. ``seconds``: wall time of this training
     call (data, model, steps and evaluations; a resumed run counts only its own part)."""
@@ -358,7 +358,7 @@ def _finish(
                 "step": result.step,
                 "metrics": result.metrics,
                 "best": result.best_metric,
-                "train_seconds": None if seconds is None else round(seconds, 1),
+                "train_seconds": round(seconds, 1),
                 "resumed": resumed,
             },
         )

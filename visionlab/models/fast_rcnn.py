@@ -57,8 +57,9 @@ def cached_selective_search(
     folder = ss.default_cache_dir()
     bgr = ss._to_bgr_uint8(image)
     key_mode = mode if search_size <= 0 else f"{mode}|search_size={search_size}"
+    own_key = ss._cache_key(bgr, key_mode)
     for flipped in (False, True):
-        key = ss._cache_key(np.ascontiguousarray(bgr[:, ::-1]) if flipped else bgr, key_mode)
+        key = ss._cache_key(np.ascontiguousarray(bgr[:, ::-1]), key_mode) if flipped else own_key
         boxes = ss._load_cached(folder / key[:2] / f"{key}.npy")
         if boxes is not None:
             out = torch.from_numpy(np.ascontiguousarray(boxes[:max_boxes]))
@@ -71,8 +72,7 @@ def cached_selective_search(
     search, factor = ss.resize_longer(image.float(), search_size)
     found = ss.selective_search(search, mode, None, cache=False)
     boxes = clip_boxes_to_image(found / factor, tuple(image.shape[-2:])).float()
-    key = ss._cache_key(bgr, key_mode)
-    ss._save_atomic(folder / key[:2] / f"{key}.npy", boxes.numpy())
+    ss._save_atomic(folder / own_key[:2] / f"{own_key}.npy", boxes.numpy())
     return boxes[:max_boxes]
 
 
