@@ -99,6 +99,23 @@ def test_predict_matches_the_python_api(trained_run: Path, folder_dataset: Path)
         assert p["labels"].shape == (3,) and torch.allclose(p["scores"].sum(), torch.tensor(1.0))
 
 
+def test_predict_from_a_path_fuses_and_leaves_a_given_model_alone(
+    trained_run: Path, folder_dataset: Path
+) -> None:
+    ckpt = trained_run / "checkpoints" / "best.pt"
+    model = visionlab.load(ckpt)
+    batch_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    files = sorted((folder_dataset / "val" / "red").glob("*.png"))
+    given = visionlab.predict(model, files, topk=3, device="cpu")
+    from_path = visionlab.predict(ckpt, files, topk=3, device="cpu")  # loaded, then fused
+    assert batch_norms > 0 and not getattr(model, "fused", False)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == batch_norms
+    assert visionlab.load(ckpt, fuse=True).fused
+    for a, b in zip(given, from_path):
+        assert torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-5)
+
+
 def test_export_round_trip(trained_run: Path, tmp_path: Path, folder_dataset: Path) -> None:
     ckpt = trained_run / "checkpoints" / "best.pt"
     out = tmp_path / "export"

@@ -93,6 +93,27 @@ def test_prior_round_trip_and_kmeans():
     torch.testing.assert_close(kmeans_priors(sizes, 2), want)
 
 
+def test_decoding_gathered_boxes_equals_gathering_decoded_boxes():
+    """postprocess decodes only the boxes that pass the threshold: same boxes as decoding all."""
+    torch.manual_seed(0)
+    S, B = 5, 3
+    params = torch.rand(S, S, B, 4) * 0.98 + 0.01
+    priors = torch.tensor([[10.0, 12.0], [30.0, 20.0], [6.0, 9.0]])
+    pick = torch.tensor([0, 7, 31, 74, 40])  # flat indices into S * S * B
+    cell = pick // B
+    cells = torch.stack([cell // S, cell % S], 1)
+    gathered = params.reshape(-1, 4)[pick]
+    torch.testing.assert_close(
+        decode_v1(gathered, SIZE, cells=cells, S=S), decode_v1(params, SIZE).reshape(-1, 4)[pick]
+    )
+    torch.testing.assert_close(
+        decode_prior(gathered, priors[pick % B], SIZE, cells=cells, S=S),
+        decode_prior(params, priors, SIZE).reshape(-1, 4)[pick],
+    )
+    with pytest.raises(ValueError, match="needs S"):
+        decode_v1(gathered, SIZE, cells=cells)
+
+
 def test_v1_loss_terms_match_the_papers_sum():
     """Eq. 3 of the paper, written out with loops over cells and predictors."""
     torch.manual_seed(0)

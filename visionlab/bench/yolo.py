@@ -5,7 +5,8 @@ Trains each recipe (``--configs``: ``configs/yolo_scenes.yaml``,
 128 px on the built-in scenes), or reuses ``RUNS/<name>/checkpoints/best.pt`` with
 ``--reuse``, then measures in this one run: validation AP50 / AP / AP75 / APs (the shared
 :class:`~visionlab.eval.detection.DetectionEvaluator`), inference ms/image (batch 1, eval
-mode, no grad, the same validation images for every model, repetitions interleaved) and the
+mode, no grad, batch norms folded into the convolutions as ``visionlab predict`` runs them,
+the same validation images for every model, repetitions interleaved) and the
 ratio to Faster R-CNN, and an error breakdown in the manner of the YOLO paper's Sec. 4.2
 (Hoiem et al.): for each class the top N detections (N = its objects) are correct,
 localisation errors, confusions with another class, or background. Writes
@@ -232,6 +233,7 @@ def _samples_picture(loaded: dict[str, Any], dataset: Any, path: Path, count: in
 
 def run(args: argparse.Namespace) -> int:
     from visionlab.engine.api import load
+    from visionlab.ops.fuse import fuse_conv_bn
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -264,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
             row["errors"] = error_breakdown(preds, targets, len(dataset.classes))
         n_time = 5 if args.quick else min(args.timing_images, len(dataset))
         images = [dataset[i][0] for i in range(n_time)]
+        for model in loaded.values():  # as deployed (and as `visionlab predict` runs them)
+            fuse_conv_bn(model)
         ms = _timings(loaded, images, 1 if args.quick else args.repeats)
         if args.samples:
             _samples_picture(loaded, dataset, out_dir / "yolo_samples.png", args.samples)
@@ -302,7 +306,8 @@ def _markdown(
         "",
         f"Each recipe trained in this run (or reused with `--reuse`), evaluated on the first "
         f"{count} scenes validation images. ms/image: batch 1, eval mode, no grad, "
-        f"postprocessing (thresholds, NMS) included, median over {n_time} validation images x "
+        f"batch norms folded into the convolutions (every model), postprocessing (thresholds, "
+        f"NMS) included, median over {n_time} validation images x "
         f"{1 if args.quick else args.repeats} interleaved passes, {args.threads} threads.",
         "",
         "| recipe | model | image px | AP50 | AP | AP75 | APs | train s | steps | ms/image "

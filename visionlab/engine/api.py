@@ -129,8 +129,13 @@ def train(
 # ------------------------------------------------------------------------ load / eval
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load(path: str | Path, device: str | torch.device = "cpu", *, fuse: bool = False) -> nn.Module:
     """Rebuild a trained model from a ``.pt`` checkpoint or an exported folder.
+
+    Args:
+        fuse: fold batch norms into the convolutions before them
+            (:func:`visionlab.ops.fuse.fuse_conv_bn`): the same predictions, faster, for
+            inference only (the model can then not be trained or saved).
 
     Returns:
         The model in eval mode on ``device`` with ``.task``, ``.classes``, ``.predicates``,
@@ -164,15 +169,23 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     size = meta.get("image_size", meta.get("input_size"))
     model.image_size = size[-1] if isinstance(size, list | tuple) else size
     model.meta = meta
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if fuse:
+        from visionlab.ops.fuse import fuse_conv_bn
+
+        fuse_conv_bn(model)
+    return model
 
 
-def _as_model(model_or_path: nn.Module | str | Path, device: torch.device) -> nn.Module:
+def _as_model(
+    model_or_path: nn.Module | str | Path, device: torch.device, *, fuse: bool = False
+) -> nn.Module:
+    """A model given stays as it is (moved and in eval mode); a path is loaded (``fuse``d)."""
     if isinstance(model_or_path, nn.Module):
         if not hasattr(model_or_path, "classes"):
             raise VisionLabError("pass a path or a model returned by visionlab.load")
         return model_or_path.to(device).eval()
-    return load(model_or_path, device)
+    return load(model_or_path, device, fuse=fuse)
 
 
 def evaluate(
@@ -283,7 +296,7 @@ def predict(
     from visionlab.data.imageio import load_image
 
     dev = resolve_device(device)
-    model = _as_model(model_or_path, dev)
+    model = _as_model(model_or_path, dev, fuse=True)  # a loaded model is ours to fuse
     task = get_task(model.task)
     transform = make_transform(model.task, False, model.image_size, {})
     results: list[dict[str, Tensor]] = []

@@ -252,8 +252,7 @@ class YOLO(nn.Module):
 
         n, S = grid["params"].shape[:2]
         B, C = self.B, self.num_classes
-        boxes = clip_boxes_to_image(self.decode(grid["params"], size).reshape(-1, 4), (size, size))
-        boxes = boxes.view(n, S * S * B, 4)
+        params = grid["params"].reshape(n, S * S * B, 4)
         conf = grid["confidence"].clamp(0, 1).reshape(n, S * S * B, 1)
         if self.use_priors:
             probs = grid["classes"].softmax(-1).reshape(n, S * S * B, C)
@@ -261,6 +260,7 @@ class YOLO(nn.Module):
             probs = grid["classes"].clamp(0, 1).reshape(n, S * S, 1, C).expand(n, S * S, B, C)
             probs = probs.reshape(n, S * S * B, C)
         scores = probs * conf  # Pr(class | object) * Pr(object) * IoU, eq. 2
+        priors = self.priors * (size / self.input_size) if self.use_priors else None
         outputs = []
         for i, (h, w) in enumerate(image_sizes):
             flat = scores[i].flatten()
@@ -268,7 +268,17 @@ class YOLO(nn.Module):
             if keep.numel() > self.post.pre_nms_topk:
                 keep = keep[flat[keep].topk(self.post.pre_nms_topk).indices]
             box_index, labels = keep // C, keep % C + 1
-            kept_boxes, kept_scores = boxes[i, box_index], flat[keep]
+            cell = box_index // B
+            cells = torch.stack([cell // S, cell % S], 1)  # (row, col)
+            # decode only the boxes that passed the threshold (a few of the S * S * B)
+            if priors is not None:
+                decoded = decode_prior(
+                    params[i, box_index], priors[box_index % B], (size, size), cells=cells, S=S
+                )
+            else:
+                decoded = decode_v1(params[i, box_index], (size, size), cells=cells, S=S)
+            kept_boxes = clip_boxes_to_image(decoded, (size, size))
+            kept_scores = flat[keep]
             nms_keep = batched_nms(kept_boxes, kept_scores, labels, self.post.nms_thresh)
             nms_keep = nms_keep[: self.post.detections_per_img]
             scale = kept_boxes.new_tensor([w / size, h / size, w / size, h / size])
@@ -278,9 +288,8 @@ class YOLO(nn.Module):
                 "scores": kept_scores[nms_keep],
             }
             if self.return_grid:
-                cell = box_index[nms_keep] // B
                 out["grid_size"] = S
-                out["cells"] = torch.stack([cell // S, cell % S], 1)
+                out["cells"] = cells[nms_keep]
             outputs.append(out)
         return outputs
 

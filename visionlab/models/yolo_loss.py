@@ -72,23 +72,41 @@ def _cell_origin(S: int, device: torch.device, dtype: torch.dtype) -> tuple[Tens
     return col[..., None], row[..., None]
 
 
+def _origin(params: Tensor, cells: Tensor | None, S: int | None) -> tuple[Tensor, Tensor, int]:
+    """``(col, row, S)`` for a whole grid of parameters, or for gathered ones and their cells."""
+    if cells is None:
+        S = params.shape[-3]
+        col, row = _cell_origin(S, params.device, params.dtype)
+        return col, row, S
+    if S is None or cells.shape != (*params.shape[:-1], 2):
+        raise ValueError("decoding gathered boxes needs S and cells [K, 2] (row, col) like params")
+    return cells[..., 1].to(params.dtype), cells[..., 0].to(params.dtype), S
+
+
 def _centre_size_to_xyxy(cx: Tensor, cy: Tensor, w: Tensor, h: Tensor) -> Tensor:
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
 
 
-def decode_v1(params: Tensor, image_size: tuple[int, int]) -> Tensor:
+def decode_v1(
+    params: Tensor,
+    image_size: tuple[int, int],
+    *,
+    cells: Tensor | None = None,
+    S: int | None = None,
+) -> Tensor:
     """v1 box parameters on the grid to boxes.
 
     Args:
-        params: ``Tensor[..., S, S, B, 4]`` of ``(x, y, sqrt_w, sqrt_h)``.
+        params: ``Tensor[..., S, S, B, 4]`` of ``(x, y, sqrt_w, sqrt_h)``; or, with
+            ``cells``, ``Tensor[K, 4]`` gathered from an ``S x S`` grid (decode only those).
         image_size: ``(H, W)`` of the network input.
+        cells: ``Tensor[K, 2]`` (row, col) of each gathered box.
 
     Returns:
-        ``Tensor[..., S, S, B, 4]`` xyxy in pixels (width = ``sqrt_w ** 2 * W``).
+        xyxy in pixels (width = ``sqrt_w ** 2 * W``), ``params``' shape.
     """
-    S = params.shape[-3]
     h, w = image_size
-    col, row = _cell_origin(S, params.device, params.dtype)
+    col, row, S = _origin(params, cells, S)
     cx = (col + params[..., 0]) * (w / S)
     cy = (row + params[..., 1]) * (h / S)
     return _centre_size_to_xyxy(cx, cy, params[..., 2] ** 2 * w, params[..., 3] ** 2 * h)
@@ -112,20 +130,29 @@ def encode_v1(boxes: Tensor, cells: Tensor, image_size: tuple[int, int], S: int)
     return torch.stack([x, y, (bw / w).sqrt(), (bh / h).sqrt()], dim=1)
 
 
-def decode_prior(params: Tensor, priors: Tensor, image_size: tuple[int, int]) -> Tensor:
+def decode_prior(
+    params: Tensor,
+    priors: Tensor,
+    image_size: tuple[int, int],
+    *,
+    cells: Tensor | None = None,
+    S: int | None = None,
+) -> Tensor:
     """Anchor-prior box parameters to boxes (YOLO9000, Sec. 2, "Direct location prediction").
 
     Args:
-        params: ``Tensor[..., S, S, B, 4]`` of ``(sx, sy, tw, th)``, ``sx, sy`` in ``[0, 1]``.
-        priors: ``Tensor[B, 2]`` prior ``(w, h)`` in pixels of the network input.
+        params: ``Tensor[..., S, S, B, 4]`` of ``(sx, sy, tw, th)``, ``sx, sy`` in ``[0, 1]``;
+            or, with ``cells``, ``Tensor[K, 4]`` gathered from an ``S x S`` grid.
+        priors: ``Tensor[B, 2]`` prior ``(w, h)`` in pixels of the network input (with
+            ``cells``: ``Tensor[K, 2]``, the prior of each gathered box).
+        cells: ``Tensor[K, 2]`` (row, col) of each gathered box.
 
     Returns:
-        ``Tensor[..., S, S, B, 4]`` xyxy pixels: centre ``(col + sx) W / S``, width
+        xyxy pixels, ``params``' shape: centre ``(col + sx) W / S``, width
         ``prior_w * exp(tw)``.
     """
-    S = params.shape[-3]
     h, w = image_size
-    col, row = _cell_origin(S, params.device, params.dtype)
+    col, row, S = _origin(params, cells, S)
     cx = (col + params[..., 0]) * (w / S)
     cy = (row + params[..., 1]) * (h / S)
     # exp of a wild early prediction must not overflow to inf (inf boxes give NaN IoUs)
