@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from visionlab.errors import VisionLabError
 from visionlab.models.backbones import STRIDES, build_backbone, list_backbones
 from visionlab.models.registry import build_model, list_models
 
@@ -91,3 +92,28 @@ def test_freeze_backbone_trains_head_only():
     model.freeze_backbone()
     model.reset_classifier(2)  # a new head is trainable even while frozen
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"fc.weight", "fc.bias"}
+
+
+@pytest.mark.parametrize("arch", ["tiny_cnn", "resnet18", "alexnet"])
+def test_freeze_to_stops_gradients_and_statistics_up_to_that_stride(arch):
+    torch.manual_seed(0)
+    net = build_backbone(arch, frozen_stride=4)
+    frozen = {id(p) for m in net.stage_modules(4) for p in m.parameters()}
+    assert frozen and all(not p.requires_grad for m in net.stage_modules(4) for p in m.parameters())
+    assert all(p.requires_grad for p in net.parameters() if id(p) not in frozen)
+    net.train()
+    frozen_stats = [b for m in net.frozen_modules() for n, b in m.named_buffers() if "running" in n]
+    before = [b.clone() for b in frozen_stats]
+    maps = net.feature_maps(torch.rand(2, 3, 64, 64), strides=(4, 8))
+    assert not maps["stride4"].requires_grad and maps["stride8"].requires_grad
+    maps["stride8"].sum().backward()
+    for p in net.parameters():  # the frozen layers got no gradient, the stride-8 stage did
+        if id(p) in frozen:
+            assert p.grad is None
+    assert any(p.grad is not None for m in net.stage_modules(8) for p in m.parameters())
+    # frozen batch norms stay in eval mode and keep their statistics
+    assert all(not m.training for f in net.frozen_modules() for m in f.modules())
+    assert all(torch.equal(a, b) for a, b in zip(frozen_stats, before))
+    assert (arch == "alexnet") == (not frozen_stats)  # AlexNet has no batch norm
+    with pytest.raises(VisionLabError, match="frozen_stride"):
+        build_backbone(arch, frozen_stride=5)

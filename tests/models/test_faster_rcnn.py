@@ -38,8 +38,8 @@ def _empty(size: int = 64) -> tuple[torch.Tensor, dict]:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"pooler": "roi_pool"}, {"fpn": True}],
-    ids=["align", "pool", "fpn"],
+    [{}, {"pooler": "roi_pool"}, {"fpn": True}, {"frozen_stride": 4}],
+    ids=["align", "pool", "fpn", "frozen"],
 )
 def test_train_and_eval_contract(kwargs):
     torch.manual_seed(0)
@@ -50,6 +50,10 @@ def test_train_and_eval_contract(kwargs):
     assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
     sum(losses.values()).backward()
     assert all(torch.isfinite(v) for v in losses.values())
+    grads = {name: p.grad is not None for name, p in model.backbone.named_parameters()}
+    early = [name for name in grads if name.startswith(("stem.", "stages.0."))]
+    assert all(grads[name] != bool(kwargs.get("frozen_stride")) for name in early)
+    assert all(grads[name] for name in grads if name.startswith("stages.1."))
     model.eval()
     with torch.no_grad():
         out = model(list(images))
@@ -86,6 +90,8 @@ def test_bad_settings_are_named():
         build_model("faster_rcnn", num_classes=3, pooler="max")
     with pytest.raises(VisionLabError, match="strides"):
         build_model("faster_rcnn", num_classes=3, feature_stride=12)
+    with pytest.raises(VisionLabError, match="frozen_stride"):
+        build_model("faster_rcnn", num_classes=3, frozen_stride=2)
 
 
 def test_rebuild_from_build_args():

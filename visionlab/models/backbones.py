@@ -18,6 +18,11 @@ The interface (:class:`Backbone`):
   a detector asking for ``strides=(16,)`` never runs the stride-32 stage.
 - ``feature_channels: dict[str, int]`` (same keys), ``out_channels: int``,
   ``out_stride: int``: what a head must expect, known before any forward pass.
+- ``freeze_to(stride)``: the layers up to the stride-``stride`` map (4: the stem and the
+  stride-4 stage) stop training: no gradients, batch norms keep their statistics. This is
+  torchvision's ``trainable_backbone_layers=3`` and detectron2's ``FREEZE_AT=2`` for 4: the
+  first layers of a pretrained network are generic, and skipping their backward pass is
+  the cheapest part of a detector's step to save.
 
 Nominal strides are exact for sizes divisible by 32, except AlexNet whose 11x11 stride-4
 first convolution (no padding to size) makes its maps one or two pixels smaller.
@@ -79,9 +84,41 @@ class Backbone(nn.Module):
         self.feature_channels = {f"stride{s}": int(channels[s]) for s in STRIDES}
         self.out_stride = STRIDES[-1]
         self.out_channels = int(channels[self.out_stride])
+        self.frozen_stride = 0
 
     def _stages(self, x: Tensor) -> Iterator[tuple[int, Tensor]]:
         raise NotImplementedError
+
+    def stage_modules(self, stride: int) -> list[nn.Module]:
+        """The modules that compute the stride-``stride`` map from the previous one (the
+        stride-4 stage includes the stem)."""
+        raise NotImplementedError
+
+    def freeze_to(self, stride: int) -> None:
+        """Freeze every layer up to the stride-``stride`` map (0: none; 4, 8, 16 or 32).
+
+        Their parameters get ``requires_grad=False``, their batch norms stay in eval mode
+        (the pretrained statistics), and :meth:`feature_maps` runs them without autograd.
+        """
+        if stride != 0 and stride not in STRIDES:
+            raise VisionLabError(
+                f"{self.arch}: frozen_stride must be 0 or one of {list(STRIDES)}, got {stride!r}"
+            )
+        self.frozen_stride = int(stride)
+        for s in STRIDES:
+            for module in self.stage_modules(s):
+                for p in module.parameters():
+                    p.requires_grad_(s > self.frozen_stride)
+        self.train(self.training)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [m for s in STRIDES if s <= self.frozen_stride for m in self.stage_modules(s)]
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
 
     @staticmethod
     def _check_input(x: Tensor) -> None:
@@ -112,7 +149,12 @@ class Backbone(nn.Module):
         if not wanted:
             return out
         last = max(wanted)
-        for stride, feature in self._stages(self.normalize(x)):
+        stages = self._stages(self.normalize(x))
+        grad = torch.is_grad_enabled()
+        for expected in STRIDES:
+            # frozen stages run without autograd: no graph kept, no backward through them
+            with torch.set_grad_enabled(grad and expected > self.frozen_stride):
+                stride, feature = next(stages)
             if stride in wanted:
                 out[f"stride{stride}"] = feature
             if stride == last:
@@ -148,6 +190,14 @@ class SequentialBackbone(Backbone):
                 x = self.features[i](x)
             start = end + 1
             yield stride, x
+
+    def stage_modules(self, stride: int) -> list[nn.Module]:
+        start = 0
+        for s, end in self.stage_ends:
+            if s == stride:
+                return list(self.features[start : end + 1])
+            start = end + 1
+        return []
 
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -215,6 +265,10 @@ class TinyCNN(Backbone):
             x = stage(x)
             yield stride, x
 
+    def stage_modules(self, stride: int) -> list[nn.Module]:
+        stage = self.stages[STRIDES.index(stride)]
+        return [self.stem, stage] if stride == STRIDES[0] else [stage]
+
 
 class ResNetBackbone(Backbone):
     """torchvision ResNet without ``avgpool``/``fc`` (He et al. 2016): C2..C5 are
@@ -243,6 +297,10 @@ class ResNetBackbone(Backbone):
         for stride, layer in zip(STRIDES, (self.layer1, self.layer2, self.layer3, self.layer4)):
             x = layer(x)
             yield stride, x
+
+    def stage_modules(self, stride: int) -> list[nn.Module]:
+        layer = (self.layer1, self.layer2, self.layer3, self.layer4)[STRIDES.index(stride)]
+        return [self.conv1, self.bn1, layer] if stride == STRIDES[0] else [layer]
 
 
 def _alexnet() -> tuple[SequentialBackbone, nn.Module]:
@@ -322,7 +380,11 @@ def list_backbones() -> list[str]:
 
 
 def build_backbone(
-    arch: str, *, pretrained: bool | str | Path | None = None, width: int = 16
+    arch: str,
+    *,
+    pretrained: bool | str | Path | None = None,
+    width: int = 16,
+    frozen_stride: int = 0,
 ) -> Backbone:
     """Build backbone ``arch`` for a detector or FCN.
 
@@ -333,6 +395,7 @@ def build_backbone(
             architecture: only its ``backbone.*`` tensors are used), or ``True`` /
             ``"hub"`` for torchvision's ImageNet file in the torch hub cache.
         width: ``tiny_cnn`` only, the stem width.
+        frozen_stride: freeze the layers up to this stride's map (:meth:`Backbone.freeze_to`).
 
     Returns:
         The :class:`Backbone` (``feature_maps``, ``feature_channels``, ...).
@@ -347,4 +410,6 @@ def build_backbone(
         from visionlab.models.pretrained import load_pretrained
 
         load_pretrained(backbone, pretrained)
+    if frozen_stride:
+        backbone.freeze_to(frozen_stride)
     return backbone

@@ -229,6 +229,7 @@ def fast_rcnn(
     backbone: str = "tiny_cnn",
     backbone_width: int = 16,
     pretrained_backbone: str | None = None,
+    frozen_stride: int = 0,
     feature_stride: int = 16,
     pooler: str = "roi_pool",
     proposal_mode: str = "fast",
@@ -243,6 +244,9 @@ def fast_rcnn(
         backbone: a name of :func:`visionlab.models.backbones.list_backbones`.
         backbone_width: ``tiny_cnn``'s stem width.
         pretrained_backbone: a local weights file for the backbone (never downloaded).
+        frozen_stride: freeze the backbone up to this stride's map (0: nothing; 4: the stem
+            and the stride-4 stage, torchvision's ``trainable_backbone_layers=3``): no
+            gradients, batch norms fixed, a cheaper step; meant for a pretrained backbone.
         feature_stride: stride of the shared map (8, 16 or 32).
         pooler: ``roi_pool`` (the paper's) or ``roi_align``.
         proposal_mode: selective search ``fast`` or ``quality``.
@@ -262,10 +266,19 @@ def fast_rcnn(
         raise VisionLabError(f"fast_rcnn: search_size must be a length in px >= 0: {search_size!r}")
     if num_classes < 2:
         raise VisionLabError(f"fast_rcnn: num_classes counts background, got {num_classes}")
+    if frozen_stride not in (0, *STRIDES):
+        raise VisionLabError(
+            f"fast_rcnn: frozen_stride must be 0 or one of {list(STRIDES)}, got {frozen_stride!r}"
+        )
     box = dict(box_head or {})
     box.setdefault("pooler", pooler)
     return FastRCNN(
-        backbone=build_backbone(backbone, pretrained=pretrained_backbone, width=backbone_width),
+        backbone=build_backbone(
+            backbone,
+            pretrained=pretrained_backbone,
+            width=backbone_width,
+            frozen_stride=frozen_stride,
+        ),
         num_classes=num_classes,
         feature_stride=feature_stride,
         box_head=settings_from(BoxHeadSettings, box, "fast_rcnn box_head"),

@@ -179,6 +179,7 @@ def faster_rcnn(
     backbone: str = "tiny_cnn",
     backbone_width: int = 16,
     pretrained_backbone: str | None = None,
+    frozen_stride: int = 0,
     feature_stride: int = 16,
     fpn: bool = False,
     fpn_strides: Sequence[int] = (8, 16, 32),
@@ -194,6 +195,9 @@ def faster_rcnn(
         backbone: a name of :func:`visionlab.models.backbones.list_backbones`.
         backbone_width: ``tiny_cnn``'s stem width.
         pretrained_backbone: a local weights file for the backbone (never downloaded).
+        frozen_stride: freeze the backbone up to this stride's map (0: nothing; 4: the stem
+            and the stride-4 stage, torchvision's ``trainable_backbone_layers=3``): no
+            gradients, batch norms fixed, a cheaper step; meant for a pretrained backbone.
         feature_stride: without FPN, the stride of the shared map (8, 16 or 32).
         fpn: use a feature pyramid over ``fpn_strides`` with ``fpn_channels`` channels.
         pooler: ``roi_pool`` or ``roi_align`` (overrides ``box_head["pooler"]``).
@@ -211,8 +215,17 @@ def faster_rcnn(
     box_settings = settings_from(BoxHeadSettings, box, "faster_rcnn box_head")
     if num_classes < 2:
         raise VisionLabError(f"faster_rcnn: num_classes counts background, got {num_classes}")
+    if frozen_stride not in (0, *STRIDES):
+        raise VisionLabError(
+            f"faster_rcnn: frozen_stride must be 0 or one of {list(STRIDES)}, got {frozen_stride!r}"
+        )
     model = FasterRCNN(
-        backbone=build_backbone(backbone, pretrained=pretrained_backbone, width=backbone_width),
+        backbone=build_backbone(
+            backbone,
+            pretrained=pretrained_backbone,
+            width=backbone_width,
+            frozen_stride=frozen_stride,
+        ),
         num_classes=num_classes,
         feature_strides=strides,
         fpn_channels=fpn_channels if fpn else None,
