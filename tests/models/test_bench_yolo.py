@@ -1,4 +1,4 @@
-"""`visionlab bench yolo --reuse`: the training time a reused run recorded."""
+"""`visionlab bench yolo`: the training time a reused run recorded; one image size."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from visionlab.bench import yolo as bench
+from visionlab.errors import VisionLabError
 
 
 def test_reused_run_reports_its_recorded_training_time(tmp_path: Path) -> None:
@@ -21,3 +24,11 @@ def test_reused_run_reports_its_recorded_training_time(tmp_path: Path) -> None:
     seconds, steps = bench._recorded_training(tmp_path)
     assert math.isnan(seconds) and steps is None  # only a part of the time: not reported
     assert bench._seconds(float("nan")) == "-" and bench._seconds(498.2) == "498"
+
+
+def test_recipes_of_different_image_sizes_are_refused() -> None:
+    rows = [{"name": "yolo_scenes", "size": 128}, {"name": "faster_rcnn_scenes", "size": 128}]
+    bench.check_one_size(rows)
+    rows.append({"name": "faster_rcnn_scenes_256", "size": 256})
+    with pytest.raises(VisionLabError, match="faster_rcnn_scenes_256.: 256"):
+        bench.check_one_size(rows)

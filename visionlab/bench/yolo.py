@@ -108,6 +108,16 @@ def _recorded_training(run_dir: Path) -> tuple[float, int | None]:
     return float(seconds), step if isinstance(step, int) else None
 
 
+def check_one_size(rows: list[dict[str, Any]]) -> None:
+    """The comparison is at one image size (every model is fed the same validation images)."""
+    sizes = {row["name"]: row["size"] for row in rows}
+    if len(set(sizes.values())) > 1:
+        raise VisionLabError(
+            f"bench yolo compares recipes at one image size; these differ: {sizes} "
+            "(e.g. configs/faster_rcnn_scenes.yaml is the 128 px Faster R-CNN)"
+        )
+
+
 def _val_set(model: Any, quick: bool) -> Any:
     from visionlab.data.datasets import load_dataset
     from visionlab.engine.api import make_transform
@@ -258,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
             row["grid"] = (getattr(model, "S", None), getattr(model, "B", None))
             row["params"] = sum(p.numel() for p in model.parameters())
             loaded[row["name"]] = model
+        check_one_size(rows)
         dataset = _val_set(next(iter(loaded.values())), args.quick)
         count = 5 if args.quick else len(dataset)
         for row in rows:
