@@ -30,5 +30,5 @@ def test_recipes_of_different_image_sizes_are_refused() -> None:
     rows = [{"name": "yolo_scenes", "size": 128}, {"name": "faster_rcnn_scenes", "size": 128}]
     bench.check_one_size(rows)
     rows.append({"name": "faster_rcnn_scenes_256", "size": 256})
-    with pytest.raises(VisionLabError, match="faster_rcnn_scenes_256.: 256"):
+    with pytest.raises(VisionLabError, match=r"'faster_rcnn_scenes_256': 256"):
         bench.check_one_size(rows)
