@@ -287,6 +287,9 @@ def predict(
 ) -> list[dict[str, Tensor]]:
     """Predict images (files or ``Tensor[3, H, W]`` in [0, 1]) with a trained model.
 
+    A checkpoint path is loaded with its batch norms folded into the convolutions (the same
+    predictions, faster); a model passed in is used as it is.
+
     Returns:
         One dict per image, in the original image's pixels: classification ``labels [k]``
         (0-based) and ``scores [k]``; segmentation ``semantic [H, W]`` (0 = background);
