@@ -381,3 +381,16 @@ def test_resolution_ceiling_is_exact_for_grid_aligned_blocks_and_drops_for_thin_
     thin[0:2, 0:2] = 2
     low = resolution_ceiling(Blocks(thin), strides=(1, 8))
     assert low[1] == 1.0 and low[8] < 0.5
+
+
+def test_frozen_stride_survives_unfreezing_the_backbone():
+    model = build_model("fcn8s", num_classes=3, frozen_stride=4)
+    backbone = model.encoder.backbone
+    early = [p for m in backbone.stage_modules(4) for p in m.parameters()]
+    assert early and not any(p.requires_grad for p in early)
+    model.freeze_backbone()  # transfer.freeze: backbone, then transfer.unfreeze_after
+    model.unfreeze_backbone()
+    assert not any(p.requires_grad for p in early)  # frozen_stride's layers stay frozen
+    assert all(p.requires_grad for m in backbone.stage_modules(8) for p in m.parameters())
+    with pytest.raises(VisionLabError, match="frozen_stride"):
+        build_model("fcn8s", num_classes=3, frozen_stride=3)

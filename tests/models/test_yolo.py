@@ -215,6 +215,14 @@ def test_options_and_bad_arguments():
         yolo(num_classes=3, input_size=64, head="conv", feature_stride=16, S=7)
     with pytest.raises(VisionLabError, match="anchors"):
         yolo(num_classes=3, input_size=64, B=2, anchors=[[8, 8]])
+    frozen = yolo(num_classes=3, input_size=64, head="conv", feature_stride=8, frozen_stride=4)
+    losses = frozen(images, targets)
+    sum(losses.values()).backward()
+    stem = [p for m in frozen.backbone.stage_modules(4) for p in m.parameters()]
+    assert all(p.grad is None and not p.requires_grad for p in stem)
+    assert all(p.grad is not None for p in frozen.head.parameters())
+    with pytest.raises(VisionLabError, match="frozen_stride"):  # nothing left to train
+        yolo(num_classes=3, input_size=64, head="conv", feature_stride=8, frozen_stride=8)
 
 
 @pytest.mark.parametrize("anchors", [None, [[12.0, 12.0], [24.0, 24.0]]])

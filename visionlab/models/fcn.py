@@ -304,10 +304,13 @@ class FCN(nn.Module):
         self.train(self.training)
 
     def unfreeze_backbone(self) -> None:
-        """Undo :meth:`freeze_backbone`."""
+        """Undo :meth:`freeze_backbone` (layers frozen by ``frozen_stride`` stay frozen)."""
         for p in self.encoder.parameters():
             p.requires_grad_(True)
         self._backbone_frozen = False
+        backbone = self.encoder.backbone
+        if backbone.frozen_stride:
+            backbone.freeze_to(backbone.frozen_stride)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> FCN:
@@ -387,6 +390,7 @@ def build_fcn(
     fc_width: int | None = None,
     skip_scales: Sequence[float] = (1.0, 1.0),
     pretrained: str | None = None,
+    frozen_stride: int = 0,
 ) -> FCN:
     """Build ``fcn32s`` / ``fcn16s`` / ``fcn8s`` (see the registered builders).
 
@@ -415,7 +419,13 @@ def build_fcn(
     head = DEFAULT_HEADS[backbone]
     if fc_width is not None:
         head = FCNHeadConfig(head.kernel_size, fc_width, head.dropout)
-    encoder = FCNEncoder(build_backbone(backbone, pretrained=pretrained_backbone))
+    if frozen_stride not in (0, 4, 8, 16, 32):
+        raise VisionLabError(
+            f"{variant}: frozen_stride={frozen_stride!r} must be 0 or one of 4, 8, 16, 32"
+        )
+    encoder = FCNEncoder(
+        build_backbone(backbone, pretrained=pretrained_backbone, frozen_stride=frozen_stride)
+    )
     model = FCN(
         encoder=encoder,
         num_classes=num_classes,
@@ -550,6 +560,8 @@ _BUILDER_DOC = """{title}: fully convolutional segmentation (Long et al., CVPR 2
             staged training; tensors that do not fit stay fresh) or, like
             ``pretrained_backbone``, a classifier's weights. ``transfer.pretrained`` of a
             recipe sets it.
+        frozen_stride: freeze the pretrained backbone up to this stride's map (0: nothing;
+            4: the stem and stride-4 stage; :meth:`Backbone.freeze_to`).
 
     Returns:
         :class:`FCN`: ``forward(Tensor[B, 3, H, W] in [0, 1]) -> Tensor[B, K, H, W]``.
@@ -566,6 +578,7 @@ def fcn32s(
     fc_width: int | None = None,
     skip_scales: Sequence[float] = (1.0, 1.0),
     pretrained: str | None = None,
+    frozen_stride: int = 0,
 ) -> FCN:
     return build_fcn("fcn32s", **locals())
 
@@ -580,6 +593,7 @@ def fcn16s(
     fc_width: int | None = None,
     skip_scales: Sequence[float] = (1.0, 1.0),
     pretrained: str | None = None,
+    frozen_stride: int = 0,
 ) -> FCN:
     return build_fcn("fcn16s", **locals())
 
@@ -594,6 +608,7 @@ def fcn8s(
     fc_width: int | None = None,
     skip_scales: Sequence[float] = (1.0, 1.0),
     pretrained: str | None = None,
+    frozen_stride: int = 0,
 ) -> FCN:
     return build_fcn("fcn8s", **locals())
 

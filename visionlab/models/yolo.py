@@ -306,6 +306,7 @@ def yolo(
     backbone: str = "tiny_cnn",
     pretrained_backbone: str | None = None,
     backbone_width: int = 16,
+    frozen_stride: int = 0,
     input_size: int = 448,
     S: int | None = None,
     B: int | None = None,
@@ -328,7 +329,8 @@ def yolo(
 
     ``S`` defaults to 7 (``fc``) or ``input_size / feature_stride`` (``conv``, where it can
     be nothing else); ``B`` defaults to 2, or to the number of ``anchors``. See :class:`YOLO`
-    and the module docstring for the options.
+    and the module docstring for the options. ``frozen_stride`` freezes the pretrained
+    backbone up to that stride's map (:meth:`Backbone.freeze_to`; ultralytics' ``freeze``).
     """
     if head not in HEAD_KINDS:
         raise VisionLabError(f"yolo: head must be one of {HEAD_KINDS}, got {head!r}")
@@ -366,7 +368,14 @@ def yolo(
             raise VisionLabError(
                 f"yolo: multiscale sizes {bad} are not multiples of feature_stride {feature_stride}"
             )
-    net = build_backbone(backbone, pretrained=pretrained_backbone, width=backbone_width)
+    if frozen_stride not in (0, 4, 8, 16, 32) or frozen_stride >= feature_stride:
+        raise VisionLabError(
+            f"yolo: frozen_stride must be 0 or 4, 8, 16 below feature_stride {feature_stride}, "
+            f"got {frozen_stride!r}"
+        )
+    net = build_backbone(
+        backbone, pretrained=pretrained_backbone, width=backbone_width, frozen_stride=frozen_stride
+    )
     return YOLO(
         backbone=net,
         num_classes=num_classes,
