@@ -266,10 +266,6 @@ def fast_rcnn(
         raise VisionLabError(f"fast_rcnn: search_size must be a length in px >= 0: {search_size!r}")
     if num_classes < 2:
         raise VisionLabError(f"fast_rcnn: num_classes counts background, got {num_classes}")
-    if frozen_stride not in (0, *STRIDES):
-        raise VisionLabError(
-            f"fast_rcnn: frozen_stride must be 0 or one of {list(STRIDES)}, got {frozen_stride!r}"
-        )
     box = dict(box_head or {})
     box.setdefault("pooler", pooler)
     return FastRCNN(

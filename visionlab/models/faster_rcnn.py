@@ -215,10 +215,6 @@ def faster_rcnn(
     box_settings = settings_from(BoxHeadSettings, box, "faster_rcnn box_head")
     if num_classes < 2:
         raise VisionLabError(f"faster_rcnn: num_classes counts background, got {num_classes}")
-    if frozen_stride not in (0, *STRIDES):
-        raise VisionLabError(
-            f"faster_rcnn: frozen_stride must be 0 or one of {list(STRIDES)}, got {frozen_stride!r}"
-        )
     model = FasterRCNN(
         backbone=build_backbone(
             backbone,

@@ -419,10 +419,6 @@ def build_fcn(
     head = DEFAULT_HEADS[backbone]
     if fc_width is not None:
         head = FCNHeadConfig(head.kernel_size, fc_width, head.dropout)
-    if frozen_stride not in (0, 4, 8, 16, 32):
-        raise VisionLabError(
-            f"{variant}: frozen_stride={frozen_stride!r} must be 0 or one of 4, 8, 16, 32"
-        )
     encoder = FCNEncoder(
         build_backbone(backbone, pretrained=pretrained_backbone, frozen_stride=frozen_stride)
     )

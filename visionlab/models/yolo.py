@@ -368,10 +368,11 @@ def yolo(
             raise VisionLabError(
                 f"yolo: multiscale sizes {bad} are not multiples of feature_stride {feature_stride}"
             )
-    if frozen_stride not in (0, 4, 8, 16, 32) or frozen_stride >= feature_stride:
+    # the value itself is checked by Backbone.freeze_to; here only what YOLO adds
+    if isinstance(frozen_stride, int) and frozen_stride >= feature_stride:
         raise VisionLabError(
-            f"yolo: frozen_stride must be 0 or 4, 8, 16 below feature_stride {feature_stride}, "
-            f"got {frozen_stride!r}"
+            f"yolo: frozen_stride {frozen_stride} must lie below feature_stride "
+            f"{feature_stride} (the head's map must still train)"
         )
     net = build_backbone(
         backbone, pretrained=pretrained_backbone, width=backbone_width, frozen_stride=frozen_stride
