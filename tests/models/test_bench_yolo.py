@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from visionlab.bench import yolo as bench
 from visionlab.errors import VisionLabError
@@ -32,3 +33,21 @@ def test_recipes_of_different_image_sizes_are_refused() -> None:
     rows.append({"name": "faster_rcnn_scenes_256", "size": 256})
     with pytest.raises(VisionLabError, match=r"'faster_rcnn_scenes_256': 256"):
         bench.check_one_size(rows)
+
+
+def test_timings_run_each_model_in_passes_of_its_own_then_interleaved() -> None:
+    calls: list[tuple[str, int]] = []
+
+    def model(name: str):
+        return lambda batch: calls.append((name, int(batch[0].item())))
+
+    images = [torch.tensor(float(i)) for i in range(3)]
+    blocked, interleaved = bench._timings({"a": model("a"), "b": model("b")}, images, repeats=2)
+    assert set(blocked) == set(interleaved) == {"a", "b"}
+    assert all(v >= 0 for v in (*blocked.values(), *interleaved.values()))
+    one_repeat = [
+        *[("a", 0), ("a", 0), ("a", 1), ("a", 2)],  # warm-up, then a's pass
+        *[("b", 0), ("b", 0), ("b", 1), ("b", 2)],
+        *[("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)],  # turn by turn
+    ]
+    assert calls == one_repeat * 2
