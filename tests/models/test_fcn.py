@@ -394,3 +394,48 @@ def test_frozen_stride_survives_unfreezing_the_backbone():
     assert all(p.requires_grad for m in backbone.stage_modules(8) for p in m.parameters())
     with pytest.raises(VisionLabError, match="frozen_stride"):
         build_model("fcn8s", num_classes=3, frozen_stride=3)
+
+
+def test_naming_by_size_counts_objects_by_box_side_for_segmenter_and_classifier():
+    from torch import nn
+
+    from visionlab.bench.fcn import naming_by_size
+
+    masks = torch.zeros(2, 64, 64, dtype=torch.bool)
+    masks[0, 2:12, 2:12] = True  # a 10 px "a"
+    masks[1, 20:44, 20:44] = True  # a 24 px "b"
+    target = {
+        "masks": masks,
+        "boxes": torch.tensor([[2.0, 2.0, 12.0, 12.0], [20.0, 20.0, 44.0, 44.0]]),
+        "labels": torch.tensor([1, 2]),
+    }
+
+    class Data:
+        classes = ("a", "b")
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            empty = {"masks": masks[:0], "boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}
+            return torch.rand(3, 64, 64), target if i == 0 else empty
+
+    labels = torch.zeros(64, 64, dtype=torch.int64)
+    labels[2:12, 2:12] = 2  # the small "a" is called "b"
+    labels[20:44, 20:38] = 2  # three quarters of the large "b" found, the rest background
+
+    class Segmenter(nn.Module):
+        def forward(self, x):
+            return F.one_hot(labels, 3).permute(2, 0, 1)[None].float().expand(len(x), -1, -1, -1)
+
+    class Classifier(nn.Module):
+        classes = ("a", "b")
+
+        def forward(self, x):
+            assert x.shape[1:] == (3, 64, 64) and x.min() >= 0 and x.max() <= 1
+            return torch.tensor([[0.0, 1.0]]).expand(len(x), 2)  # always "b"
+
+    stats = naming_by_size(Segmenter(), Classifier(), Data(), count=2)
+    assert stats["segmenter"] == [[1, 0, 100, 0], [0, 0, 0, 0], [1, 1, 576, 432], [0, 0, 0, 0]]
+    assert stats["classifier"] == [[1, 0], [0, 0], [1, 1], [0, 0]]
+    assert set(naming_by_size(None, Classifier(), Data(), count=2)) == {"classifier"}
