@@ -35,19 +35,37 @@ def test_recipes_of_different_image_sizes_are_refused() -> None:
         bench.check_one_size(rows)
 
 
-def test_timings_run_each_model_in_passes_of_its_own_then_interleaved() -> None:
+def test_timings_run_each_model_on_a_block_in_a_row_then_interleaved() -> None:
     calls: list[tuple[str, int]] = []
 
     def model(name: str):
         return lambda batch: calls.append((name, int(batch[0].item())))
 
     images = [torch.tensor(float(i)) for i in range(3)]
-    blocked, interleaved = bench._timings({"a": model("a"), "b": model("b")}, images, repeats=2)
+    models = {"a": model("a"), "b": model("b")}
+    blocked, interleaved = bench._timings(models, images, repeats=2, block=2)
     assert set(blocked) == set(interleaved) == {"a", "b"}
     assert all(v >= 0 for v in (*blocked.values(), *interleaved.values()))
     one_repeat = [
-        *[("a", 0), ("a", 0), ("a", 1), ("a", 2)],  # warm-up, then a's pass
-        *[("b", 0), ("b", 0), ("b", 1), ("b", 2)],
+        *[("a", 0), ("a", 0), ("a", 1)],  # warm-up, then a's block
+        *[("b", 0), ("b", 0), ("b", 1)],
+        *[("a", 2), ("a", 2), ("b", 2), ("b", 2)],  # the last, shorter block
         *[("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)],  # turn by turn
     ]
     assert calls == one_repeat * 2
+
+
+def test_found_by_size_buckets_objects_in_stored_pixels() -> None:
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [40.0, 40.0, 120.0, 120.0]])  # at 256 px
+    target = {"boxes": boxes, "labels": torch.tensor([1, 2])}
+    target |= {"orig_size": (128, 128), "input_size": (256, 256)}  # stored at 128: 10, 40 px
+    pred = {
+        "boxes": torch.tensor([[0.0, 0.0, 20.0, 21.0], [40.0, 40.0, 120.0, 120.0]]),
+        "labels": torch.tensor([1, 1]),  # the large object is named wrong
+        "scores": torch.tensor([0.9, 0.8]),
+    }
+    assert bench.found_by_size([pred], [target], 2) == [(1, 1), (0, 0), (0, 0), (1, 0)]
+    errors = bench.error_breakdown([pred], [target], 2)  # class 1 has one object: top 1 only
+    assert errors == {"correct": 1.0, "localization": 0.0, "other": 0.0, "background": 0.0}
+    unscaled = {k: v for k, v in target.items() if k != "input_size"}
+    assert bench.found_by_size([pred], [unscaled], 2) == [(0, 0), (0, 0), (1, 1), (1, 0)]

@@ -439,3 +439,6 @@ def test_naming_by_size_counts_objects_by_box_side_for_segmenter_and_classifier(
     assert stats["segmenter"] == [[1, 0, 100, 0], [0, 0, 0, 0], [1, 1, 576, 432], [0, 0, 0, 0]]
     assert stats["classifier"] == [[1, 0], [0, 0], [1, 1], [0, 0]]
     assert set(naming_by_size(None, Classifier(), Data(), count=2)) == {"classifier"}
+    target["orig_size"] = (32, 32)  # stored at half the size: buckets in stored pixels
+    halved = naming_by_size(Segmenter(), None, Data(), count=1)["segmenter"]
+    assert [row[0] for row in halved] == [1, 1, 0, 0]  # 5 px and 12 px

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from visionlab.bench.machine import header
+from visionlab.bench.sizes import SIZE_BUCKETS, bucket_names, size_bucket
 from visionlab.errors import VisionLabError
 
 DEFAULT_CONFIG = "configs/fcn8s_scenes.yaml"
@@ -183,17 +184,6 @@ def _ceiling_section(data: str, size: int | None, count: int) -> list[str]:
     return [*lines, ""]
 
 
-SIZE_BUCKETS = ((0, 12), (12, 20), (20, 32), (32, None))  # longer side of the box, px
-
-
-def _bucket_name(low: int, high: int | None) -> str:
-    return f"< {high} px" if low == 0 else f">= {low} px" if high is None else f"{low}-{high} px"
-
-
-def _bucket(side: float) -> int:
-    return next(i for i, (_, high) in enumerate(SIZE_BUCKETS) if high is None or side < high)
-
-
 @torch.no_grad()
 def naming_by_size(
     segmenter: nn.Module | None,
@@ -210,7 +200,8 @@ def naming_by_size(
     classifier when the square crop around its box (the scenes classification view's rule:
     1.25 x the longer side, resized to ``crop_size`` px) is classified as its class
     (``[objects, named]``). Objects are bucketed by their box's longer side
-    (:data:`SIZE_BUCKETS`). The classifier sees each object enlarged to fill its input; the
+    (:data:`SIZE_BUCKETS`) in the stored image's pixels (a target's ``orig_size`` undoes a
+    resize). The classifier sees each object enlarged to fill its input; the
     segmenter sees it at the image's scale: the difference between them is resolution,
     not information.
     """
@@ -231,10 +222,13 @@ def naming_by_size(
         boxes, labels = target["boxes"].tolist(), target["labels"].tolist()
         if not boxes:
             continue
+        scale = 1.0  # bucket by size in the stored image's pixels, whatever the resize
+        if "orig_size" in target:
+            scale = float(target["orig_size"][1]) / float(image.shape[-1])
         if segmenter is not None:
             pred = segmenter(image[None])[0].argmax(0)
             for mask, (x1, y1, x2, y2), label in zip(target["masks"].bool(), boxes, labels):
-                row = out["segmenter"][_bucket(max(x2 - x1, y2 - y1))]
+                row = out["segmenter"][size_bucket(max(x2 - x1, y2 - y1) * scale)]
                 inside = pred[mask]
                 found = inside[inside > 0]
                 row[0] += 1
@@ -250,7 +244,7 @@ def naming_by_size(
                 wanted.append(index_of.get(dataset.classes[label - 1], -1))
             guess = classifier(torch.stack(crops).float() / 255).argmax(1).tolist()
             for (x1, y1, x2, y2), want, got in zip(boxes, wanted, guess):
-                row = out["classifier"][_bucket(max(x2 - x1, y2 - y1))]
+                row = out["classifier"][size_bucket(max(x2 - x1, y2 - y1) * scale)]
                 row[0] += 1
                 row[1] += int(want == got)
     return out
@@ -277,7 +271,7 @@ def _naming_section(rows: list[dict[str, Any]], classifier_path: str | None) -> 
         classifier = load(classifier_path)
         if classifier.task != "classification":
             classifier = None
-    header_cells = [_bucket_name(lo, hi) for lo, hi in SIZE_BUCKETS]
+    header_cells = bucket_names()
     lines = [
         "## Which objects are named wrong? By size",
         "",
@@ -515,7 +509,7 @@ def run(args: argparse.Namespace) -> int:
         "implementation trick.",
         "",
         f"Load average (1 min) before / after: {load_before:.1f} / {load_after:.1f} on "
-        f"{os.cpu_count()} logical cores; the machine was shared, so times are pessimistic.",
+        f"{os.cpu_count()} logical cores.",
         "",
     ]
     (out_dir / "fcn.md").write_text("\n".join(lines), encoding="utf-8")

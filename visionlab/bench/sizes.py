@@ -1,0 +1,23 @@
+"""Object size buckets shared by the benchmarks' "by size" tables.
+
+The scenes objects are 8 to 64 px (longer side of the box at 128 px); the buckets split them
+where naming gets hard: under 12 px (the scenes classification view crops nothing smaller),
+12-20, 20-32 and from 32 px.
+"""
+
+from __future__ import annotations
+
+SIZE_BUCKETS: tuple[tuple[int, int | None], ...] = ((0, 12), (12, 20), (20, 32), (32, None))
+
+
+def size_bucket(side: float) -> int:
+    """Index in :data:`SIZE_BUCKETS` of an object whose box's longer side is ``side`` px."""
+    return next(i for i, (_, high) in enumerate(SIZE_BUCKETS) if high is None or side < high)
+
+
+def bucket_names() -> list[str]:
+    """Column headers: ``< 12 px``, ``12-20 px``, ``20-32 px``, ``>= 32 px``."""
+    return [
+        f"< {hi} px" if lo == 0 else f">= {lo} px" if hi is None else f"{lo}-{hi} px"
+        for lo, hi in SIZE_BUCKETS
+    ]
