@@ -64,8 +64,9 @@ def test_found_by_size_buckets_objects_in_stored_pixels() -> None:
         "labels": torch.tensor([1, 1]),  # the large object is named wrong
         "scores": torch.tensor([0.9, 0.8]),
     }
-    assert bench.found_by_size([pred], [target], 2) == [(1, 1), (0, 0), (0, 0), (1, 0)]
-    errors = bench.error_breakdown([pred], [target], 2)  # class 1 has one object: top 1 only
-    assert errors == {"correct": 1.0, "localization": 0.0, "other": 0.0, "background": 0.0}
+    counts, found = bench.judge_top_detections([pred], [target], 2)
+    assert counts == {"correct": 1, "localization": 0, "other": 0, "background": 0}
+    assert found == {(0, 0)}  # class 1 has one object: its top 1 detection only is judged
+    assert bench.found_by_size([target], found) == [(1, 1), (0, 0), (0, 0), (1, 0)]
     unscaled = {k: v for k, v in target.items() if k != "input_size"}
-    assert bench.found_by_size([pred], [unscaled], 2) == [(0, 0), (0, 0), (1, 1), (1, 0)]
+    assert bench.found_by_size([unscaled], found) == [(0, 0), (0, 0), (1, 1), (1, 0)]

@@ -143,11 +143,20 @@ def _evaluate(model: Any, dataset: Any, count: int) -> tuple[dict[str, Any], lis
     return evaluator.compute(), preds, targets
 
 
-def _judge_top_detections(
+def judge_top_detections(
     preds: list[dict], targets: list[dict], num_classes: int
 ) -> tuple[dict[str, int], set[tuple[int, int]]]:
-    """Each class's top N detections (N = its objects) judged as in :func:`error_breakdown`:
-    the counts of each verdict and the objects ``(image, index)`` they found."""
+    """The error breakdown of YOLO's Sec. 4.2 (after Hoiem et al.): each class's top
+    detections judged.
+
+    For each class c, its top N_c detections (N_c = objects of class c) are: ``correct``
+    (class c, IoU > 0.5 with an object of class c), ``localization`` (class c, 0.1 < IoU <
+    0.5), ``other`` (IoU > 0.1 with an object of another class), ``background`` (IoU < 0.1
+    with every object). Duplicate detections count as localisation errors, as in the paper.
+
+    Returns:
+        The count of each verdict, and the objects ``(image, index)`` found correctly.
+    """
     from visionlab.ops.boxes import box_iou
 
     counts = dict.fromkeys(("correct", "localization", "other", "background"), 0)
@@ -181,29 +190,19 @@ def _judge_top_detections(
     return counts, found
 
 
-def error_breakdown(preds: list[dict], targets: list[dict], num_classes: int) -> dict[str, float]:
-    """Shares of the top detections that are correct or each kind of error (YOLO Sec. 4.2).
-
-    For each class c, its top N_c detections (N_c = objects of class c) are: ``correct``
-    (class c, IoU > 0.5 with an object of class c), ``localization`` (class c, 0.1 < IoU <
-    0.5), ``other`` (IoU > 0.1 with an object of another class), ``background`` (IoU < 0.1
-    with every object). Duplicate detections count as localisation errors, as in the paper.
-    """
-    counts, _ = _judge_top_detections(preds, targets, num_classes)
+def _shares(counts: dict[str, int]) -> dict[str, float]:
     total = max(1, sum(counts.values()))
     return {k: v / total for k, v in counts.items()}
 
 
-def found_by_size(
-    preds: list[dict], targets: list[dict], num_classes: int
-) -> list[tuple[int, int]]:
-    """``(objects, found)`` per :data:`SIZE_BUCKETS` bucket: an object is found when one of
-    its class's top N detections (the :func:`error_breakdown` rule) has IoU > 0.5 with it.
+def found_by_size(targets: list[dict], found: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(objects, found)`` per :data:`SIZE_BUCKETS` bucket; ``found`` holds the objects
+    ``(image, index)`` that one of their class's top N detections found (IoU > 0.5), as
+    :func:`judge_top_detections` returns them.
 
     Sizes are the longer side of the box in the stored image's pixels (a target's
     ``orig_size`` over its ``input_size``, when both are given, undoes a resize).
     """
-    _, found = _judge_top_detections(preds, targets, num_classes)
     rows = [[0, 0] for _ in SIZE_BUCKETS]
     for i, t in enumerate(targets):
         scale = 1.0
@@ -228,8 +227,7 @@ def _timings(
     of images, as ``visionlab predict`` and a deployment do (and as ``torch.utils.benchmark``
     times a statement), with models alternating every few milliseconds so that the
     machine's drift hits them alike. ``interleaved``: the models take turns image by image,
-    so each starts with caches the others filled; the smaller model loses more to that, so
-    it is reported beside, not used for the ratio.
+    so each starts with caches the others filled; reported beside, not used for the ratio.
     """
     blocked: dict[str, list[float]] = {name: [] for name in models}
     interleaved: dict[str, list[float]] = {name: [] for name in models}
@@ -329,8 +327,9 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             metrics, preds, targets = _evaluate(loaded[row["name"]], dataset, count)
             row["metrics"] = metrics
-            row["errors"] = error_breakdown(preds, targets, len(dataset.classes))
-            row["by_size"] = found_by_size(preds, targets, len(dataset.classes))
+            counts, found = judge_top_detections(preds, targets, len(dataset.classes))
+            row["errors"] = _shares(counts)
+            row["by_size"] = found_by_size(targets, found)
         n_time = 5 if args.quick else min(args.timing_images, len(dataset))
         images = [dataset[i][0] for i in range(n_time)]
         for model in loaded.values():  # as deployed (and as `visionlab predict` runs them)
@@ -381,7 +380,7 @@ def _markdown(
         "running one model, as `visionlab predict` does, with the models alternating every "
         "few milliseconds against the machine's drift; the speed-up is from these). "
         "Interleaved: the models take turns image by image, each starting with caches the "
-        "others filled (the smaller model loses more).",
+        "others filled.",
         "",
         "| recipe | model | image px | AP50 | AP | AP75 | APs | train s | steps | ms/image "
         "| speed-up vs Faster R-CNN | interleaved ms/image (speed-up) | parameters |",
