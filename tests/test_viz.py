@@ -214,3 +214,18 @@ def test_plot_curves_writes_png(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"step": 1}\n{oops\n')
     with pytest.raises(DataError, match="line 2"):
         read_metrics(tmp_path / "bad.jsonl")
+
+
+def test_plot_grouped_bars_draws_a_bar_per_series_and_group(tmp_path):
+    from visionlab.viz import plot_grouped_bars
+
+    groups = ["< 12 px", "12-20 px", ">= 32 px"]
+    series = {"fcn8s": [0.34, 0.5, float("nan")], "classifier": [0.83, 0.94, 0.94]}
+    out = plot_grouped_bars(groups, series, tmp_path / "sub" / "bars.png", ylabel="named (%)")
+    image = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert image.shape[0] > 100 and image.shape[1] > 200
+    for k in range(2):  # both series' colours are painted
+        color = np.array(color_for(k))
+        assert (np.abs(image - color).sum(-1) < 30).sum() > 50
+    with pytest.raises(VisionLabError, match="3 values"):
+        plot_grouped_bars(groups, {"short": [0.1, 0.2]}, tmp_path / "x.png", ylabel="y")

@@ -338,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
         if args.samples:
             _samples_picture(loaded, dataset, out_dir / "yolo_samples.png", args.samples)
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    _by_size_picture(rows, out_dir / "yolo_by_size.png")
     lines = _markdown(args, rows, (ms, ms_interleaved), count, n_time, (load_before, load_after))
     (out_dir / "yolo.md").write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {out_dir / 'yolo.md'}")
@@ -356,6 +357,14 @@ def _describe(row: dict[str, Any]) -> str:
     ms = ", multi-scale" if a.get("multiscale") else ""
     S, B = row["grid"]
     return f"yolo {kind}, {a.get('backbone')}, {a.get('head')} head, S={S}, B={B}{ms}"
+
+
+def _by_size_picture(rows: list[dict[str, Any]], out_png: Path) -> None:
+    from visionlab.viz import plot_grouped_bars
+
+    bars = {r["name"]: [k / n if n else math.nan for n, k in r["by_size"]] for r in rows}
+    plot_grouped_bars(bucket_names(), bars, out_png, ylabel="objects found (%)",
+                      title="Objects found by the top detections, by size")  # fmt: skip
 
 
 def _markdown(
@@ -427,6 +436,7 @@ def _markdown(
         cells = [f"{k / n:.3f}" if n else "-" for n, k in r["by_size"]]
         lines.append(f"| `{r['config']}` | " + " | ".join(cells) + " |")
     lines.append("| objects | " + " | ".join(str(n) for n, _ in rows[0]["by_size"]) + " |")
+    lines += ["", "`yolo_by_size.png`: the same shares as bars."]
     lines += ["", "`yolo_samples.png`: ground truth, then each model's detections (score >= 0.3);"
               " YOLO's tiles shade the cells the detections came from.", ""]  # fmt: skip
     v1 = next((r for r in rows if r["model"] == "yolo" and not r["args"].get("anchors")), None)

@@ -20,7 +20,7 @@ from visionlab.viz.boxes import (
 )
 from visionlab.viz.dataset import draw_sample, image_grid, show_dataset
 from visionlab.viz.labels import draw_classification, draw_semantic, semantic_to_palette_png
-from visionlab.viz.plots import plot_curves, read_metrics
+from visionlab.viz.plots import plot_curves, plot_grouped_bars, read_metrics
 
 __all__ = [
     "PALETTE",
@@ -35,6 +35,7 @@ __all__ = [
     "draw_semantic",
     "image_grid",
     "plot_curves",
+    "plot_grouped_bars",
     "read_metrics",
     "responsible_cells_of",
     "semantic_to_palette_png",

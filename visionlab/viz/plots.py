@@ -151,3 +151,53 @@ def plot_curves(
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
     return out_png
+
+
+def plot_grouped_bars(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    out_png: str | Path,
+    *,
+    ylabel: str,
+    title: str = "",
+) -> Path:
+    """One group of bars per entry of ``groups`` (e.g. object sizes), one bar per series
+    (e.g. models), values in [0, 1] drawn as percentages and written above each bar.
+
+    Args:
+        groups: labels of the x axis.
+        series: name -> one value per group (NaN: no bar).
+        out_png: where the PNG goes (parent folders are made).
+
+    Returns:
+        ``out_png`` as a Path.
+    """
+    from matplotlib.figure import Figure
+
+    bad = [name for name, values in series.items() if len(values) != len(groups)]
+    if not series or bad:
+        raise VisionLabError(
+            f"plot_grouped_bars: every series needs {len(groups)} values; wrong: {bad}"
+        )
+    fig = Figure(figsize=(1.6 + 1.3 * len(groups) * max(1, len(series)) / 2, 4.0))
+    ax = fig.subplots()
+    width = 0.8 / len(series)
+    for k, (name, values) in enumerate(series.items()):
+        xs = [g + (k - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        heights = [100 * v for v in values]
+        color = [c / 255 for c in color_for(k)]
+        bars = ax.bar(xs, heights, width=width * 0.95, color=color, label=name)
+        ax.bar_label(bars, labels=[f"{h:.0f}" if not math.isnan(h) else "" for h in heights],
+                     fontsize=7, padding=1)  # fmt: skip
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_ylim(0, 108)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(series))
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    return out_png
