@@ -13,7 +13,6 @@ variants on a few validation images).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import tempfile
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from visionlab.bench.machine import header
-from visionlab.bench.sizes import SIZE_BUCKETS, bucket_names, size_bucket
+from visionlab.bench.sizes import SIZE_BUCKETS, bucket_names, cell, shares, size_bucket
 from visionlab.errors import VisionLabError
 
 DEFAULT_CONFIG = "configs/fcn8s_scenes.yaml"
@@ -301,14 +300,16 @@ def _naming_section(
         stats = naming_by_size(model, classifier if i == 0 else None, dataset, count)
         seg = stats["segmenter"]
         counts = counts or [b[0] for b in seg]
-        cells = [f"{b[1] / b[0]:.2f} / {b[3] / b[2]:.2f}" if b[0] else "-" for b in seg]
+        named = shares(seg)
+        pixels = shares([(b[2], b[3]) for b in seg])
+        cells = [f"{cell(n)} / {cell(p)}" if b[0] else "-" for n, p, b in zip(named, pixels, seg)]
         lines.append(f"| fcn8s {r['upsample']} | " + " | ".join(cells) + " |")
-        bars[f"fcn8s {r['upsample']}"] = [b[1] / b[0] if b[0] else math.nan for b in seg]
+        bars[f"fcn8s {r['upsample']}"] = named
         if "classifier" in stats:
-            cls = stats["classifier"]
-            cls_cells = [f"{b[1] / b[0]:.2f}" if b[0] else "-" for b in cls]
-            lines.append("| classifier, enlarged crops | " + " | ".join(cls_cells) + " |")
-            bars["classifier, enlarged crops"] = [b[1] / b[0] if b[0] else math.nan for b in cls]
+            by_classifier = shares(stats["classifier"])
+            row = " | ".join(cell(v) for v in by_classifier)
+            lines.append(f"| classifier, enlarged crops | {row} |")
+            bars["classifier, enlarged crops"] = by_classifier
     if counts is not None:
         lines.append("| objects | " + " | ".join(str(c) for c in counts) + " |")
     plot_grouped_bars(header_cells, bars, out_png, ylabel="objects named right (%)",

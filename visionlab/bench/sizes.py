@@ -7,6 +7,8 @@ where naming gets hard: under 12 px (the scenes classification view crops nothin
 
 from __future__ import annotations
 
+import math
+
 SIZE_BUCKETS: tuple[tuple[int, int | None], ...] = ((0, 12), (12, 20), (20, 32), (32, None))
 
 
@@ -21,3 +23,13 @@ def bucket_names() -> list[str]:
         f"< {hi} px" if lo == 0 else f">= {lo} px" if hi is None else f"{lo}-{hi} px"
         for lo, hi in SIZE_BUCKETS
     ]
+
+
+def shares(counts: list[tuple[int, int]] | list[list[int]]) -> list[float]:
+    """``hits / objects`` per bucket from ``(objects, hits, ...)`` rows (NaN: no object)."""
+    return [row[1] / row[0] if row[0] else math.nan for row in counts]
+
+
+def cell(value: float, digits: int = 2) -> str:
+    """A table cell: the value, or ``-`` for NaN (a bucket without objects)."""
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from visionlab.bench.machine import header
-from visionlab.bench.sizes import SIZE_BUCKETS, bucket_names, size_bucket
+from visionlab.bench.sizes import SIZE_BUCKETS, bucket_names, cell, shares, size_bucket
 from visionlab.errors import VisionLabError
 
 DEFAULT_CONFIGS = (
@@ -362,7 +362,7 @@ def _describe(row: dict[str, Any]) -> str:
 def _by_size_picture(rows: list[dict[str, Any]], out_png: Path) -> None:
     from visionlab.viz import plot_grouped_bars
 
-    bars = {r["name"]: [k / n if n else math.nan for n, k in r["by_size"]] for r in rows}
+    bars = {r["name"]: shares(r["by_size"]) for r in rows}
     plot_grouped_bars(bucket_names(), bars, out_png, ylabel="objects found (%)",
                       title="Objects found by the top detections, by size")  # fmt: skip
 
@@ -433,8 +433,8 @@ def _markdown(
         "|:--|" + "--:|" * len(SIZE_BUCKETS),
     ]
     for r in rows:
-        cells = [f"{k / n:.3f}" if n else "-" for n, k in r["by_size"]]
-        lines.append(f"| `{r['config']}` | " + " | ".join(cells) + " |")
+        cells = " | ".join(cell(v, 3) for v in shares(r["by_size"]))
+        lines.append(f"| `{r['config']}` | {cells} |")
     lines.append("| objects | " + " | ".join(str(n) for n, _ in rows[0]["by_size"]) + " |")
     lines += ["", "`yolo_by_size.png`: the same shares as bars."]
     lines += ["", "`yolo_samples.png`: ground truth, then each model's detections (score >= 0.3);"
