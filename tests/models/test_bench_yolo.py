@@ -10,20 +10,24 @@ import pytest
 import torch
 
 from visionlab.bench import yolo as bench
+from visionlab.bench.runs import recorded_metrics, recorded_training
 from visionlab.errors import VisionLabError
 
 
 def test_reused_run_reports_its_recorded_training_time(tmp_path: Path) -> None:
-    assert math.isnan(bench._recorded_training(tmp_path)[0])  # no eval.json
+    assert math.isnan(recorded_training(tmp_path)[0])  # no eval.json
     (tmp_path / "eval.json").write_text("{torn")
-    seconds, steps = bench._recorded_training(tmp_path)
+    seconds, steps = recorded_training(tmp_path)
     assert math.isnan(seconds) and steps is None
     record = {"step": 2500, "train_seconds": 498.2, "resumed": False}
     (tmp_path / "eval.json").write_text(json.dumps(record))
-    assert bench._recorded_training(tmp_path) == (498.2, 2500)
+    assert recorded_training(tmp_path) == (498.2, 2500)
     (tmp_path / "eval.json").write_text(json.dumps({**record, "resumed": True}))
-    seconds, steps = bench._recorded_training(tmp_path)
+    seconds, steps = recorded_training(tmp_path)
     assert math.isnan(seconds) and steps is None  # only a part of the time: not reported
+    assert recorded_metrics(tmp_path) is None  # no metrics recorded
+    (tmp_path / "eval.json").write_text(json.dumps({**record, "metrics": {"mIoU": 0.74}}))
+    assert recorded_metrics(tmp_path) == {"mIoU": 0.74}
     assert bench._seconds(float("nan")) == "-" and bench._seconds(498.2) == "498"
 
 

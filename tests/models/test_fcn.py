@@ -383,6 +383,34 @@ def test_resolution_ceiling_is_exact_for_grid_aligned_blocks_and_drops_for_thin_
     assert low[1] == 1.0 and low[8] < 0.5
 
 
+def test_fitted_ceiling_places_edges_inside_cells_beyond_the_pooled_yardstick():
+    from visionlab.bench.fcn import fitted_ceiling, resolution_ceiling
+
+    class Maps:
+        classes = ("a", "b")
+
+        def __init__(self, *maps):
+            self.maps = maps
+
+        def __len__(self):
+            return len(self.maps)
+
+        def __getitem__(self, i):
+            return torch.zeros(3, *self.maps[i].shape), {"semantic": self.maps[i]}
+
+    square = torch.zeros(32, 32, dtype=torch.int64)
+    square[5:21, 9:27] = 1  # edges off the 8 px grid
+    odd = torch.zeros(20, 36, dtype=torch.int64)  # not a multiple of 8: padded, cropped back
+    odd[3:15, 2:30] = 2
+    odd[:, 33:] = 255  # ignored: neither fitted nor scored
+    pooled = resolution_ceiling(Maps(square), strides=(8,))[8]
+    assert fitted_ceiling(Maps(square), strides=(8,), steps=100)[8] > 0.95 > pooled
+    start = fitted_ceiling(Maps(square, odd), strides=(8, 32), steps=0)
+    fitted = fitted_ceiling(Maps(square, odd), strides=(8, 32), steps=100)
+    assert fitted[8] > 0.9 > start[8]  # the fit, not its start, reaches the ceiling
+    assert fitted[32] < 0.5  # one or two cells: only a blur of the shapes
+
+
 def test_frozen_stride_survives_unfreezing_the_backbone():
     model = build_model("fcn8s", num_classes=3, frozen_stride=4)
     backbone = model.encoder.backbone

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from visionlab.bench.machine import header
+from visionlab.bench.runs import recorded_training
 from visionlab.bench.sizes import SIZE_BUCKETS, bucket_names, cell, shares, size_bucket
 from visionlab.errors import VisionLabError
 
@@ -76,7 +77,7 @@ def _train_or_reuse(args: argparse.Namespace, config: str, runs: Path) -> dict[s
     run_dir = runs / _name(config)
     best = run_dir / "checkpoints" / "best.pt"
     if args.reuse and best.is_file():
-        seconds, steps = _recorded_training(run_dir)
+        seconds, steps = recorded_training(run_dir)
         return {"config": config, "run_dir": run_dir, "seconds": seconds, "steps": steps}
     overrides = [*args.overrides, f"out={run_dir}", "train.progress=false"]
     if args.epochs is not None:
@@ -91,22 +92,6 @@ def _train_or_reuse(args: argparse.Namespace, config: str, runs: Path) -> dict[s
         "seconds": time.perf_counter() - start,
         "steps": result.step,
     }
-
-
-def _recorded_training(run_dir: Path) -> tuple[float, int | None]:
-    """Training wall time and steps a reused run recorded in its ``eval.json`` (NaN / None
-    when it has none, or when it was resumed, so its time is only a part)."""
-    import json
-
-    try:
-        record = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return float("nan"), None
-    seconds = record.get("train_seconds")
-    if not isinstance(seconds, int | float) or record.get("resumed", False):
-        return float("nan"), None
-    step = record.get("step")
-    return float(seconds), step if isinstance(step, int) else None
 
 
 def check_one_size(rows: list[dict[str, Any]]) -> None:
