@@ -76,8 +76,15 @@ def test_unreadable_checkpoints(tmp_path: Path) -> None:
         ckpt.load_checkpoint(tmp_path)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match=r"junk\.pt"):
+    with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable checkpoint") as err:
         ckpt.load_checkpoint(junk)
+    assert "arbitrary Python objects" not in str(err.value)  # damaged, not dangerous
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(
+        CheckpointError, match=r"empty\.pt: not a readable checkpoint \(empty file\)"
+    ):
+        ckpt.load_checkpoint(empty)
     tensor_only = tmp_path / "tensor.pt"
     torch.save(torch.zeros(2), tensor_only)
     with pytest.raises(CheckpointError, match="expected a checkpoint dict"):

@@ -158,8 +158,12 @@ def test_train_eval_predict_commands(model, tmp_path, monkeypatch, capsys):
     images = data / "images" / "val"
     out = tmp_path / "pred"
     argv = ["predict", str(best), str(images), "--out", str(out), "--show-proposals"]
+    capsys.readouterr()
     assert main([*argv, "--score-threshold", "0.0"]) == 0
     payload = json.loads((out / "predictions.json").read_text())
     record = payload["predictions"][0]
     assert "proposals" not in record and record["num_proposals"] >= 0
     assert (out / record["proposals_drawing"]).is_file() and (out / record["drawing"]).is_file()
+    written = len(list(out.glob("*.png")))  # a drawing and a proposals sheet per image
+    assert written == 2 * len(payload["predictions"])
+    assert f"and {written} PNGs" in capsys.readouterr().out

@@ -87,13 +87,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        text = str(err)
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        detail_line = detail[0].strip()[:200] if detail else ""
+        if "Unsupported global" in text:  # a real pickle that names classes or functions
+            raise CheckpointError(
+                f"{path}: refused to load: the file needs arbitrary Python objects, which "
+                f"weights_only loading does not run ({detail_line})"
+            ) from None
         raise CheckpointError(
-            f"{path}: refused to load: the file needs arbitrary Python objects, which "
-            f"weights_only loading does not run ({first[:200]})"
+            f"{path}: not a readable checkpoint (not a torch.save file, or a damaged one: "
+            f"{detail_line or type(err).__name__})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
+        reason = str(err).strip() or ("empty file" if path.stat().st_size == 0 else "")
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({reason or type(err).__name__})"
+        ) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a checkpoint dict, got {type(state).__name__}")
     return state

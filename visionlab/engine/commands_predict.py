@@ -19,6 +19,9 @@ from typing import Any
 
 from torch import Tensor
 
+# the files one record of predictions.json names (drawn image, palette mask, proposals)
+PNG_KEYS = ("drawing", "semantic_png", "proposals_drawing")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a .pt checkpoint or an exported folder")
@@ -228,5 +231,6 @@ def run(args: argparse.Namespace) -> int:
     }
     text = json.dumps(payload, indent=2)
     atomic_write(out / "predictions.json", lambda f: f.write(text.encode("utf-8")))
-    print(f"{len(records)} images predicted: {out / 'predictions.json'} and {len(records)} PNGs")
+    pngs = sum(1 for r in records for key in PNG_KEYS if key in r)
+    print(f"{len(records)} images predicted: {out / 'predictions.json'} and {pngs} PNGs in {out}")
     return 0
