@@ -125,16 +125,26 @@ def _diagnostic_mious(model: nn.Module, dataset: Any, count: int) -> dict[str, f
     return {k: float(ev.compute()["mIoU"]) for k, ev in evaluators.items()}
 
 
+def _one_hot(labels: Tensor, classes: int) -> Tensor:
+    """``[N, H, W]`` labels -> ``[N, C, H, W]`` float one-hot; ignored pixels (255) all zero."""
+    import torch.nn.functional as F
+
+    valid = labels != 255
+    onehot = F.one_hot(labels.masked_fill(~valid, 0), classes).permute(0, 3, 1, 2)
+    return onehot.float() * valid[:, None]
+
+
 def resolution_ceiling(
     dataset: Any, strides: tuple[int, ...] = (4, 8, 16, 32), count: int = 500
 ) -> dict[int, float]:
     """mIoU of a predictor that knows the ground truth but only at stride ``s``.
 
-    Each image's one-hot label map is average-pooled over ``s x s`` cells and upsampled back
-    bilinearly, and the argmax is scored against the full-resolution labels: what a score map
-    at stride ``s`` followed by a bilinear upsampling can reach at best when its scores are
-    class frequencies per cell. A learned network can place edges more precisely than that
-    (larger logits move the crossing point inside a cell), so it is a yardstick, not a bound.
+    Each image's one-hot label map (ignored pixels, 255, count for no class) is
+    average-pooled over ``s x s`` cells and upsampled back bilinearly, and the argmax is
+    scored against the full-resolution labels: what a score map at stride ``s`` followed by
+    a bilinear upsampling reaches when its scores are class frequencies per cell. A learned
+    network can place edges more precisely than that (larger logits move the crossing point
+    inside a cell: :func:`fitted_ceiling`), so it is a yardstick, not a bound.
     """
     import torch.nn.functional as F
 
@@ -145,8 +155,7 @@ def resolution_ceiling(
     for index in range(min(count, len(dataset))):
         semantic = dataset[index][1]["semantic"]
         h, w = semantic.shape
-        onehot = F.one_hot(semantic.clamp(max=len(names) - 1), len(names))
-        onehot = onehot.permute(2, 0, 1)[None].float()  # [1, C, H, W]
+        onehot = _one_hot(semantic[None], len(names))  # [1, C, H, W]
         for stride, evaluator in evaluators.items():
             padded = F.pad(onehot, (0, -w % stride, 0, -h % stride))
             cells = F.avg_pool2d(padded, stride)
@@ -196,10 +205,8 @@ def fitted_ceiling(
                 for stride in strides:
                     pad = (0, -w % stride, 0, -h % stride)
                     padded = F.pad(labels, pad, value=255)
-                    valid = padded != 255
-                    onehot = F.one_hot(padded.masked_fill(~valid, 0), classes)
-                    onehot = onehot.permute(0, 3, 1, 2).float() * valid[:, None]
-                    logits = torch.log(F.avg_pool2d(onehot, stride) + 0.01).requires_grad_()
+                    pooled = F.avg_pool2d(_one_hot(padded, classes), stride)
+                    logits = torch.log(pooled + 0.01).requires_grad_()
                     optimizer = torch.optim.Adam([logits], lr=lr)
                     for _ in range(steps):
                         up = F.interpolate(
