@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import re
+import typing
 from pathlib import Path
 
 import pytest
 
-from visionlab.config import Config, apply_overrides, load_config, parse_value, save_config
+from visionlab.config import (
+    Config,
+    _all_keys,
+    apply_overrides,
+    from_dict,
+    load_config,
+    parse_value,
+    save_config,
+)
 from visionlab.errors import ConfigError
 
 
@@ -82,6 +93,67 @@ def test_unknown_keys_suggest(override: str, hint: str) -> None:
 )
 def test_bad_values_are_config_errors(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
+        apply_overrides(Config(), [override])
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("optim:\n  lr: .nan\n", "optim.lr: must be a finite number, got nan"),
+        ("optim:\n  lr: .inf\n", "optim.lr: must be a finite number, got inf"),
+        ("schedule:\n  gamma: -.inf\n", "schedule.gamma: must be a finite number, got -inf"),
+        ("train:\n  grad_clip: .NaN\n", "train.grad_clip: must be a finite number, got nan"),
+        ("optim:\n  betas: [0.9, .nan]\n", r"optim.betas\[1\]: must be a finite number"),
+        ("optim:\n  lr: 1" + "0" * 400 + "\n", "optim.lr: must be a finite number, got inf"),
+    ],
+    ids=["nan", "inf", "-inf", "union", "list", "int-beyond-float"],
+)
+def test_recipes_refuse_nan_and_infinity(tmp_path: Path, yaml_text: str, message: str) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml_text)
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(recipe))}: {message}"):
+        load_config(recipe)
+
+
+def _float_keys() -> dict[str, typing.Any]:
+    """Every key of the schema whose type takes a float, with that type."""
+    found = {}
+    for key in _all_keys():
+        owner: typing.Any = Config
+        *sections, leaf = key.split(".")
+        for section in sections:
+            owner = typing.get_type_hints(owner)[section]
+        tp = typing.get_type_hints(owner)[leaf]
+        if tp is float or float in typing.get_args(tp):
+            found[key] = tp
+    return found
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_float_field_refuses_non_finite_values(value: float) -> None:
+    keys = _float_keys()
+    assert {"optim.lr", "optim.betas", "train.grad_clip", "schedule.min_lr_factor"} <= set(keys)
+    for key, tp in keys.items():
+        data: typing.Any = [value, value] if typing.get_origin(tp) is list else value
+        for part in reversed(key.split(".")):
+            data = {part: data}
+        index = "[0]" if typing.get_origin(tp) is list else ""
+        expected = f"{key}{index}: must be a finite number, got {value}"
+        with pytest.raises(ConfigError) as err:
+            from_dict(data)
+        assert str(err.value) == expected
+
+
+@pytest.mark.parametrize(  # 1e999 is a float literal: inf
+    ("override", "message"),
+    [
+        ("optim.lr=1e999", "optim.lr: must be a finite number, got inf"),
+        ("train.grad_clip=-1e999", "train.grad_clip: must be a finite number, got -inf"),
+        ("optim.betas=[0.9, 1e999]", r"optim.betas\[1\]: must be a finite number, got inf"),
+    ],
+)
+def test_overrides_refuse_infinity(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^override: {message}$"):
         apply_overrides(Config(), [override])
 
 

@@ -3,7 +3,9 @@
 Each sub-command lives in its own module, imported only when it runs, so `visionlab --help`
 stays fast. A command module provides ``add_arguments(parser)`` and ``run(args) -> int``.
 Errors caused by user input (:class:`visionlab.errors.VisionLabError`) print as one line
-naming the file and field, with exit code 2; they never show a traceback.
+naming the file and field, with exit code 2; they never show a traceback. Nor does a path
+a command cannot read or write (an ``OSError`` with a ``filename``): ``cannot write PATH:
+REASON``, exit code 2.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from visionlab.errors import VisionLabError
@@ -72,7 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except VisionLabError as err:
-        print(f"visionlab {name}: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line, not one per process
+            print(f"visionlab {name}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        # Last resort for a path a command could not read or write (permissions, a file
+        # where a folder should be, a read-only or full disk): one line, not a traceback.
+        # An OSError about no path is a bug or the system's, and keeps its traceback.
+        if err.filename is None:
+            raise
+        from visionlab.paths import describe_os_error
+
+        if os.environ.get("RANK", "0") == "0":
+            print(f"visionlab {name}: error: {describe_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"visionlab {name}: interrupted", file=sys.stderr)

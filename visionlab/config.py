@@ -74,6 +74,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -179,8 +180,16 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+class _BadValue(ConfigError):
+    """The value has the field's type but is not allowed (NaN): no other type of a union
+    is tried, so the message says what is wrong with it."""
+
+
 def _check_value(value: Any, tp: Any, key: str) -> Any:
-    """Return ``value`` converted to ``tp`` (int -> float, list <-> tuple) or raise."""
+    """Return ``value`` converted to ``tp`` (int -> float, list <-> tuple) or raise.
+
+    Floats must be finite: YAML's ``.nan`` / ``.inf`` (or ``1e999``) would train NaN weights.
+    """
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -192,6 +201,8 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
                 continue
             try:
                 return _check_value(value, option, key)
+            except _BadValue:
+                raise
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
@@ -212,7 +223,13 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond float range
+                number = math.inf if value > 0 else -math.inf
+            if not math.isfinite(number):
+                raise _BadValue(f"{key}: must be a finite number, got {number}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value

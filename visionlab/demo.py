@@ -61,7 +61,8 @@ def _train_and_predict(
     predict_flags: list[str] | None = None,
 ) -> None:
     """Train one recipe into ``run_dir``, then draw its best checkpoint's predictions."""
-    _visionlab("train", recipe, f"out={run_dir}", *(overrides or []))
+    # the demo's own folders: a second `make demo` replaces the first one's runs
+    _visionlab("train", recipe, f"out={run_dir}", "--overwrite", *(overrides or []))
     best = run_dir / "checkpoints" / "best.pt"
     predict_out = ["--out", str(run_dir / "predictions"), *(predict_flags or [])]
     _visionlab("predict", str(best), *images, *predict_out)

@@ -268,6 +268,54 @@ def test_voc_missing_image(voc_root: Path) -> None:
         load_dataset(voc_root, "train")
 
 
+# ------------------------------------------------------------------ names leading outside
+
+
+def test_coco_file_names_must_stay_in_the_images_folder(coco_root: Path, make_image) -> None:
+    outside = make_image(coco_root.parent / "outside.png", 40, 30)  # exists: would be read
+    json_path = coco_root / "annotations" / "instances_train.json"
+    for file_name, reason in (
+        (str(outside), "is absolute"),
+        ("../../../outside.png", "leads out of the folder with '..'"),
+    ):
+        _edit_coco(coco_root, lambda d, name=file_name: d["images"][1].update(file_name=name))
+        with pytest.raises(DataError) as err:
+            load_dataset(coco_root, "train")
+        assert str(err.value) == (
+            f"{json_path} [images[1] (id 11)]: file_name {file_name!r} {reason}; "
+            "file names are relative to the images folder"
+        )
+    (coco_root / "images" / "train" / "sub").mkdir()
+    _edit_coco(coco_root, lambda d: d["images"][1].update(file_name="sub/../b.png"))
+    assert len(load_dataset(coco_root, "train")) == 3  # '..' that stays inside is fine
+
+
+def test_voc_filename_and_split_ids_must_stay_in_the_dataset(voc_root: Path, make_image) -> None:
+    outside = make_image(voc_root.parent / "outside.jpg", 48, 32)
+    xml_path = voc_root / "Annotations" / "img1.xml"
+    xml = xml_path.read_text()
+    for filename, reason in (
+        (str(outside), "is absolute"),
+        ("../../outside.jpg", "leads out of the folder with '..'"),
+    ):
+        xml_path.write_text(xml.replace("<filename>img1.jpg<", f"<filename>{filename}<"))
+        with pytest.raises(DataError) as err:
+            load_dataset(voc_root, "train")
+        assert str(err.value) == (
+            f"{xml_path} [filename]: {filename!r} {reason}; file names are relative to JPEGImages/"
+        )
+    xml_path.write_text(xml)
+    (voc_root.parent / "outside.xml").write_text(xml)
+    split_list = voc_root / "ImageSets" / "Main" / "train.txt"
+    split_list.write_text("img1\n../../outside\n")
+    with pytest.raises(DataError) as err:
+        load_dataset(voc_root, "train")
+    assert str(err.value) == (
+        f"{split_list}: image id '../../outside' leads out of the folder with '..'; "
+        "ids name files in Annotations/ and JPEGImages/"
+    )
+
+
 def test_failed_loads_leave_files_untouched(coco_root: Path, digest) -> None:
     _edit_coco(coco_root, lambda d: _ann(d, 2).update(category_id=99))
     (coco_root / "images" / "train" / "c.png").write_bytes(b"broken")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import random
 from pathlib import Path
 
@@ -69,6 +71,66 @@ def test_arbitrary_pickles_are_refused_and_not_run(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+class _ShellPayload:
+    """Unpickling this would run a shell command (``os.system``) that creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda obj, f: torch.save(obj, f),
+        lambda obj, f: torch.save(obj, f, _use_new_zipfile_serialization=False),
+        lambda obj, f: pickle.dump(obj, f, protocol=0),
+        lambda obj, f: pickle.dump(obj, f, protocol=2),
+        lambda obj, f: pickle.dump(obj, f, protocol=4),
+        lambda obj, f: pickle.dump(obj, f, protocol=5),
+    ],
+    ids=["torch.save", "torch.save-legacy", "pickle-0", "pickle-2", "pickle-4", "pickle-5"],
+)
+def test_code_in_a_checkpoint_is_named_and_not_run(tmp_path: Path, write) -> None:
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.pt"
+    # the module name as a key first: protocol 4 then fetches it from the memo for STACK_GLOBAL
+    state = {os.system.__module__: 1, "model": {"w": torch.ones(2)}}
+    with open(path, "wb") as f:
+        write({**state, "payload": _ShellPayload(marker)}, f)
+    with pytest.raises(CheckpointError) as err:
+        ckpt.load_checkpoint(path)
+    message = str(err.value)
+    assert not marker.exists()
+    assert message.startswith(f"{path}: refused to load: the file asks to run code")
+    assert f"{os.system.__module__}.system" in message  # posix.system on Linux
+    assert "nothing in it ran" in message
+    assert "unless you trust its source" in message
+    assert "damaged" not in message and "not a readable checkpoint" not in message
+    assert "Re-running" not in message and "will likely succeed" not in message
+    assert "\n" not in message
+
+
+def test_damaged_or_foreign_pickles_are_unreadable_not_dangerous(tmp_path: Path) -> None:
+    marker = tmp_path / "executed"
+    evil = pickle.dumps({"payload": _ShellPayload(marker)}, protocol=4)
+    cases = {
+        "truncated.pt": evil[: len(evil) // 2],  # pickletools cannot parse it to its end
+        "plain.pt": pickle.dumps({"step": 1, "lr": 0.1}, protocol=4),  # no code, not torch
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError) as err:
+            ckpt.load_checkpoint(tmp_path / name)
+        message = str(err.value)
+        assert message.startswith(f"{tmp_path / name}: not a readable checkpoint (")
+        assert "asks to run code" not in message
+        assert "weights_only" not in message and "Re-running" not in message
+    assert not marker.exists()
+
+
 def test_unreadable_checkpoints(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         ckpt.load_checkpoint(tmp_path / "missing.pt")
@@ -78,7 +140,7 @@ def test_unreadable_checkpoints(tmp_path: Path) -> None:
     junk.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable checkpoint") as err:
         ckpt.load_checkpoint(junk)
-    assert "arbitrary Python objects" not in str(err.value)  # damaged, not dangerous
+    assert "asks to run code" not in str(err.value)  # damaged, not dangerous
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
     with pytest.raises(

@@ -3,8 +3,6 @@ process with the same global batch."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,32 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 from ddp_worker import main as run_worker
+from engine_standins import free_port, rank_env
 
 WORKER = Path(__file__).parent / "ddp_worker.py"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one(tmp_path: Path) -> None:
     steps, batch = 7, 8  # 48 samples / 8 = 6 steps per epoch: crosses an epoch boundary
-    port = str(_free_port())
-    root = str(Path(__file__).resolve().parents[2])
+    port = free_port()
     procs = []
     for rank in range(2):
-        env = dict(
-            os.environ,
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            WORLD_SIZE="2",
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-            OMP_NUM_THREADS="1",
-            PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-        )
+        env = rank_env(rank, 2, port)
         cmd = [sys.executable, str(WORKER), str(tmp_path / "two"), str(batch), str(steps)]
         procs.append(
             subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -104,6 +104,17 @@ def test_transfer_pretrained_initialises_the_backbone(tmp_path: Path) -> None:
     assert "pretrained_backbone" not in _model_kwargs(cfg, task, ["a", "b"], resume=True)
 
 
+def _run_stages(cfg, resume_state=None, **kwargs):
+    """run_stages in a run folder opened (and locked) as `visionlab train` opens it."""
+    from visionlab.engine.rundir import open_run_folder
+
+    folder = open_run_folder(cfg, resume=resume_state is not None, overwrite=False, is_main=True)
+    try:
+        return run_stages(cfg, None, folder=folder, resume_state=resume_state, **kwargs)
+    finally:
+        folder.close(ok=True)
+
+
 def test_overfit_a_few_images(tiny_scenes: Path, tmp_path: Path) -> None:
     from visionlab.data.datasets import load_dataset
     from visionlab.engine.api import load, make_transform
@@ -111,7 +122,7 @@ def test_overfit_a_few_images(tiny_scenes: Path, tmp_path: Path) -> None:
     from visionlab.tasks import get_task
 
     cfg = _cfg(tiny_scenes, tmp_path / "run", "sppnet")
-    result = run_stages(cfg, None, resume=False)
+    result = _run_stages(cfg)
     assert result.step == len(STAGES) and not result.interrupted
     model = load(result.checkpoints["last"])  # weights_only checkpoint rebuilds the model
     assert bool(model.svm_fitted) and bool(model.bbox_fitted)
@@ -129,7 +140,7 @@ def test_overfit_a_few_images(tiny_scenes: Path, tmp_path: Path) -> None:
 def test_stopped_run_resumes_after_the_last_finished_stage(tiny_scenes: Path, tmp_path: Path):
     cfg = _cfg(tiny_scenes, tmp_path / "run", "rcnn")
     cfg.train.max_steps = 2
-    first = run_stages(cfg, None, resume=False, until="features")
+    first = _run_stages(cfg, until="features")
     assert first.interrupted and first.step == 3
     before = torch.load(first.checkpoints["last"], weights_only=True)
     assert before["stages_done"] == ["proposals", "finetune", "features"]
@@ -138,7 +149,7 @@ def test_stopped_run_resumes_after_the_last_finished_stage(tiny_scenes: Path, tm
         raise AssertionError("a finished stage ran again")
 
     hooks = {name: fail for name in ("proposals", "finetune", "features")}
-    second = run_stages(cfg, None, resume=True, stage_hooks=hooks)
+    second = _run_stages(cfg, before, stage_hooks=hooks)
     assert second.step == len(STAGES) and not second.interrupted
     after = torch.load(second.checkpoints["last"], weights_only=True)
     assert after["stages_done"] == list(STAGES)

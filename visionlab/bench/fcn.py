@@ -449,7 +449,7 @@ def _train_variants(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]
             seconds, steps = recorded_training(run_dir)
         else:
             start = time.perf_counter()
-            result = train(args.config, overrides)
+            result = train(args.config, overrides, overwrite=True)  # the bench's own runs
             seconds = time.perf_counter() - start
             metrics, steps = result.metrics or {}, result.step
         model = load(last)

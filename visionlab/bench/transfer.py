@@ -175,7 +175,7 @@ def _train(config: Path, overrides: Sequence[str]) -> tuple[Any, float]:
     from visionlab.engine.api import train
 
     start = time.perf_counter()
-    result = train(config, list(overrides))
+    result = train(config, list(overrides), overwrite=True)  # the bench's own runs
     return result, time.perf_counter() - start
 
 

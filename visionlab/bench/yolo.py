@@ -85,7 +85,7 @@ def _train_or_reuse(args: argparse.Namespace, config: str, runs: Path) -> dict[s
     if args.max_steps is not None or args.quick:
         overrides.append(f"train.max_steps={20 if args.quick else args.max_steps}")
     start = time.perf_counter()
-    result = train(config, overrides)
+    result = train(config, overrides, overwrite=True)  # the bench's own run folder
     return {
         "config": config,
         "run_dir": run_dir,

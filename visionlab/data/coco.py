@@ -5,6 +5,8 @@ Layouts read (first match wins): ``annotations/instances_SPLIT.json`` (any other
 one ``SPLIT/*.json`` per split folder (Roboflow). Images of a split are looked up, first hit
 wins, in ``images/SPLIT/``, ``SPLIT/``, ``images/`` and the folder itself, under the dataset
 root, the json's folder and its parent; ``images=`` (``--images``) names the folder instead.
+A ``file_name`` is relative to that folder: absolute names and ones that climb out of it with
+``..`` are errors.
 
 Category ids may be any integers: sorted by id they become labels 1..C, and
 ``dataset.category_ids`` maps back. Segmentations may be polygons, RLE or uncompressed RLE.
@@ -121,6 +123,20 @@ def _images_dir(root: Path, ann_file: Path, split: str | None, first: list[str])
 # ----------------------------------------------------------------------------- reading
 
 
+def leaves_folder(name: str) -> str | None:
+    """Why a file name read from an annotation file would lead out of the folder it is
+    relative to (``"is absolute"``, ``"leads out of the folder with '..'"``), or None.
+
+    Lexical: ``a/../b.png`` stays inside; symbolic links the dataset itself holds are followed.
+    VOC's ``<filename>`` and split-list ids use it too.
+    """
+    if Path(name).anchor:  # "/x", and on Windows also "C:x", "\\x"
+        return "is absolute"
+    if os.path.normpath(name).split(os.sep, 1)[0] == os.pardir:
+        return "leads out of the folder with '..'"
+    return None
+
+
 def read_json(path: Path) -> Any:
     """Parse a JSON file; malformed JSON becomes a DataError naming line and column."""
     try:
@@ -151,6 +167,7 @@ def read_split(
     classes, cat_to_label, category_ids = _categories(ann_file, data, problems)
     predicates, pred_to_index = _predicates(ann_file, data, problems)
     first = [str(im.get("file_name")) for im in data["images"][:5] if isinstance(im, dict)]
+    first = [name for name in first if leaves_folder(name) is None]
     image_dir = Path(images) if images else _images_dir(root, ann_file, split, first)
     if images and not image_dir.is_dir():
         raise DataError(image_dir, "images folder does not exist", field="--images")
@@ -252,6 +269,14 @@ def _image_entry(
         image_id, file_name = int(im["id"]), str(im["file_name"])
     except (KeyError, TypeError, ValueError):
         problems.error(path, "an image needs an integer id and a file_name", field=where)
+        return None
+    leaves = leaves_folder(file_name)
+    if leaves:
+        problems.error(
+            path,
+            f"file_name {file_name!r} {leaves}; file names are relative to the images folder",
+            field=f"{where} (id {image_id})",
+        )
         return None
     where = f"image id={image_id}"
     image_path = image_dir / file_name

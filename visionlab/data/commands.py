@@ -120,11 +120,13 @@ def _check(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     from visionlab.data import datasets
+    from visionlab.paths import ensure_output_dir
     from visionlab.viz import show_dataset
 
+    root = datasets.resolve_path(args.dataset)
+    out = ensure_output_dir(args.out)  # before the dataset is read
     task = args.task
     if task is None:
-        root = datasets.resolve_path(args.dataset)
         if datasets.detect_format(root) == "folder":
             task = "classification"
         else:
@@ -133,6 +135,6 @@ def _show(args: argparse.Namespace) -> int:
             masked = bool(with_objects) and all(r.has_masks for r in with_objects)
             task = "instance" if masked else "detection"
     dataset = datasets.load_dataset(args.dataset, args.split, task=task, images=args.images)
-    for path in show_dataset(dataset, args.out, n=args.n, seed=args.seed):
+    for path in show_dataset(dataset, out, n=args.n, seed=args.seed):
         print(path)
     return 0

@@ -23,7 +23,8 @@ from tqdm import tqdm
 from visionlab.data import datasets
 from visionlab.data.check import Problems
 from visionlab.data.records import ImageRecord
-from visionlab.errors import DataError
+from visionlab.errors import DataError, describe_class_mismatch
+from visionlab.paths import ensure_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -72,20 +73,31 @@ def convert_dataset(
     writer = datasets.format_module(to)
     splits = list(splits or datasets.list_splits(src_path, fmt))
 
-    loaded = []
-    for split in splits:
-        problems = Problems(strict=True)
-        loaded.append(datasets.open_split(src_path, fmt, split, problems=problems, images=images))
-        problems.flush()
-    if len({tuple(d.classes) for d in loaded}) > 1:
-        raise DataError(
-            src_path,
-            "the splits have different class lists; convert them one at a time with --split",
-        )
-
+    # An output that cannot be written is refused before the source is read; the folder made
+    # for the check goes again if the conversion fails.
+    made_dst = not dst_path.exists()
+    ensure_output_dir(dst_path)
     tmp = dst_path.parent / f".{dst_path.name}.partial-{os.getpid()}"
     notes: set[str] = set()
     try:
+        loaded = []
+        for split in splits:
+            problems = Problems(strict=True)
+            loaded.append(
+                datasets.open_split(src_path, fmt, split, problems=problems, images=images)
+            )
+            problems.flush()
+        for other in loaded[1:]:
+            if list(other.classes) != list(loaded[0].classes):
+                mismatch = describe_class_mismatch(
+                    f"split {loaded[0].split!r}",
+                    loaded[0].classes,
+                    f"split {other.split!r}",
+                    other.classes,
+                )
+                raise DataError(
+                    src_path, f"{mismatch}; convert the splits one at a time with --split"
+                )
         tmp.mkdir(parents=True)
         taken: dict[str, Path] = {}
         for dataset in loaded:
@@ -116,6 +128,8 @@ def convert_dataset(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+        if made_dst and dst_path.is_dir() and not any(dst_path.iterdir()):
+            dst_path.rmdir()
     for note in sorted(notes):
         logger.warning("%s", note)
     return sorted(notes)

@@ -116,7 +116,7 @@ from visionlab.data.scenes_io import (
     write_png,
 )
 from visionlab.errors import DataError, VisionLabError
-from visionlab.paths import visionlab_home
+from visionlab.paths import ensure_output_dir, visionlab_home
 
 __all__ = [
     "DEFAULT_SCENES_ARGS",
@@ -351,6 +351,7 @@ def render_scenes(
         workers = _check_int("workers", workers, 0, 256)
     out = Path(out)
     _check_empty_target(out)
+    ensure_output_dir(out)
     arguments = {"n_train": n_train, "n_val": n_val, "size": size, "seed": seed}
     arguments["crop_size"] = crop_size
     (out / "annotations").mkdir(parents=True, exist_ok=True)

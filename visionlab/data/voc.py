@@ -1,7 +1,8 @@
 """Pascal VOC: reader and writer (Annotations/*.xml, JPEGImages/, ImageSets/, Segmentation*).
 
 Layout: ``Annotations/ID.xml``, ``JPEGImages/ID.jpg`` (the XML's ``filename``, else any
-image named ``ID.*``), ``ImageSets/Main/SPLIT.txt`` (detection) and
+image named ``ID.*``; a ``filename`` or a split-list ID leading out of the folder is an
+error), ``ImageSets/Main/SPLIT.txt`` (detection) and
 ``ImageSets/Segmentation/SPLIT.txt`` (segmentation and instance tasks; Main lists are the
 fallback, keeping the listed images that have the PNGs), ``SegmentationClass/ID.png`` and
 ``SegmentationObject/ID.png`` (palette PNGs: class index / object number in XML order,
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from visionlab.data.check import Problems
+from visionlab.data.coco import leaves_folder
 from visionlab.data.datasets import VisionDataset
 from visionlab.data.imageio import IMAGE_EXTENSIONS, image_size, save_label_png
 from visionlab.data.records import (
@@ -117,6 +119,13 @@ def read_split(
 
     records = []
     for image_id, stem in enumerate(ids, start=1):
+        leaves = leaves_folder(stem)
+        if leaves:  # only ids from a split list can: the others are names of files here
+            problems.error(
+                list_file,
+                f"image id {stem!r} {leaves}; ids name files in Annotations/ and JPEGImages/",
+            )
+            continue
         record = _record(root, stem, image_id, parsed.get(stem), classes, task, problems)
         if record is None:
             continue
@@ -224,8 +233,16 @@ def _record(
             return None  # malformed: reported while parsing
         problems.error(xml_path, "annotation file not found (the split list names it)")
         return None
-    filename = xml.findtext("filename") if xml is not None else None
-    image_path = _find_image(root, stem, (filename or "").strip())
+    filename = (xml.findtext("filename") or "").strip() if xml is not None else ""
+    leaves = leaves_folder(filename)
+    if leaves:
+        problems.error(
+            source,
+            f"{filename!r} {leaves}; file names are relative to JPEGImages/",
+            field="filename",
+        )
+        return None
+    image_path = _find_image(root, stem, filename)
     if image_path is None:
         problems.error(
             root / "JPEGImages" / (filename or f"{stem}.jpg"),

@@ -24,10 +24,15 @@ from torch import Tensor, nn
 from visionlab.config import Config, apply_overrides, from_dict, load_config
 from visionlab.engine import distributed
 from visionlab.engine.checkpoint import load_checkpoint, read_export, require_keys
-from visionlab.errors import CheckpointError, ConfigError, DataError, VisionLabError
+from visionlab.engine.rundir import CHECKPOINT_DIR, describe_changes
+from visionlab.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    VisionLabError,
+    describe_class_mismatch,
+)
 from visionlab.tasks import get_task, to_device
-
-CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclass
@@ -39,6 +44,7 @@ class TrainResult:
     best_metric: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     interrupted: bool = False
+    stop_signal: str | None = None
     checkpoints: dict[str, Path] = field(default_factory=dict)
 
 
@@ -80,17 +86,28 @@ def make_transform(task: str, train: bool, size: int | None, augment: dict[str, 
 
 
 def _resolve_config(
-    config: str | Path | Config | dict | None, overrides: Sequence[str], resume: str | Path | None
+    config: str | Path | Config | dict | None,
+    overrides: Sequence[str],
+    stored: dict[str, Any] | None = None,
 ) -> Config:
-    """A fresh, validated Config from any of the forms :func:`train` accepts."""
+    """A fresh, validated Config from any of the forms :func:`train` accepts; ``stored``
+    (a resumed checkpoint's recipe) stands in for a missing ``config``."""
+    if config is None and stored is not None:
+        config = stored
     if isinstance(config, Config | dict):
         data = config.to_dict() if isinstance(config, Config) else config
         return apply_overrides(from_dict(data), list(overrides))
-    if config is None and resume is not None:
-        config = Path(resume) / "config.yaml"
-        if not config.is_file():
-            raise ConfigError(f"{resume}: no config.yaml; give the recipe as well")
     return load_config(config, list(overrides))
+
+
+def _resume_state(resume: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``RUN/checkpoints/last.pt`` of a run to resume, loaded (weights_only)."""
+    last = Path(resume) / CHECKPOINT_DIR / "last.pt"
+    if not last.is_file():
+        raise CheckpointError(f"{resume}: nothing to resume (no {CHECKPOINT_DIR}/last.pt)")
+    state = load_checkpoint(last)
+    require_keys(state, last, ("model", "model_name", "config"))
+    return last, state
 
 
 # ------------------------------------------------------------------------------ train
@@ -101,26 +118,58 @@ def train(
     overrides: Sequence[str] = (),
     *,
     resume: str | Path | None = None,
+    overwrite: bool = False,
     hooks: Sequence[Any] = (),
 ) -> TrainResult:
     """Train from a recipe and return where the run lives.
 
+    A fresh run never replaces an earlier one (see :mod:`visionlab.engine.rundir`): the
+    default ``runs/NAME`` moves on to ``runs/NAME-2``; an ``out=`` holding checkpoints is
+    refused unless ``overwrite``. Ctrl-C or SIGTERM stop after the step in progress with
+    ``last.pt`` saved (``TrainResult.stop_signal`` names the signal).
+
     Args:
         config: a YAML recipe path, a :class:`Config`, a dict of recipe keys, or None (all
-            defaults; with ``resume``, the run's own ``config.yaml``).
+            defaults; with ``resume``, the recipe stored in the run's ``last.pt``).
         overrides: ``key=value`` strings (``train.epochs=3``).
-        resume: a run directory to continue exactly from its ``checkpoints/last.pt``.
+        resume: a run directory to continue exactly from its ``checkpoints/last.pt``; a
+            change of what is trained is refused, other changes are applied with a warning
+            and recorded in ``RUN/resumes.jsonl``.
+        overwrite: replace the run in ``out=`` (its files are kept aside until this run has
+            saved its first checkpoint).
         hooks: extra :class:`visionlab.engine.hooks.HookBase` objects.
     """
-    cfg = _resolve_config(config, overrides, resume)
+    from visionlab.engine.rundir import open_run_folder, resume_changes
+
+    state, changes = None, {}
     if resume is not None:
+        if overwrite:
+            raise ConfigError("--overwrite starts a new run; it cannot go with --resume")
+        _, state = _resume_state(resume)
+    cfg = _resolve_config(config, overrides, state["config"] if state else None)
+    if state is not None:
         cfg.out = str(resume)
+        changes = resume_changes(from_dict(state["config"]).to_dict(), cfg.to_dict())
     owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = distributed.init_distributed(cfg.device)
     try:
         from visionlab.engine.run import run_training
 
-        return run_training(cfg, info, resume=resume is not None, extra_hooks=hooks)
+        say = print if info.is_main else (lambda *_: None)
+        folder = open_run_folder(
+            cfg, resume=state is not None, overwrite=overwrite, is_main=info.is_main, say=say
+        )
+        try:
+            if state is not None and info.is_main:
+                if changes:
+                    say(f"warning: resumed with changed settings: {describe_changes(changes)}")
+                folder.record_resume(int(state.get("step", 0)), changes)
+            result = run_training(cfg, info, folder=folder, resume_state=state, extra_hooks=hooks)
+        except BaseException:
+            folder.close(ok=False)
+            raise
+        folder.close(ok=True)
+        return result
     finally:
         if owns_group:
             distributed.cleanup()
@@ -230,8 +279,9 @@ def evaluate(
     if model.classes and list(dataset.classes) != model.classes:
         raise DataError(
             data,
-            f"the dataset's classes {dataset.classes[:6]} differ from the checkpoint's "
-            f"{model.classes[:6]}",
+            describe_class_mismatch(
+                "the dataset", list(dataset.classes), "the checkpoint", model.classes
+            ),
         )
     classes, collate_fn = dataset.classes, None
     if limit is not None:

@@ -14,12 +14,17 @@ never half of one.
 
 from __future__ import annotations
 
+import _compat_pickle
+import io
 import json
+import mmap
 import os
 import pickle
+import pickletools
 import random
 import tempfile
 import zipfile
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +81,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint with ``torch.load(weights_only=True)``.
 
     Raises:
-        CheckpointError: missing or unreadable file, or a file that needs arbitrary pickled
-            objects (which are refused without running any of them).
+        CheckpointError: missing or unreadable file, or a file whose pickle asks to run code
+            (classes or functions other than torch's tensor data): refused, with their names,
+            and nothing in it runs.
     """
     path = Path(path)
     if path.is_dir():
@@ -87,17 +93,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        text = str(err)
-        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
-        detail_line = detail[0].strip()[:200] if detail else ""
-        if "Unsupported global" in text:  # a real pickle that names classes or functions
+        code = [name for name in _pickled_globals(path) or [] if name not in _loadable_globals()]
+        if code:  # a real pickle that names classes or functions to call
+            code = list(dict.fromkeys(code))
+            named = ", ".join(code[:4]) + (", ..." if len(code) > 4 else "")
             raise CheckpointError(
-                f"{path}: refused to load: the file needs arbitrary Python objects, which "
-                f"weights_only loading does not run ({detail_line})"
+                f"{path}: refused to load: the file asks to run code when loaded ({named}); "
+                "nothing in it ran. Do not load it with torch.load(weights_only=False) "
+                "unless you trust its source"
             ) from None
         raise CheckpointError(
             f"{path}: not a readable checkpoint (not a torch.save file, or a damaged one: "
-            f"{detail_line or type(err).__name__})"
+            f"{_unpickling_reason(str(err)) or type(err).__name__})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         reason = str(err).strip() or ("empty file" if path.stat().st_size == 0 else "")
@@ -107,6 +114,104 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a checkpoint dict, got {type(state).__name__}")
     return state
+
+
+def _loadable_globals() -> set[str]:
+    """The ``module.name`` globals ``torch.load(weights_only=True)`` accepts.
+
+    Tensors, storages, dtypes, ``OrderedDict`` and the like: what ``torch.save`` writes for
+    plain data. The same set ``torch.serialization.get_unsafe_globals_in_checkpoint`` compares
+    against (that function reads zip files at protocol 2 only, hence our own reader); torch
+    keeps it in a private module, and torch is pinned exactly.
+    """
+    from torch import _weights_only_unpickler as weights_only
+
+    return {*weights_only._get_allowed_globals(), *weights_only._get_user_allowed_globals()}
+
+
+_STRING_OPS = frozenset(  # the opcodes that push a str
+    op.name
+    for op in pickletools.opcodes
+    if op.stack_after in ([pickletools.pyunicode], [pickletools.pybytes_or_str])
+)
+_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
+_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _pickled_globals(path: Path) -> list[str] | None:
+    """The ``module.name`` of every class or function the file's pickle would look up.
+
+    Reads opcodes only (:func:`pickletools.genops`); nothing is imported or called. The
+    stream is ``*/data.pkl`` of a torch zip file, else the file itself (a plain pickle, or
+    the legacy torch format: several pickles one after the other, then raw tensor bytes).
+    None when the first pickle does not parse through to its STOP (damaged or not a pickle).
+    """
+    try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                # an mmap, not the file: a length field claiming terabytes reads what is there
+                return _globals_of_pickles(m, len(m))
+        with zipfile.ZipFile(path) as archive:
+            member = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+            data = archive.read(member) if member is not None else b""
+    except (OSError, ValueError, zipfile.BadZipFile, RuntimeError):  # ValueError: empty file
+        return None
+    return _globals_of_pickles(io.BytesIO(data), len(data))
+
+
+def _globals_of_pickles(stream: Any, size: int) -> list[str] | None:
+    names: list[str] = []
+    parsed_one = False
+    while stream.tell() < size:
+        try:
+            names += _globals_of_one_pickle(stream)
+        except (ValueError, EOFError, KeyError, IndexError, TypeError, UnicodeDecodeError):
+            break  # past the last pickle (legacy raw tensor bytes) or a damaged one
+        parsed_one = True
+    return names if parsed_one else None
+
+
+def _globals_of_one_pickle(stream: Any) -> list[str]:
+    """GLOBAL / INST name their target; STACK_GLOBAL takes the two strings pushed before it
+    (directly or from the memo), so strings and the memo are followed; other values are not."""
+    names: list[str] = []
+    strings: deque[str | None] = deque([None, None], maxlen=2)  # the last two string pushes
+    memo: dict[int, object] = {}
+    last: object = None  # the value the previous opcode pushed, when it was a string
+    for op, arg, _ in pickletools.genops(stream):
+        if op.name in ("GLOBAL", "INST"):
+            names.append(_global_name(*str(arg).split(" ", 1)))
+        elif op.name == "STACK_GLOBAL":
+            module, name = strings
+            names.append(_global_name(module or "?", name or "?"))
+        if op.name == "MEMOIZE":
+            memo[len(memo)] = last
+        elif op.name in _PUT_OPS:
+            memo[arg] = last
+        elif op.name in _STRING_OPS or op.name in _GET_OPS:
+            last = arg if op.name in _STRING_OPS else memo.get(arg)
+            strings.append(last if isinstance(last, str) else None)
+        else:
+            last = None
+    return names
+
+
+def _global_name(module: str, name: str = "?") -> str:
+    """``module.name`` under its Python 3 spelling (protocol 2 writes ``__builtin__.set``)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{name}"
+
+
+def _unpickling_reason(text: str) -> str:
+    """The unpickler's own reason from torch's weights_only message, without torch's advice
+    (``weights_only=False``, allowlisting): the first line that does not give it, cut there."""
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    for line in text.splitlines():
+        line = line.strip().removeprefix("Weights only load failed.").strip()
+        if line and "weights_only" not in line and not line.startswith("Check the documentation"):
+            return line.split(" Please use", 1)[0][:200]
+    return ""
 
 
 def require_keys(state: dict[str, Any], path: str | Path, keys: tuple[str, ...]) -> None:

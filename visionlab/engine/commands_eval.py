@@ -2,14 +2,16 @@
 
 Metric names are those of the task's evaluator: classification ``top1`` / ``top5``,
 segmentation ``mIoU`` / ``pixel_acc``, detection ``AP`` / ``AP50`` / ... When the checkpoint
-lives in a run directory (``RUN/checkpoints/*.pt``) the result is also written to
-``RUN/eval.json``. (`visionlab eval detections --gt ... --dt ...` scores a COCO results file.)
+lives in a run directory (``RUN/checkpoints/*.pt``) the printed result is also written to
+``RUN/eval.json``; a run folder that refuses the file gets a warning, not an error.
+(`visionlab eval detections --gt ... --dt ...` scores a COCO results file.)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,12 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
     )
     ckpt = Path(args.checkpoint)
+    if args.json:
+        print(json.dumps(to_plain(metrics)))
+    else:
+        part = "" if args.limit is None else f", first {args.limit} images"
+        print(f"{ckpt} on {data} [{args.split}{part}]")
+        print(_table(metrics))
     if ckpt.is_file() and ckpt.parent.name == "checkpoints":
         payload = {
             "checkpoint": str(ckpt),
@@ -68,11 +76,10 @@ def run(args: argparse.Namespace) -> int:
             "step": model.meta.get("step"),
             "metrics": metrics,
         }
-        write_eval_json(ckpt.parent.parent / "eval.json", payload)
-    if args.json:
-        print(json.dumps(to_plain(metrics)))
-    else:
-        part = "" if args.limit is None else f", first {args.limit} images"
-        print(f"{ckpt} on {data} [{args.split}{part}]")
-        print(_table(metrics))
+        path = ckpt.parent.parent / "eval.json"
+        try:
+            write_eval_json(path, payload)
+        except OSError as err:  # the metrics above are the result; the copy is a convenience
+            reason = err.strerror or str(err)
+            print(f"visionlab eval: warning: could not write {path}: {reason}", file=sys.stderr)
     return 0

@@ -40,8 +40,10 @@ def export(checkpoint: str | Path, out: str | Path, fmt: str = "safetensors") ->
     """Export ``checkpoint`` to ``out``; returns the weights file."""
     from visionlab.engine.api import load
     from visionlab.engine.checkpoint import export_safetensors
+    from visionlab.paths import ensure_output_dir
 
     model = load(checkpoint)
+    out = ensure_output_dir(out)
     meta = {
         "model_name": model.meta["model_name"],
         "model_args": model.meta.get("model_args") or {},

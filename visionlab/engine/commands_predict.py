@@ -8,16 +8,28 @@ recursively for image files. Without ``--out``, a checkpoint inside a run direct
 with a ``return_proposals`` attribute: the R-CNN family) also writes ``NAME_proposals.png``
 per image, the model's region proposals beside selective search's, and records only their
 count in the JSON.
+
+The user's files are safe: an ``--out`` that is an input folder or holds an input is
+refused, and an ``--out`` inside an input folder is left out of that folder's search (a
+second run does not predict the first one's drawings). A name already taken in ``DIR``
+(``NAME.png``, ``predictions.json``, ...) is never overwritten: the new file becomes
+``NAME_1.png``, ``predictions_1.json``, ... An ``--out`` that cannot be a writable folder is
+reported before the model loads. An unreadable image is skipped with a warning naming it and
+listed under ``skipped`` in the JSON; the run fails only when no input is readable.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
+
+from visionlab.errors import DataError, VisionLabError
 
 # the files one record of predictions.json names (drawn image, palette mask, proposals)
 PNG_KEYS = ("drawing", "semantic_png", "proposals_drawing")
@@ -29,9 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", help="output folder (default: RUN/predictions for a checkpoint in a run)"
     )
-    parser.add_argument("--topk", type=int, default=5, help="classes per image (classification)")
     parser.add_argument(
-        "--score-threshold", type=float, default=0.3, help="drop detections scoring below this"
+        "--topk", type=_positive_int, default=5, help="classes per image (classification)"
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=_unit_interval,
+        default=0.3,
+        help="drop detections scoring below this (0..1)",
     )
     parser.add_argument(
         "--show-grid",
@@ -43,21 +60,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="R-CNN family: also draw the model's region proposals beside selective search's",
     )
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=_positive_int, default=16)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
 
-def collect_images(inputs: list[str]) -> list[Path]:
-    """Image files named or found (recursively, sorted) in the folders named; every file's
-    header is read first, so a bad file fails before any work starts."""
-    from visionlab.data.imageio import image_size, is_image_file
-    from visionlab.errors import DataError
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
+
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def collect_images(
+    inputs: list[str], *, skip: Path | None = None
+) -> tuple[list[Path], list[dict[str, str]]]:
+    """Image files named, or found (recursively, sorted) in the folders named, leaving out
+    the folder ``skip`` (the output folder); every file's header is read first.
+
+    Returns:
+        The readable files, and ``{"file", "reason"}`` for each file whose header cannot be
+        read (the caller skips those).
+
+    Raises:
+        DataError: an input that does not exist, or a folder without image files.
+    """
+    from visionlab.data.imageio import image_size, is_image_file
+
+    skip = skip.resolve() if skip is not None else None
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            if skip is not None and path.resolve() in skip.parents:
+                found = [p for p in found if skip not in p.resolve().parents]
             if not found:
                 raise DataError(path, "folder holds no image files")
             files += found
@@ -65,17 +114,60 @@ def collect_images(inputs: list[str]) -> list[Path]:
             files.append(path)
         else:
             raise DataError(path, "no such image file or folder")
+    readable, unreadable = [], []
     for path in files:
-        image_size(path)  # DataError naming the file when it is not a readable image
-    return files
+        try:
+            image_size(path)
+        except DataError as err:
+            unreadable.append(_skipped(path, err))
+        else:
+            readable.append(path)
+    return readable, unreadable
 
 
-def _unique_png(out: Path, stem: str, used: set[str]) -> Path:
-    name, n = stem, 1
-    while name in used:
-        name, n = f"{stem}_{n}", n + 1
+def _skipped(path: Path, err: DataError) -> dict[str, str]:
+    """The JSON entry of a skipped file: the file, and the error without the file's name."""
+    return {"file": str(path), "reason": str(err).removeprefix(f"{err.path}: ")}
+
+
+def _warn_skipped(entry: dict[str, str]) -> None:
+    print(
+        f"visionlab predict: warning: skipped {entry['file']}: {entry['reason']}", file=sys.stderr
+    )
+
+
+def _check_out(out: Path, inputs: list[str]) -> None:
+    """Refuse an ``--out`` that is an input or holds one: the drawings would replace or mix
+    with the images."""
+    where = out.resolve()
+    for item in inputs:
+        path = Path(item).resolve()
+        if path == where:
+            raise VisionLabError(
+                f"--out {out} is the input {item}: its drawings would replace the images; "
+                "choose another folder"
+            )
+        if where in path.parents:
+            raise VisionLabError(
+                f"--out {out} holds the input {item}: its drawings could replace the images; "
+                "choose a folder outside the inputs"
+            )
+
+
+def _nothing_readable(skipped: list[dict[str, str]]) -> str:
+    first = skipped[0]
+    more = f" (and {len(skipped) - 1} more unreadable files)" if len(skipped) > 1 else ""
+    return f"no readable image to predict: {first['file']}: {first['reason']}{more}"
+
+
+def _unique_path(out: Path, stem: str, used: set[str], suffix: str = ".png") -> Path:
+    """``out/STEM.SUFFIX``, or ``STEM_1``, ``STEM_2``, ... when this run has used the name or
+    ``out`` already holds it (a user's file, an earlier run's): nothing is overwritten."""
+    name, n = f"{stem}{suffix}", 1
+    while name in used or os.path.lexists(out / name):  # lexists: a dangling link is taken
+        name, n = f"{stem}_{n}{suffix}", n + 1
     used.add(name)
-    return out / f"{name}.png"
+    return out / name
 
 
 def _record(
@@ -85,7 +177,7 @@ def _record(
 
     classes = model.classes
     record: dict[str, Any] = {"file": str(path), "height": image.shape[1], "width": image.shape[2]}
-    png = _unique_png(out, path.stem, used)
+    png = _unique_path(out, path.stem, used)
     if model.task == "classification":
         labels, scores = pred["labels"].tolist(), pred["scores"].tolist()
         record["top"] = [
@@ -95,7 +187,9 @@ def _record(
         drawing = viz.draw_classification(image, pred["labels"], pred["scores"], classes)
     elif model.task == "segmentation":
         semantic = pred["semantic"]
-        mask_png = viz.semantic_to_palette_png(semantic, _unique_png(out, f"{png.stem}_mask", used))
+        mask_png = viz.semantic_to_palette_png(
+            semantic, _unique_path(out, f"{png.stem}_mask", used)
+        )
         present = [int(v) for v in semantic.unique().tolist() if v not in (0, 255)]
         record["semantic_png"] = mask_png.name
         record["classes_present"] = [classes[v - 1] for v in present if v - 1 < len(classes)]
@@ -123,7 +217,7 @@ def _record(
     if "proposals" in pred:  # --show-proposals: a PNG, and a count (never the raw tensor)
         record["num_proposals"] = len(pred["proposals"])
         sheet = _proposals_sheet(image, pred["proposals"], model)
-        proposals_png = _unique_png(out, f"{png.stem}_proposals", used)
+        proposals_png = _unique_path(out, f"{png.stem}_proposals", used)
         sheet.save(proposals_png)
         record["proposals_drawing"] = proposals_png.name
     return record
@@ -174,8 +268,6 @@ def _out_dir(out: str | None, checkpoint: Path) -> Path:
         return Path(out)
     if checkpoint.parent.name == "checkpoints":
         return checkpoint.parent.parent / "predictions"
-    from visionlab.errors import VisionLabError
-
     raise VisionLabError(f"{checkpoint} is not inside a run directory: give --out DIR")
 
 
@@ -185,35 +277,48 @@ def run(args: argparse.Namespace) -> int:
     from visionlab.data.imageio import load_image
     from visionlab.engine.api import load, predict, resolve_device
     from visionlab.engine.checkpoint import atomic_write
+    from visionlab.paths import ensure_output_dir
 
     out = _out_dir(args.out, Path(args.checkpoint))
-    files = collect_images(args.inputs)
+    _check_out(out, args.inputs)
+    files, skipped = collect_images(args.inputs, skip=out)
+    if not files:
+        raise VisionLabError(_nothing_readable(skipped))
+    ensure_output_dir(out)  # a file, or a folder that cannot be made or written: one line
+    for entry in skipped:
+        _warn_skipped(entry)
     # batch norms folded into the convolutions: the same predictions, faster (ultralytics'
     # fuse() before predicting)
     model = load(args.checkpoint, resolve_device(args.device), fuse=True)
     if getattr(args, "show_grid", False):
         if not hasattr(model, "return_grid"):
-            from visionlab.errors import VisionLabError
-
             raise VisionLabError(
                 f"--show-grid: {model.meta.get('model_name')} predicts no grid (YOLO models do)"
             )
         model.return_grid = True  # eval outputs then carry grid_size and cells
     if getattr(args, "show_proposals", False):
         if not hasattr(model, "return_proposals"):
-            from visionlab.errors import VisionLabError
-
             raise VisionLabError(
                 f"--show-proposals: {model.meta.get('model_name')} makes no region proposals "
                 "(the R-CNN family does)"
             )
         model.return_proposals = True  # eval outputs then carry proposals [P, 4]
-    out.mkdir(parents=True, exist_ok=True)
-    records, used = [], set()
-    batch = max(1, args.batch_size)
-    for start in tqdm(range(0, len(files), batch), desc="predict", unit="batch", leave=False):
-        chunk = files[start : start + batch]
-        images = [load_image(p) for p in chunk]
+    records: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for start in tqdm(
+        range(0, len(files), args.batch_size), desc="predict", unit="batch", leave=False
+    ):
+        chunk, images = [], []
+        for path in files[start : start + args.batch_size]:
+            try:
+                images.append(load_image(path))
+            except DataError as err:  # the header read, the pixels do not: skip it too
+                skipped.append(_skipped(path, err))
+                _warn_skipped(skipped[-1])
+            else:
+                chunk.append(path)
+        if not images:
+            continue
         preds = predict(
             model,
             images,
@@ -223,14 +328,21 @@ def run(args: argparse.Namespace) -> int:
         )
         for path, image, pred in zip(chunk, images, preds):
             records.append(_record(path, image, pred, model, out, used))
+    if not records:
+        raise VisionLabError(_nothing_readable(skipped))
     payload = {
         "checkpoint": str(args.checkpoint),
         "task": model.task,
         "classes": model.classes,
         "predictions": records,
+        "skipped": skipped,
     }
     text = json.dumps(payload, indent=2)
-    atomic_write(out / "predictions.json", lambda f: f.write(text.encode("utf-8")))
+    json_path = _unique_path(out, "predictions", used, ".json")
+    atomic_write(json_path, lambda f: f.write(text.encode("utf-8")))
     pngs = sum(1 for r in records for key in PNG_KEYS if key in r)
-    print(f"{len(records)} images predicted: {out / 'predictions.json'} and {pngs} PNGs in {out}")
+    summary = f"{len(records)} images predicted: {json_path} and {pngs} PNGs in {out}"
+    if skipped:
+        summary += f"; {len(skipped)} unreadable file{'s' if len(skipped) > 1 else ''} skipped"
+    print(summary)
     return 0

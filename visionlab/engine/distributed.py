@@ -79,15 +79,24 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over all processes (a copy; the input is not changed)."""
+def _all_reduce(values: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
     out = values.detach().clone()
     if get_info().enabled:
         if dist.get_backend() == "nccl" and not out.is_cuda:
             out = out.cuda()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        out = (out / dist.get_world_size()).to(values.device)
+        dist.all_reduce(out, op=op)
+        out = out.to(values.device)
     return out
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over all processes (a copy; the input is not changed)."""
+    return _all_reduce(values, dist.ReduceOp.SUM) / get_info().world_size
+
+
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum of ``values`` over all processes (a copy)."""
+    return _all_reduce(values, dist.ReduceOp.MAX)
 
 
 def broadcast_object(obj: object, src: int = 0) -> object:

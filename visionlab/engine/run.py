@@ -20,17 +20,18 @@ from torch import nn
 from visionlab.config import Config, save_config
 from visionlab.engine import distributed
 from visionlab.engine.api import (
-    CHECKPOINT_DIR,
     TrainResult,
     make_transform,
     resolve_device,
     seed_everything,
     write_eval_json,
 )
-from visionlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from visionlab.engine.checkpoint import save_checkpoint
 from visionlab.engine.distributed import DistInfo
 from visionlab.engine.hooks import CheckpointHook, EvalHook, LoggingHook, UnfreezeHook
+from visionlab.engine.interrupt import StopRequest
 from visionlab.engine.logging import MetricsLogger
+from visionlab.engine.rundir import CHECKPOINT_DIR, RunFolder
 from visionlab.engine.trainer import (
     Trainer,
     build_optimizer,
@@ -94,20 +95,6 @@ def _wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    """Create the run directory; a fresh run in an old one replaces its logs."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        return
-    stale = [run_dir / "metrics.jsonl", run_dir / "eval.json", run_dir / "curves.png"]
-    stale += list((run_dir / "tb").glob("events.out.tfevents.*"))
-    stale += [run_dir / CHECKPOINT_DIR / n for n in ("last.pt", "best.pt")]
-    if any(p.exists() for p in stale):
-        print(f"note: {run_dir} held an earlier run; starting over there")
-    for p in stale:
-        p.unlink(missing_ok=True)
-
-
 def checkpoint_meta(
     model_args: dict[str, Any], cfg: Config, classes: Sequence[str], predicates: Sequence[str]
 ) -> dict[str, Any]:
@@ -139,11 +126,15 @@ def _datasets(cfg: Config) -> tuple[Any, Any]:
         val_tf = make_transform(cfg.task, False, cfg.image_size, {})
         val_ds = load_dataset(cfg.data, cfg.val_split, task=cfg.task, transforms=val_tf)
         if list(val_ds.classes) != list(train_ds.classes):
-            raise DataError(
-                cfg.data,
-                f"split {cfg.val_split!r} has classes {val_ds.classes[:6]}, split "
-                f"{cfg.train_split!r} has {train_ds.classes[:6]}",
+            from visionlab.errors import describe_class_mismatch
+
+            mismatch = describe_class_mismatch(
+                f"split {cfg.train_split!r}",
+                list(train_ds.classes),
+                f"split {cfg.val_split!r}",
+                list(val_ds.classes),
             )
+            raise DataError(cfg.data, f"the splits' classes differ: {mismatch}")
     if len(train_ds) == 0:
         raise DataError(cfg.data, f"split {cfg.train_split!r} has no images")
     if cfg.cache == "ram":
@@ -153,17 +144,50 @@ def _datasets(cfg: Config) -> tuple[Any, Any]:
     return train_ds, val_ds
 
 
+def check_resumed(state: dict[str, Any], cfg: Config, classes: Sequence[str], path: Path) -> None:
+    """Refuse, in one line, a resumed run whose model or classes differ from ``state``'s."""
+    if state.get("model_name") != cfg.model:
+        raise CheckpointError(
+            f"{path}: was trained as {state.get('model_name')!r}, the recipe says {cfg.model!r}"
+        )
+    stored = list(state.get("classes") or [])
+    if stored and stored != list(classes):
+        from visionlab.errors import describe_class_mismatch
+
+        mismatch = describe_class_mismatch("the checkpoint", stored, "the dataset", list(classes))
+        raise CheckpointError(f"{path}: cannot resume on other classes: {mismatch}")
+
+
+def load_weights(module: nn.Module, weights: dict[str, Any], path: Path, name: str) -> None:
+    """``module.load_state_dict(weights)`` with a one-line error naming the checkpoint."""
+    try:
+        module.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path}: weights do not fit {name}: {first}") from None
+
+
 def run_training(
-    cfg: Config, info: DistInfo, *, resume: bool, extra_hooks: Any = ()
+    cfg: Config,
+    info: DistInfo,
+    *,
+    folder: RunFolder,
+    resume_state: dict[str, Any] | None = None,
+    extra_hooks: Any = (),
 ) -> TrainResult:
-    """Train ``cfg`` in this process (one of ``info.world_size``); see ``api.train``."""
+    """Train ``cfg`` in this process (one of ``info.world_size``); see ``api.train``.
+
+    ``folder`` is the run folder :func:`visionlab.engine.rundir.open_run_folder` chose and
+    locked; ``resume_state`` the loaded ``last.pt`` of a resumed run.
+    """
     started = time.perf_counter()
     from visionlab.data.loader import build_loader
     from visionlab.engine.stages import is_multi_stage, run_stages
     from visionlab.models.registry import build_model
 
+    resume = resume_state is not None
     if is_multi_stage(cfg.model):  # R-CNN, SPPNet: their stages instead of the plain loop
-        return run_stages(cfg, info, resume=resume)
+        return run_stages(cfg, info, folder=folder, resume_state=resume_state)
     device = resolve_device(cfg.device, info.local_rank)
     if cfg.train.amp == "fp16" and device.type != "cuda":
         raise ConfigError("train.amp: fp16 needs CUDA; use bf16 on CPU")
@@ -172,16 +196,16 @@ def run_training(
             f"train.batch_size {cfg.train.batch_size} is not divisible by the "
             f"{info.world_size} processes"
         )
-    run_dir = cfg.run_dir()
+    run_dir = folder.path
     last_path = run_dir / CHECKPOINT_DIR / "last.pt"
-    if resume and not last_path.is_file():
-        raise CheckpointError(f"{run_dir}: nothing to resume (no {CHECKPOINT_DIR}/last.pt)")
     say = print if info.is_main else (lambda *_: None)
     say(f"run: {run_dir}")
 
     task = get_task(cfg.task, label_smoothing=cfg.train.label_smoothing)
     train_ds, val_ds = _datasets(cfg)
     classes, predicates = list(train_ds.classes), list(getattr(train_ds, "predicates", []))
+    if resume_state is not None:
+        check_resumed(resume_state, cfg, classes, last_path)
     per_rank = cfg.train.batch_size // info.world_size
     loader = build_loader(
         train_ds,
@@ -218,6 +242,7 @@ def run_training(
         optimizer, cfg.schedule, total_steps=max_steps, steps_per_epoch=steps_per_epoch
     )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+    stop = StopRequest(say=say)
     trainer = Trainer(
         model,
         task,
@@ -231,16 +256,11 @@ def run_training(
         amp=cfg.train.amp,
         scaler=scaler,
         stop_at_step=cfg.train.stop_at_step,
+        stop=stop,
     )
-    if resume:
-        state = load_checkpoint(last_path, map_location=device)
-        if state.get("model_name") != cfg.model:
-            raise CheckpointError(
-                f"{last_path}: was trained as {state.get('model_name')!r}, the recipe says "
-                f"{cfg.model!r}"
-            )
-        module.load_state_dict(state["model"])
-        trainer.load_state_dict(state)
+    if resume_state is not None:
+        load_weights(module, resume_state["model"], last_path, cfg.model)
+        trainer.load_state_dict(resume_state)
         say(f"resuming from {last_path} at step {trainer.step} (epoch {trainer.epoch})")
 
     meta = checkpoint_meta(model_args, cfg, classes, predicates)
@@ -248,18 +268,21 @@ def run_training(
 
     def save(name: str) -> Path:
         state = {"model": module.state_dict(), **meta, **trainer.state_dict()}
-        return save_checkpoint(ckpt_dir / f"{name}.pt", state)
+        path = save_checkpoint(ckpt_dir / f"{name}.pt", state)
+        folder.checkpoint_saved()
+        return path
 
     logger = None
     if info.is_main:
-        _prepare_run_dir(run_dir, resume)
-        save_config(cfg, run_dir / "config.yaml")
+        if not resume:  # config.yaml keeps the recipe the run started with
+            save_config(cfg, run_dir / "config.yaml")
         logger = MetricsLogger(run_dir, resume_step=trainer.step if resume else None)
     hooks, eval_hook = _hooks(cfg, trainer, val_ds, classes, save, logger, info)
     for hook in (*hooks, *extra_hooks):
         trainer.register_hook(hook)
     try:
-        trainer.train()
+        with stop:
+            trainer.train()
     finally:
         if logger is not None:
             logger.close()
@@ -270,6 +293,7 @@ def run_training(
         best_metric=trainer.best_metric,
         metrics=eval_hook.last_metrics if eval_hook is not None else None,
         interrupted=trainer.interrupted,
+        stop_signal=trainer.stop_signal,
         checkpoints={p.stem: p for p in sorted(ckpt_dir.glob("*.pt"))},
     )
     if info.is_main:
@@ -300,6 +324,8 @@ def _hooks(
         def unfreeze() -> None:
             if hasattr(module, "unfreeze_backbone"):
                 module.unfreeze_backbone()
+            elif hasattr(getattr(module, "backbone", None), "freeze_to"):
+                module.backbone.freeze_to(0)  # stages the model never runs stay untrained
             else:
                 for p in module.parameters():
                     p.requires_grad_(True)
@@ -366,9 +392,10 @@ def _finish(
     best = result.best_metric
     tail = f" (best {best['name']} {best['value']:.4f} at step {best['step']})" if best else ""
     if result.interrupted:
+        by = f" by {result.stop_signal}" if result.stop_signal else ""
         say(
-            f"stopped at step {result.step}: run saved in {run_dir}{tail}; continue it with "
-            f"`visionlab train --resume {run_dir}`"
+            f"stopped at step {result.step}{by}: run saved in {run_dir}{tail}; continue it "
+            f"with `visionlab train --resume {run_dir}`"
         )
     else:
         say(f"done: run saved in {run_dir}{tail}")

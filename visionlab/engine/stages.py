@@ -35,14 +35,15 @@ from tqdm.auto import tqdm
 
 from visionlab.config import Config, save_config
 from visionlab.engine.api import (
-    CHECKPOINT_DIR,
     TrainResult,
     make_transform,
     resolve_device,
     seed_everything,
     write_eval_json,
 )
-from visionlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from visionlab.engine.checkpoint import save_checkpoint
+from visionlab.engine.interrupt import StopRequest
+from visionlab.engine.rundir import CHECKPOINT_DIR, RunFolder
 from visionlab.errors import CheckpointError, ConfigError, DataError
 
 __all__ = ["STAGES", "is_multi_stage", "run_stages"]
@@ -309,7 +310,8 @@ def run_stages(
     cfg: Config,
     info: Any,
     *,
-    resume: bool,
+    folder: RunFolder,
+    resume_state: dict[str, Any] | None = None,
     until: str | None = None,
     stage_hooks: dict[str, Callable[[], None]] | None = None,
 ) -> TrainResult:
@@ -317,8 +319,11 @@ def run_stages(
 
     Args:
         cfg: the resolved recipe (``model`` is ``rcnn`` or ``sppnet``).
-        info: the process's distributed info (stages run on the main process only).
-        resume: continue after the last finished stage of ``RUN/checkpoints/last.pt``.
+        info: the process's distributed info. The stages run in one process: under
+            torchrun the main process trains and the others return at once.
+        folder: the locked run folder (:func:`visionlab.engine.rundir.open_run_folder`).
+        resume_state: the loaded ``last.pt`` of a resumed run: continue after its last
+            finished stage.
         until: stop after this stage (tests; a stopped run resumes from there).
         stage_hooks: callables run before a stage by name (tests).
 
@@ -327,30 +332,33 @@ def run_stages(
     """
     from visionlab.data.datasets import load_dataset
     from visionlab.engine.logging import MetricsLogger
-    from visionlab.engine.run import _model_kwargs, _plain_build_args, checkpoint_meta
+    from visionlab.engine.run import (
+        _model_kwargs,
+        _plain_build_args,
+        check_resumed,
+        checkpoint_meta,
+        load_weights,
+    )
     from visionlab.models.registry import build_model
     from visionlab.tasks import get_task
 
-    if info is not None and getattr(info, "world_size", 1) > 1:
-        raise ConfigError(f"{cfg.model}: multi-stage training runs in one process (no torchrun)")
     if cfg.task != "detection":
         raise ConfigError(f"model {cfg.model!r} is a detection model; set task: detection")
     if until is not None and until not in STAGES:
         raise ConfigError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
-    device = resolve_device(cfg.device)
-    run_dir = cfg.run_dir()
+    run_dir = folder.path
     ckpt_dir = run_dir / CHECKPOINT_DIR
     last_path = ckpt_dir / "last.pt"
-    state = None
-    if resume:
-        if not last_path.is_file():
-            raise CheckpointError(f"{run_dir}: nothing to resume (no {CHECKPOINT_DIR}/last.pt)")
-        state = load_checkpoint(last_path)
-        if state.get("model_name") != cfg.model:
-            raise CheckpointError(
-                f"{last_path}: was trained as {state.get('model_name')!r}, the recipe says "
-                f"{cfg.model!r}"
-            )
+    if info is not None and getattr(info, "world_size", 1) > 1 and not info.is_main:
+        return TrainResult(run_dir=run_dir, step=0, interrupted=False)
+    if info is not None and getattr(info, "world_size", 1) > 1:
+        _say(
+            f"{cfg.model}: the stages train in one process; this one (rank 0) trains, the "
+            f"other {info.world_size - 1} exit"
+        )
+    device = resolve_device(cfg.device)
+    resume = resume_state is not None
+    state = resume_state
     _say(f"run: {run_dir}")
 
     transform = make_transform("detection", False, cfg.image_size, {})
@@ -359,55 +367,56 @@ def run_stages(
         raise DataError(cfg.data, f"split {cfg.train_split!r} has no images")
     classes = list(dataset.classes)
     task = get_task("detection")
+    if state is not None:
+        check_resumed(state, cfg, classes, last_path)
     kwargs = _model_kwargs(cfg, task, classes, resume)
     seed_everything(cfg.seed, cfg.deterministic)
     model = build_model(cfg.model, **kwargs).to(device)
     model_args = _plain_build_args(model, kwargs)
     done: list[str] = []
     if state is not None:
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], last_path, cfg.model)
         done = list(state.get("stages_done") or [])
         _say(f"resuming after stage(s): {', '.join(done) or 'none'}")
     indices = _subset(len(dataset), model.finetune_settings.images, cfg.seed)
     runner = StageRunner(cfg, model, dataset, indices, device)
     meta = checkpoint_meta(model_args, cfg, classes, list(getattr(dataset, "predicates", [])))
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        for stale in [*ckpt_dir.glob("*.pt"), run_dir / "eval.json"]:
-            stale.unlink(missing_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    if not resume:  # config.yaml keeps the recipe the run started with
+        save_config(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, resume_step=len(done) if resume else None)
     stats_all: dict[str, Any] = dict(state.get("stage_stats") or {}) if state else {}
-    try:
-        for name in STAGES:
-            if name in done:
-                continue
-            if stage_hooks and name in stage_hooks:
-                stage_hooks[name]()
-            tick = time.perf_counter()
-            method = getattr(runner, name)
-            stats = method(logger) if name == "finetune" else method()
-            stats = {**stats, "seconds": round(time.perf_counter() - tick, 2)}
-            done.append(name)
-            stats_all[name] = stats
-            logger.write({"step": len(done), "stage": name, **stats})
-            _say(f"stage {len(done)}/{len(STAGES)} {name}: {_brief(stats)}")
-            payload = {
-                "model": model.state_dict(),
-                **meta,
-                "step": len(done),
-                "epoch": 0,
-                "stages_done": list(done),
-                "stage_stats": stats_all,
-            }
-            save_checkpoint(last_path, payload)
-            if until == name:
-                break
-    except KeyboardInterrupt:  # the finished stages are saved: say how to go on
-        _say(f"interrupted during stage {name!r}")
-    finally:
-        logger.close()
+    with StopRequest(immediate=True, say=_say) as stop:  # SIGTERM stops like Ctrl-C
+        try:
+            for name in STAGES:
+                if name in done:
+                    continue
+                if stage_hooks and name in stage_hooks:
+                    stage_hooks[name]()
+                tick = time.perf_counter()
+                method = getattr(runner, name)
+                stats = method(logger) if name == "finetune" else method()
+                stats = {**stats, "seconds": round(time.perf_counter() - tick, 2)}
+                done.append(name)
+                stats_all[name] = stats
+                logger.write({"step": len(done), "stage": name, **stats})
+                _say(f"stage {len(done)}/{len(STAGES)} {name}: {_brief(stats)}")
+                payload = {
+                    "model": model.state_dict(),
+                    **meta,
+                    "step": len(done),
+                    "epoch": 0,
+                    "stages_done": list(done),
+                    "stage_stats": stats_all,
+                }
+                save_checkpoint(last_path, payload)
+                folder.checkpoint_saved()
+                if until == name:
+                    break
+        except KeyboardInterrupt:  # the finished stages are saved: say how to go on
+            _say(f"interrupted during stage {name!r}")
+        finally:
+            logger.close()
     finished = len(done) == len(STAGES)
     metrics = None
     if finished and cfg.val_split and model.finetune_settings.eval_images >= 0:
@@ -436,6 +445,7 @@ def run_stages(
         step=len(done),
         metrics=metrics,
         interrupted=not finished,
+        stop_signal=stop.signal,
         checkpoints={p.stem: p for p in sorted(ckpt_dir.glob("*.pt"))},
     )
 

@@ -175,6 +175,9 @@ class Trainer:
         amp: "none", "bf16" or "fp16" (fp16 uses ``scaler``).
         stop_at_step: stop right after this step as if interrupted (``interrupted`` is set);
             a run resumed past it goes on to ``max_steps``.
+        stop: a :class:`visionlab.engine.interrupt.StopRequest`: once it holds a signal
+            (on any process), every process stops after the step in progress, with
+            ``interrupted`` set and ``stop_signal`` naming the signal.
         hooks: called in order; see :class:`visionlab.engine.hooks.HookBase`.
 
     State (what a checkpoint stores): ``step`` (optimizer steps done), ``epoch`` (epochs
@@ -196,6 +199,7 @@ class Trainer:
         amp: str = "none",
         scaler: torch.amp.GradScaler | None = None,
         stop_at_step: int | None = None,
+        stop: Any = None,
         hooks: Iterable[Any] = (),
     ) -> None:
         if len(loader) == 0:
@@ -215,6 +219,8 @@ class Trainer:
         self.amp = amp
         self.scaler = scaler or torch.amp.GradScaler(self.device.type, enabled=False)
         self.stop_at_step = stop_at_step
+        self.stop = stop
+        self.stop_signal: str | None = None
         self.hooks: list[Any] = []
         for hook in hooks:
             self.register_hook(hook)
@@ -252,11 +258,27 @@ class Trainer:
                 if self.step == self.stop_at_step and self.step < self.max_steps:
                     self.interrupted = True
                     break
+                if self._stop_requested() and self.step < self.max_steps:
+                    self.interrupted = True
+                    break
             for hook in self.hooks:
                 hook.after_train()
         finally:
             for hook in self.hooks:
                 hook.close()
+
+    def _stop_requested(self) -> bool:
+        """Whether a signal asked to stop, on this process or (distributed) on any other."""
+        local = self.stop is not None and self.stop.signal is not None
+        if distributed.get_info().enabled:
+            names = ("", "SIGINT", "SIGTERM")
+            code = names.index(self.stop.signal) if local and self.stop.signal in names else 0
+            flag = distributed.all_reduce_max(torch.tensor([float(code)]))
+            code = int(flag.item())
+            self.stop_signal = names[code] or None
+        else:
+            self.stop_signal = self.stop.signal if local else None
+        return self.stop_signal is not None
 
     def _next_batch(self) -> Any:
         if self._iter is None:

@@ -23,6 +23,12 @@ The interface (:class:`Backbone`):
   torchvision's ``trainable_backbone_layers=3`` and detectron2's ``FREEZE_AT=2`` for 4: the
   first layers of a pretrained network are generic, and skipping their backward pass is
   the cheapest part of a detector's step to save.
+- ``use_up_to(stride)`` / ``used_stride``: the deepest map the model reads (a detector
+  sets it from its feature strides; 32 by default). The stages past it never run, so they
+  do not train either: ``requires_grad=False`` (DistributedDataParallel registers only
+  parameters that require a gradient, and would otherwise wait for theirs; optimizers skip
+  parameters without one), whatever ``freeze_to`` says. They stay in the module and its
+  state dict, so checkpoints keep every key.
 
 Nominal strides are exact for sizes divisible by 32, except AlexNet whose 11x11 stride-4
 first convolution (no padding to size) makes its maps one or two pixels smaller.
@@ -74,6 +80,8 @@ class Backbone(nn.Module):
         feature_channels: ``{"stride4": C4, ..., "stride32": C32}``.
         out_channels: channels of the last map (``feature_channels["stride32"]``).
         out_stride: stride of the last map (32).
+        frozen_stride: stages up to this stride are frozen (:meth:`freeze_to`; 0: none).
+        used_stride: stages past this stride are unused (:meth:`use_up_to`; 32: none).
     """
 
     arch: str = ""
@@ -85,6 +93,7 @@ class Backbone(nn.Module):
         self.out_stride = STRIDES[-1]
         self.out_channels = int(channels[self.out_stride])
         self.frozen_stride = 0
+        self.used_stride = self.out_stride
 
     def _stages(self, x: Tensor) -> Iterator[tuple[int, Tensor]]:
         raise NotImplementedError
@@ -99,20 +108,47 @@ class Backbone(nn.Module):
 
         Their parameters get ``requires_grad=False``, their batch norms stay in eval mode
         (the pretrained statistics), and :meth:`feature_maps` runs them without autograd.
+        The other stages train again, except those past :attr:`used_stride`:
+        ``freeze_to(0)`` unfreezes everything the model uses, and only that.
         """
         if stride != 0 and stride not in STRIDES:
             raise VisionLabError(
                 f"{self.arch}: frozen_stride must be 0 or one of {list(STRIDES)}, got {stride!r}"
             )
         self.frozen_stride = int(stride)
+        self._apply_trainable()
+
+    def use_up_to(self, stride: int) -> None:
+        """Declare the stride-``stride`` map the deepest one the model reads (4, 8, 16 or 32).
+
+        A detector calls it with the largest of its feature strides: the stages past it
+        never run in its forward pass, so they get ``requires_grad=False`` (DDP then leaves
+        them out instead of waiting for gradients that never come) and their batch norms
+        stay in eval mode. They remain in the module, so the state dict keeps their keys.
+        :meth:`freeze_to` keeps them off; ``use_up_to(32)`` turns them back on.
+        """
+        if stride not in STRIDES:
+            raise VisionLabError(
+                f"{self.arch}: used_stride must be one of {list(STRIDES)}, got {stride!r}"
+            )
+        self.used_stride = int(stride)
+        self._apply_trainable()
+
+    def trains_stage(self, stride: int) -> bool:
+        """Whether the stage ending at the stride-``stride`` map trains: not frozen by
+        :meth:`freeze_to` and not past :attr:`used_stride`."""
+        return self.frozen_stride < stride <= self.used_stride
+
+    def _apply_trainable(self) -> None:
         for s in STRIDES:
             for module in self.stage_modules(s):
                 for p in module.parameters():
-                    p.requires_grad_(s > self.frozen_stride)
+                    p.requires_grad_(self.trains_stage(s))
         self.train(self.training)
 
     def frozen_modules(self) -> list[nn.Module]:
-        return [m for s in STRIDES if s <= self.frozen_stride for m in self.stage_modules(s)]
+        """The modules of the stages that do not train (frozen, or past ``used_stride``)."""
+        return [m for s in STRIDES if not self.trains_stage(s) for m in self.stage_modules(s)]
 
     def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
@@ -131,7 +167,9 @@ class Backbone(nn.Module):
 
         Args:
             x: ``Tensor[B, 3, H, W]``, float RGB in ``[0, 1]``.
-            strides: which maps to return (subset of 4, 8, 16, 32); ``None`` = all.
+            strides: which maps to return (subset of 4, 8, 16, 32); ``None`` = all. A map
+                past :attr:`used_stride` is computed all the same, but its stages' own
+                parameters get no gradient.
 
         Returns:
             ``{"strideS": Tensor[B, feature_channels["strideS"], H / S, W / S]}`` in

@@ -122,6 +122,7 @@ class FastRCNN(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.feature_stride = int(feature_stride)
+        backbone.use_up_to(self.feature_stride)  # the deeper stages never run
         self.roi_heads = RoIBoxPredictor(
             in_channels=backbone.feature_channels[f"stride{self.feature_stride}"],
             spatial_scale=1.0 / self.feature_stride,

@@ -103,6 +103,7 @@ class FasterRCNN(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.feature_strides = tuple(int(s) for s in feature_strides)
+        backbone.use_up_to(max(self.feature_strides))  # the deeper stages never run
         channels = [backbone.feature_channels[f"stride{s}"] for s in self.feature_strides]
         self.fpn = FPN(in_channels=channels, out_channels=fpn_channels) if fpn_channels else None
         width = fpn_channels or channels[0]

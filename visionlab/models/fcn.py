@@ -309,8 +309,7 @@ class FCN(nn.Module):
             p.requires_grad_(True)
         self._backbone_frozen = False
         backbone = self.encoder.backbone
-        if backbone.frozen_stride:
-            backbone.freeze_to(backbone.frozen_stride)
+        backbone.freeze_to(backbone.frozen_stride)  # back to what the backbone trains
         self.train(self.training)
 
     def train(self, mode: bool = True) -> FCN:

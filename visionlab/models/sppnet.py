@@ -29,10 +29,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from visionlab.errors import VisionLabError
-from visionlab.models.backbones import STRIDES, build_backbone
+from visionlab.models.backbones import STRIDES, Backbone, build_backbone
 from visionlab.models.rcnn import (
     MULTI_STAGE_MODELS,
     RENAMED_BACKBONE_ARGS,
@@ -60,7 +60,7 @@ class SPPNet(RegionDetector):
     def __init__(
         self,
         *,
-        backbone: nn.Module,
+        backbone: Backbone,
         scales: Sequence[int],
         levels: Sequence[int],
         feature_stride: int,
@@ -78,6 +78,7 @@ class SPPNet(RegionDetector):
         self.levels = tuple(int(n) for n in levels)
         self.feature_stride = int(feature_stride)
         self.target_size = int(target_size)
+        backbone.use_up_to(self.feature_stride)  # the deeper stages never run
 
     def feature_map(self, images: Sequence[Tensor], scale: int) -> tuple[Tensor, list[float]]:
         """Conv map ``Tensor[B, C, h, w]`` of the images resized so their shorter side is

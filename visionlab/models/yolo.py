@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionlab.errors import VisionLabError
-from visionlab.models.backbones import build_backbone
+from visionlab.models.backbones import Backbone, build_backbone
 from visionlab.models.registry import register_model
 from visionlab.models.yolo_head import HEAD_KINDS, YoloHead, YoloHeadConfig
 from visionlab.models.yolo_loss import (
@@ -96,7 +96,7 @@ class YOLO(nn.Module):
     def __init__(
         self,
         *,
-        backbone: nn.Module,
+        backbone: Backbone,
         num_classes: int,
         input_size: int = 448,
         S: int = 7,
@@ -116,6 +116,7 @@ class YOLO(nn.Module):
         self.head_config, self.loss_config = head, loss or YoloLossConfig()
         self.post = post or YoloPostConfig()
         self.stride = head.feature_stride
+        backbone.use_up_to(self.stride)  # the deeper stages never run
         self.S = S if head.kind == "fc" else input_size // self.stride
         self.use_priors = anchors is not None
         priors = torch.tensor(anchors if anchors is not None else [], dtype=torch.float32)
