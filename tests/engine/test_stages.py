@@ -93,15 +93,15 @@ def _cfg(data: Path, out: Path, model: str, **extra):
 
 def test_transfer_pretrained_initialises_the_backbone(tmp_path: Path) -> None:
     # rcnn / sppnet take backbone weights only: `transfer.pretrained` is their backbone's
-    from visionlab.engine.run import _model_kwargs
+    from visionlab.engine.common import model_kwargs
     from visionlab.tasks import get_task
 
     cfg = _cfg(tmp_path, tmp_path / "run", "rcnn")
     cfg.transfer.pretrained = "classifier.pt"
     task = get_task("detection")
-    kwargs = _model_kwargs(cfg, task, ["a", "b"], resume=False)
+    kwargs = model_kwargs(cfg, task, ["a", "b"], resume=False)
     assert kwargs["pretrained_backbone"] == "classifier.pt" and "pretrained" not in kwargs
-    assert "pretrained_backbone" not in _model_kwargs(cfg, task, ["a", "b"], resume=True)
+    assert "pretrained_backbone" not in model_kwargs(cfg, task, ["a", "b"], resume=True)
 
 
 def _run_stages(cfg, resume_state=None, **kwargs):

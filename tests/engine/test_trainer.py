@@ -129,7 +129,7 @@ def test_stop_at_step_marks_the_run_interrupted() -> None:
 
 
 def test_seed_everything_and_deterministic_mode() -> None:
-    from visionlab.engine.api import seed_everything
+    from visionlab.engine.common import seed_everything
 
     was = torch.are_deterministic_algorithms_enabled()
     try:

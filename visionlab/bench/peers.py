@@ -223,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
     from visionlab.config import load_config
     from visionlab.data.datasets import load_dataset
     from visionlab.data.loader import build_loader
-    from visionlab.engine.api import make_transform, seed_everything
     from visionlab.engine.checkpoint import atomic_write
+    from visionlab.engine.common import make_transform, seed_everything
     from visionlab.models.registry import build_model
 
     torch.set_num_threads(args.threads)

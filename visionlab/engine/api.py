@@ -9,21 +9,21 @@ returned by ``load``.
 
 from __future__ import annotations
 
-import json
-import os
-import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from visionlab.config import Config, apply_overrides, from_dict, load_config
 from visionlab.engine import distributed
 from visionlab.engine.checkpoint import load_checkpoint, read_export, require_keys
+from visionlab.engine.common import (
+    TrainResult,
+    make_transform,
+    resolve_device,
+)
 from visionlab.engine.rundir import CHECKPOINT_DIR, describe_changes
 from visionlab.errors import (
     CheckpointError,
@@ -33,56 +33,6 @@ from visionlab.errors import (
     describe_class_mismatch,
 )
 from visionlab.tasks import get_task, to_device
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns: where the run lives and how it ended."""
-
-    run_dir: Path
-    step: int
-    best_metric: dict[str, Any] | None = None
-    metrics: dict[str, Any] | None = None
-    interrupted: bool = False
-    stop_signal: str | None = None
-    checkpoints: dict[str, Path] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when present (this process's GPU under torchrun), else CPU."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device: {spec!r} asked but CUDA is not available")
-        if spec == "cuda":
-            return torch.device("cuda", local_rank)
-    return torch.device(spec)
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch; ``deterministic`` asks torch for deterministic kernels
-    (warn-only: ops without one warn instead of failing) and disables cuDNN autotuning."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def make_transform(task: str, train: bool, size: int | None, augment: dict[str, Any]) -> Any:
-    """``build_transforms`` for a recipe: ``augment`` applies to training only."""
-    from visionlab.data.transforms import build_transforms
-
-    try:
-        return build_transforms(task, train, size, **(augment if train else {}))
-    except ValueError as err:
-        raise ConfigError(f"augment: {err}") from None
 
 
 def _resolve_config(
@@ -368,12 +318,3 @@ def predict(
             pred = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in pred.items()}
             results.append(_restore_size(pred, tuple(prep.shape[-2:]), tuple(orig.shape[-2:])))
     return results
-
-
-def write_eval_json(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``eval.json`` (numbers, per-class dicts) atomically."""
-    from visionlab.engine.checkpoint import atomic_write
-    from visionlab.engine.logging import to_plain
-
-    text = json.dumps(to_plain(payload), indent=2)
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))

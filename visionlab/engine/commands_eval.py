@@ -46,7 +46,8 @@ def _table(metrics: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from visionlab.engine.api import evaluate, load, resolve_device, write_eval_json
+    from visionlab.engine.api import evaluate, load, resolve_device
+    from visionlab.engine.common import write_eval_json
     from visionlab.engine.logging import to_plain
 
     model = load(args.checkpoint, resolve_device(args.device))

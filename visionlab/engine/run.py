@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,19 @@ from torch import nn
 
 from visionlab.config import Config, save_config
 from visionlab.engine import distributed
-from visionlab.engine.api import (
+from visionlab.engine.checkpoint import save_checkpoint
+from visionlab.engine.common import (
     TrainResult,
+    check_resumed,
+    checkpoint_meta,
+    load_weights,
     make_transform,
+    model_kwargs,
+    plain_build_args,
     resolve_device,
     seed_everything,
     write_eval_json,
 )
-from visionlab.engine.checkpoint import save_checkpoint
 from visionlab.engine.distributed import DistInfo
 from visionlab.engine.hooks import CheckpointHook, EvalHook, LoggingHook, UnfreezeHook
 from visionlab.engine.interrupt import StopRequest
@@ -38,7 +42,7 @@ from visionlab.engine.trainer import (
     build_scheduler,
     evaluate,
 )
-from visionlab.errors import CheckpointError, ConfigError, DataError
+from visionlab.errors import ConfigError, DataError
 from visionlab.tasks import get_task
 
 
@@ -60,54 +64,9 @@ def _augment_kwargs(augment: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _model_kwargs(cfg: Config, task: Any, classes: Sequence[str], resume: bool) -> dict[str, Any]:
-    """The builder's keyword arguments: recipe ``model_args`` + class count + transfer."""
-    from visionlab.models.registry import WEIGHT_SOURCE_KWARGS, model_info
-
-    info = model_info(cfg.model)
-    expected = "detection" if cfg.task == "instance" else cfg.task
-    if info.task not in (cfg.task, expected):
-        raise ConfigError(f"model {cfg.model!r} is a {info.task} model but task is {cfg.task!r}")
-    kwargs = dict(cfg.model_args)
-    if "num_classes" in info.args and "num_classes" not in kwargs:
-        kwargs["num_classes"] = task.num_model_classes(classes)
-    if cfg.transfer.pretrained and not resume:  # a resumed run has its weights already
-        # the model's own weights, or its backbone's for a detector that takes only those
-        weights_arg = next((k for k in WEIGHT_SOURCE_KWARGS if k in info.args), None)
-        if weights_arg is None:
-            raise ConfigError(f"transfer.pretrained: model {cfg.model!r} takes no weights file")
-        kwargs[weights_arg] = cfg.transfer.pretrained
-    if cfg.transfer.freeze != "none" and "freeze" in info.args:
-        kwargs["freeze"] = cfg.transfer.freeze
-    return kwargs
-
-
-def _plain_build_args(model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Builder kwargs that rebuild the architecture (never a weights source)."""
-    args = dict(getattr(model, "build_args", None) or kwargs)
-    args.pop("name", None)
-    args.pop("pretrained", None)
-    return args
-
-
 def _wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
-
-
-def checkpoint_meta(
-    model_args: dict[str, Any], cfg: Config, classes: Sequence[str], predicates: Sequence[str]
-) -> dict[str, Any]:
-    """The plain-data fields every checkpoint carries to rebuild its model."""
-    return {
-        "model_name": cfg.model,
-        "model_args": model_args,
-        "task": cfg.task,
-        "classes": list(classes),
-        "predicates": list(predicates),
-        "config": cfg.to_dict(),
-        "image_size": cfg.image_size,
-    }
 
 
 def _datasets(cfg: Config) -> tuple[Any, Any]:
@@ -142,29 +101,6 @@ def _datasets(cfg: Config) -> tuple[Any, Any]:
             if ds is not None:
                 ds.cache_images()
     return train_ds, val_ds
-
-
-def check_resumed(state: dict[str, Any], cfg: Config, classes: Sequence[str], path: Path) -> None:
-    """Refuse, in one line, a resumed run whose model or classes differ from ``state``'s."""
-    if state.get("model_name") != cfg.model:
-        raise CheckpointError(
-            f"{path}: was trained as {state.get('model_name')!r}, the recipe says {cfg.model!r}"
-        )
-    stored = list(state.get("classes") or [])
-    if stored and stored != list(classes):
-        from visionlab.errors import describe_class_mismatch
-
-        mismatch = describe_class_mismatch("the checkpoint", stored, "the dataset", list(classes))
-        raise CheckpointError(f"{path}: cannot resume on other classes: {mismatch}")
-
-
-def load_weights(module: nn.Module, weights: dict[str, Any], path: Path, name: str) -> None:
-    """``module.load_state_dict(weights)`` with a one-line error naming the checkpoint."""
-    try:
-        module.load_state_dict(weights)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"{path}: weights do not fit {name}: {first}") from None
 
 
 def run_training(
@@ -218,12 +154,12 @@ def run_training(
         drop_last=math.ceil(len(train_ds) / info.world_size) >= per_rank,
     )
 
-    kwargs = _model_kwargs(cfg, task, classes, resume)
+    kwargs = model_kwargs(cfg, task, classes, resume)
     # Seed right before the model exists: what ran before (rendering the built-in dataset on
     # first use, say) must not change the initial weights.
     seed_everything(cfg.seed, cfg.deterministic)
     module = build_model(cfg.model, **kwargs).to(device)
-    model_args = _plain_build_args(module, kwargs)
+    model_args = plain_build_args(module, kwargs)
     if hasattr(module, "prepare_data") and info.is_main:  # e.g. Fast R-CNN's region cache
         module.prepare_data([train_ds, val_ds], image_size=cfg.image_size)
     distributed.barrier()

@@ -34,14 +34,19 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from visionlab.config import Config, save_config
-from visionlab.engine.api import (
+from visionlab.engine.checkpoint import save_checkpoint
+from visionlab.engine.common import (
     TrainResult,
+    check_resumed,
+    checkpoint_meta,
+    load_weights,
     make_transform,
+    model_kwargs,
+    plain_build_args,
     resolve_device,
     seed_everything,
     write_eval_json,
 )
-from visionlab.engine.checkpoint import save_checkpoint
 from visionlab.engine.interrupt import StopRequest
 from visionlab.engine.rundir import CHECKPOINT_DIR, RunFolder
 from visionlab.errors import CheckpointError, ConfigError, DataError
@@ -332,13 +337,6 @@ def run_stages(
     """
     from visionlab.data.datasets import load_dataset
     from visionlab.engine.logging import MetricsLogger
-    from visionlab.engine.run import (
-        _model_kwargs,
-        _plain_build_args,
-        check_resumed,
-        checkpoint_meta,
-        load_weights,
-    )
     from visionlab.models.registry import build_model
     from visionlab.tasks import get_task
 
@@ -369,10 +367,10 @@ def run_stages(
     task = get_task("detection")
     if state is not None:
         check_resumed(state, cfg, classes, last_path)
-    kwargs = _model_kwargs(cfg, task, classes, resume)
+    kwargs = model_kwargs(cfg, task, classes, resume)
     seed_everything(cfg.seed, cfg.deterministic)
     model = build_model(cfg.model, **kwargs).to(device)
-    model_args = _plain_build_args(model, kwargs)
+    model_args = plain_build_args(model, kwargs)
     done: list[str] = []
     if state is not None:
         load_weights(model, state["model"], last_path, cfg.model)
