@@ -21,6 +21,19 @@ def _refuses_writes(folder: Path) -> bool:
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test, restored afterwards: on tiny tensors threads gain
+    little, and on a busy 2-core machine two threads per process oversubscribe it (~10x
+    slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def unwritable_dir(tmp_path: Path):
     """A folder this process cannot create files in.
 

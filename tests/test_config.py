@@ -205,3 +205,30 @@ def test_save_and_reload_round_trip(tmp_path: Path) -> None:
     save_config(cfg, tmp_path / "config.yaml")
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "yaml_text",
+    ["transfer:\n  pretrained: null\n", "transfer:\n  pretrained: ''\n", "transfer: {}\n"],
+)
+def test_transfer_pretrained_none_is_null(tmp_path: Path, yaml_text: str) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml_text)
+    assert Config().transfer.pretrained is None
+    assert load_config(recipe).transfer.pretrained is None
+    for value in ("null", "None", "''", ""):
+        assert load_config(recipe, [f"transfer.pretrained={value}"]).transfer.pretrained is None
+    path = "runs/x/checkpoints/best.pt"
+    cfg = load_config(recipe, [f"transfer.pretrained={path}"])
+    assert cfg.transfer.pretrained == path
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+    with pytest.raises(ConfigError, match=r"transfer\.pretrained: expected"):
+        load_config(recipe, ["transfer.pretrained=3"])
+
+
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).parents[1].glob("configs/*.yaml")))
+def test_recipes_load(recipe: Path) -> None:
+    cfg = load_config(recipe)
+    assert cfg.transfer.pretrained != ""
+    assert cfg.model_args.get("pretrained_backbone", None) != ""

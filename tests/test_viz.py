@@ -162,7 +162,10 @@ def test_proposals_anchors_grid_classification_sizes():
     assert grid.size == (W, H)
     px = _pixels(grid)
     assert px[5, 5, 2] < px[5, 60, 2]  # the responsible cell is tinted yellow (less blue)
-    assert (px[30, W // 4] == px[30, W // 4]).all() and _changed(grid, image)[30, W // 4]
+    # the first vertical grid line (x = W / 4) is white at alpha 200 over the grey 128 image
+    line = round(128 + (255 - 128) * 200 / 255)
+    assert px[30, W // 4].tolist() == [line] * 3
+    assert px[30, W // 4 - 1].tolist() == px[30, W // 4 + 1].tolist() == [128] * 3  # 1 px wide
     cls = draw_classification(image, [2, 0], [0.7, 0.2], CLASSES, true_label=2, min_size=None)
     assert cls.width == W and cls.height > H
     boxes = torch.tensor([[0.0, 0.0, 30.0, 30.0], [60.0, 40.0, 90.0, 60.0]])

@@ -59,9 +59,10 @@ Schema (defaults in brackets)::
     augment: dict        keyword arguments of visionlab.data.transforms.build_transforms for
                          the training split, e.g. {hflip: 0.5} [{}]
     transfer:
-      pretrained: str    checkpoint (.pt), exported dir or .safetensors to start from; the
+      pretrained: str|None  checkpoint (.pt), exported dir or .safetensors to start from;
+                         null (or "") = none, model_args decide the initial weights. The
                          classifier head is reset when the class count differs. A model
-                         without `pretrained` gets it as `pretrained_backbone` [""]
+                         without `pretrained` gets it as `pretrained_backbone` [None]
       freeze: str        none | backbone [none]
       unfreeze_after: int|None  epochs after which a frozen backbone is trained too [None]
 
@@ -81,9 +82,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visionlab.constants import TASKS
 from visionlab.errors import ConfigError
-
-TASKS = ("classification", "segmentation", "detection", "instance")
 
 
 @dataclass
@@ -133,7 +133,7 @@ class TrainConfig:
 class TransferConfig:
     """Start from trained weights, optionally with a frozen backbone for some epochs."""
 
-    pretrained: str = ""
+    pretrained: str | None = None
     freeze: str = "none"
     unfreeze_after: int | None = None
 
@@ -342,7 +342,10 @@ def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
 
 
 def validate(cfg: Config) -> Config:
-    """Check the values that types alone do not (choices and ranges)."""
+    """Check the values that types alone do not (choices and ranges); ``""`` as
+    ``transfer.pretrained`` becomes None (both say "no weights file")."""
+    if cfg.transfer.pretrained == "":
+        cfg.transfer.pretrained = None
     _choice(cfg.task, TASKS, "task")
     _choice(cfg.optim.name, ("sgd", "adamw"), "optim.name")
     _choice(cfg.schedule.name, ("cosine", "step", "constant"), "schedule.name")

@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionlab.constants import IGNORE_INDEX
 from visionlab.data.loader import collate_for
-
-IGNORE_INDEX = 255
 
 
 def to_device(obj: Any, device: torch.device | str) -> Any:
@@ -103,7 +102,8 @@ class ClassificationTask(Task):
 
 class SegmentationTask(Task):
     """Logits ``[B, K+1, H, W]`` (class 0 = background) -> per-pixel cross-entropy
-    ``loss_seg`` ignoring label 255; predictions are the per-pixel argmax ``semantic``."""
+    ``loss_seg`` ignoring label ``IGNORE_INDEX`` (255); predictions are the per-pixel argmax
+    ``semantic``."""
 
     def num_model_classes(self, classes: Sequence[str]) -> int:
         return len(classes) + 1

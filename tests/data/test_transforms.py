@@ -8,10 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
+from visionlab.constants import IGNORE_INDEX, TASKS
 from visionlab.data.transforms import (
-    IGNORE_INDEX,
     PAD_VALUE,
-    TASKS,
     build_transforms,
     drop_degenerate,
     flip_predicate_pairs,

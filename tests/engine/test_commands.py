@@ -111,6 +111,7 @@ def test_predict_from_a_path_fuses_and_leaves_a_given_model_alone(
     assert batch_norms > 0 and not getattr(model, "fused", False)
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == batch_norms
     assert visionlab.load(ckpt, fuse=True).fused
+    assert len(given) == len(from_path) == len(files) > 0
     for a, b in zip(given, from_path):
         assert torch.equal(a["labels"], b["labels"])
         torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-5)

@@ -53,12 +53,27 @@ def test_gradient_clipping_bounds_the_update() -> None:
     assert 0 < step.norm() <= 1e-4 * 1.0001  # first SGD step = lr * clipped gradient
 
 
-def test_bf16_autocast_on_cpu() -> None:
-    trainer = make_trainer(max_steps=3, amp="bf16")
+def _train_recording_dtypes(amp: str) -> tuple[object, list[torch.dtype]]:
+    """Train three steps; the dtypes of the conv's and the linear layer's outputs seen."""
+    trainer = make_trainer(max_steps=3, amp=amp)
+    seen: list[torch.dtype] = []
+    for layer in (trainer.module.conv, trainer.module.fc):
+        layer.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     trainer.train()
+    return trainer, seen
+
+
+def test_bf16_autocast_on_cpu() -> None:
+    trainer, seen = _train_recording_dtypes("bf16")
     assert trainer.step == 3
+    assert seen == [torch.bfloat16] * 6  # the forward ran under autocast, 3 steps x 2 layers
     assert all(torch.isfinite(p).all() for p in trainer.module.parameters())
-    assert all(p.dtype == torch.float32 for p in trainer.module.parameters())
+    assert all(p.dtype == torch.float32 for p in trainer.module.parameters())  # master weights
+    fp32, seen = _train_recording_dtypes("none")
+    assert seen == [torch.float32] * 6
+    # bf16 rounding shows in the loss; the same seed and data otherwise
+    bf16_loss, fp32_loss = trainer.last_losses["loss_cls"], fp32.last_losses["loss_cls"]
+    assert bf16_loss != fp32_loss and bf16_loss == pytest.approx(fp32_loss, rel=0.05)
 
 
 class _NanAt(ClassificationTask):

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from visionlab.bench.coco_eval import coco_eval_section, pycocotools_eval, synthetic_coco
+from visionlab.bench.coco_eval import pycocotools_eval, synthetic_coco
 from visionlab.errors import DataError
 from visionlab.eval.coco import STAT_KEYS, coco_evaluate, parse_ground_truth, parse_results
 from visionlab.eval.coco_engine import evaluate_arrays
@@ -183,8 +183,3 @@ def test_user_data_is_not_modified():
     coco_evaluate(gt, dt, "segm")
     coco_evaluate(gt, dt, "bbox")
     assert (repr(gt), repr(dt)) == before
-
-
-def test_bench_section_reports_equality():
-    text = coco_eval_section(n_images=30, seed=1, repeats=1)
-    assert "All 12 stats equal: yes" in text and "| pycocotools |" in text

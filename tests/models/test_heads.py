@@ -11,10 +11,11 @@ from visionlab.models.heads import (
     BoxHeadSettings,
     RoIBoxPredictor,
     batch_images,
+    decode_detections,
     fast_rcnn_loss,
-    postprocess_detections,
     sample_proposals,
 )
+from visionlab.models.postprocess import DetectionSettings
 from visionlab.models.rpn import RPN, RPNSettings, label_anchors
 from visionlab.ops import BalancedSampler, BoxCoder, Matcher, box_iou
 
@@ -69,8 +70,19 @@ def test_sample_proposals_fractions_and_iou_ranges():
     bg = best_iou[labels == 0]
     assert ((bg >= 0.1) & (bg < 0.5)).all()  # Fast R-CNN's background range
     assert reg.shape == (128, 4)
-    assert torch.allclose(reg[labels == 0], reg[labels == 0])  # finite
     assert torch.isfinite(reg).all()
+    # a foreground RoI's target decodes back onto the gt box it overlaps most, of that class
+    rois, fg = torch.cat(sampled), labels > 0
+    best_gt = box_iou(gt, rois).argmax(dim=0)
+    assert torch.equal(labels[fg], target["labels"][best_gt[fg]])
+    decoded = BoxCoder().decode(reg[fg], rois[fg])
+    assert torch.allclose(decoded, gt[best_gt[fg]], atol=1e-3)
+    # background rows' targets are unused: the box loss ignores whatever they hold
+    g = torch.Generator().manual_seed(2)
+    logits, deltas = torch.randn(128, 6, generator=g), torch.randn(128, 24, generator=g)
+    loss = fast_rcnn_loss(logits, deltas, labels, reg)["loss_box_reg"]
+    garbage = reg.masked_fill((labels == 0)[:, None], 1e3)
+    assert loss > 0 and fast_rcnn_loss(logits, deltas, labels, garbage)["loss_box_reg"] == loss
 
 
 def test_sample_proposals_few_positives_and_no_objects():
@@ -134,14 +146,13 @@ def test_rpn_loss_seeded_pin_and_empty_image():
 def test_postprocess_decodes_thresholds_and_suppresses_per_class():
     proposals = [torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 11.0, 10.0], [50, 50, 60, 60.0]])]
     probs = torch.tensor([[0.1, 0.9, 0.0], [0.2, 0.7, 0.1], [0.97, 0.01, 0.02]])
-    out = postprocess_detections(
+    out = decode_detections(
         probs.log(),
         torch.zeros(3, 12),
         proposals,
         [(40, 40)],
         box_coder=BoxCoder(),
-        score_threshold=0.05,
-        nms_threshold=0.5,
+        settings=DetectionSettings(score_thresh=0.05, nms_thresh=0.5),
     )[0]
     # box 1 (class 1) is suppressed by box 0; box 1's class 2 (0.1) survives; box 2 is
     # clipped to nothing (outside the 40 x 40 image) and dropped

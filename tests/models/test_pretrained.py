@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from visionlab.errors import CheckpointError
 from visionlab.models.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
-from visionlab.models.pretrained import hub_weights_file, load_pretrained
+from visionlab.models.pretrained import BACKBONE_PREFIX, hub_weights_file, load_pretrained
 from visionlab.models.registry import build_model
 
 
@@ -150,5 +150,9 @@ def test_backbone_only_loading(resnet18_file):
     backbone = build_backbone("resnet18", pretrained=str(path))
     assert torch.equal(backbone.layer3[0].downsample[0].weight, net.layer3[0].downsample[0].weight)
     classifier_ckpt = build_model("resnet18", num_classes=3)
-    report = load_pretrained(build_backbone("resnet18"), classifier_ckpt.state_dict())
+    state = classifier_ckpt.state_dict()
+    report = load_pretrained(build_backbone("resnet18"), state, prefix=BACKBONE_PREFIX)
     assert report.loaded and all(not k.startswith(("fc.", "backbone.")) for k in report.loaded)
+    # without the prefix a bare backbone matches none of a classifier's keys: a loud error
+    with pytest.raises(CheckpointError, match="nothing in it fits resnet18"):
+        load_pretrained(build_backbone("resnet18"), state)

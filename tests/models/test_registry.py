@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +100,87 @@ def test_renamed_args_must_map_old_names_to_arguments(monkeypatch):
         @register_model("test_renamed", task="classification", summary="x", renamed_args={"w": "x"})
         def renamed(*, width: int = 2) -> nn.Module:
             return nn.Linear(width, width)
+
+
+# ------------------------------------------------------------------------------ discovery
+
+MODELS_DIR = Path(registry.__file__).parent
+
+
+def _decorated_modules() -> set[str]:
+    """Modules of the models package whose source applies ``@register_model`` (parsed, not
+    imported)."""
+    found = set()
+    for path in MODELS_DIR.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                continue
+            for deco in node.decorator_list:
+                func = deco.func if isinstance(deco, ast.Call) else deco
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if name == "register_model":
+                    parts = path.relative_to(MODELS_DIR.parent.parent).with_suffix("").parts
+                    found.add(".".join(p for p in parts if p != "__init__"))
+    return found
+
+
+def test_discovery_imports_every_module_that_registers_models():
+    list_models()
+    decorated = _decorated_modules()
+    assert "visionlab.models.classifier" in decorated and "visionlab.models.yolo" in decorated
+    assert decorated <= set(registry._imported)
+    # every module of the package, each once, in sorted order
+    assert registry._imported == registry._package_modules(registry.MODELS_PACKAGE)
+    assert registry._imported == sorted(set(registry._imported))
+    # and what registered models is exactly what the sources decorate
+    registering = {
+        e.info.module for e in registry._REGISTRY.values() if e.info.module.startswith("visionlab.")
+    }
+    assert registering == decorated
+
+
+@pytest.fixture
+def fake_package(tmp_path, monkeypatch):
+    """A package ``vl_fake_models`` on sys.path: two modules and a sub-package, no list."""
+    root = tmp_path / "vl_fake_models"
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "sub" / "__init__.py").write_text("")
+    (root / "b_other.py").write_text("VALUE = 1\n")
+    (root / "sub" / "deep.py").write_text(
+        "from torch import nn\n"
+        "from visionlab.models.registry import register_model\n\n"
+        '@register_model("test_discovered", task="classification", summary="found")\n'
+        "def discovered(*, width: int = 2) -> nn.Module:\n"
+        "    return nn.Linear(width, width)\n"
+    )
+    (root / "a_first.py").write_text("VALUE = 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    yield root
+    for name in [n for n in sys.modules if n.split(".")[0] == "vl_fake_models"]:
+        del sys.modules[name]
+
+
+def test_discovery_finds_a_new_module_without_a_list(fake_package):
+    assert registry._package_modules("vl_fake_models") == [
+        "vl_fake_models.a_first",
+        "vl_fake_models.b_other",
+        "vl_fake_models.sub",
+        "vl_fake_models.sub.deep",
+    ]
+    imported: list[str] = []
+    registry._import_package("vl_fake_models", imported)
+    assert imported == registry._package_modules("vl_fake_models")
+    assert model_info("test_discovered").module == "vl_fake_models.sub.deep"
+    registry._import_package("vl_fake_models", imported)  # once: nothing re-imported
+    assert len(imported) == 4
+
+
+def test_discovery_surfaces_import_errors(fake_package):
+    (fake_package / "c_broken.py").write_text("import no_such_module_anywhere\n")
+    imported: list[str] = []
+    with pytest.raises(ModuleNotFoundError, match="no_such_module_anywhere"):
+        registry._import_package("vl_fake_models", imported)
+    assert "vl_fake_models.c_broken" not in imported

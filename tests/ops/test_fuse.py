@@ -59,7 +59,7 @@ def test_backbones_fuse_every_batch_norm(arch):
     [
         # any score passes, so the comparison sees many boxes
         ("yolo", {"head": "conv", "input_size": 64, "feature_stride": 8, "score_thresh": 0.0}),
-        ("faster_rcnn", {"feature_stride": 8, "box_head": {"score_threshold": 0.0}}),
+        ("faster_rcnn", {"feature_stride": 8, "score_thresh": 0.0}),
     ],
 )
 def test_detectors_predict_the_same_after_fusing(name, args):

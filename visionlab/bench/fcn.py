@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from visionlab.bench.machine import header
 from visionlab.bench.runs import recorded_metrics, recorded_training
 from visionlab.bench.sizes import SIZE_BUCKETS, bucket_names, cell, shares, size_bucket
+from visionlab.constants import IGNORE_INDEX
 from visionlab.errors import VisionLabError
 
 DEFAULT_CONFIG = "configs/fcn8s_scenes.yaml"
@@ -122,7 +123,7 @@ def _diagnostic_mious(model: nn.Module, dataset: Any, count: int) -> dict[str, f
         for width in (1, 2):
             k = 2 * width + 1
             band = F.max_pool2d(labels, k, 1, width) != -F.max_pool2d(-labels, k, 1, width)
-            evaluators[f"band{width}"].update(pred, semantic.masked_fill(band[0, 0], 255))
+            evaluators[f"band{width}"].update(pred, semantic.masked_fill(band[0, 0], IGNORE_INDEX))
     return {k: float(ev.compute()["mIoU"]) for k, ev in evaluators.items()}
 
 
@@ -130,7 +131,7 @@ def _one_hot(labels: Tensor, classes: int) -> Tensor:
     """``[N, H, W]`` labels -> ``[N, C, H, W]`` float one-hot; ignored pixels (255) all zero."""
     import torch.nn.functional as F
 
-    valid = labels != 255
+    valid = labels != IGNORE_INDEX
     onehot = F.one_hot(labels.masked_fill(~valid, 0), classes).permute(0, 3, 1, 2)
     return onehot.float() * valid[:, None]
 
@@ -205,7 +206,7 @@ def fitted_ceiling(
                 labels = torch.stack(maps[start : start + 50])  # [N, H, W]
                 for stride in strides:
                     pad = (0, -w % stride, 0, -h % stride)
-                    padded = F.pad(labels, pad, value=255)
+                    padded = F.pad(labels, pad, value=IGNORE_INDEX)
                     pooled = F.avg_pool2d(_one_hot(padded, classes), stride)
                     logits = torch.log(pooled + 0.01).requires_grad_()
                     optimizer = torch.optim.Adam([logits], lr=lr)
@@ -216,7 +217,7 @@ def fitted_ceiling(
                         if step == steps:
                             evaluators[stride].update(up[..., :h, :w].argmax(1), labels)
                             break
-                        loss = F.cross_entropy(up, padded, ignore_index=255)
+                        loss = F.cross_entropy(up, padded, ignore_index=IGNORE_INDEX)
                         optimizer.zero_grad()
                         loss.backward()
                         optimizer.step()

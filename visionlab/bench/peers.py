@@ -89,6 +89,7 @@ def torchvision_peer(ours: nn.Module, size: int) -> nn.Module:
             "canonical_scale": int(heads.canonical_size),
             "canonical_level": int(math.log2(strides[heads.canonical_level])),
         }
+    post = ours.roi_heads.detection_settings
     return FasterRCNN(
         body,
         num_classes=None,
@@ -111,9 +112,9 @@ def torchvision_peer(ours: nn.Module, size: int) -> nn.Module:
         box_roi_pool=MultiScaleRoIAlign(names, box.pool_size, 2, **pool_kwargs),
         box_head=TwoMLPHead(body.out_channels * box.pool_size**2, box.fc_width),
         box_predictor=FastRCNNPredictor(box.fc_width, heads.num_classes),
-        box_score_thresh=box.score_threshold,
-        box_nms_thresh=box.nms_threshold,
-        box_detections_per_img=box.detections_per_image,
+        box_score_thresh=post.score_thresh,
+        box_nms_thresh=post.nms_thresh,
+        box_detections_per_img=post.detections_per_img,
         box_fg_iou_thresh=box.fg_iou,
         box_bg_iou_thresh=box.fg_iou,
         box_batch_size_per_image=box.batch_size_per_image,

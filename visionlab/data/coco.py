@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from visionlab.data.check import Problems
 from visionlab.data.datasets import VisionDataset
 from visionlab.data.imageio import image_size
+from visionlab.data.problems import Problems
 from visionlab.data.records import (
     ObjectsBuilder,
     ParsedSplit,

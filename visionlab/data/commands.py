@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from visionlab.data.datasets import TASKS
+from visionlab.constants import TASKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from visionlab.data import datasets
-from visionlab.data.check import Problems
+from visionlab.data.problems import Problems
 from visionlab.data.records import ImageRecord
 from visionlab.errors import DataError, describe_class_mismatch
 from visionlab.paths import ensure_output_dir

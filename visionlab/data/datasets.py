@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from visionlab.data.check import Problems
+from visionlab.constants import TASKS
 from visionlab.data.imageio import load_image
+from visionlab.data.problems import Problems
 from visionlab.data.records import ImageRecord, ParsedSplit, record_masks, record_semantic
 from visionlab.errors import DataError, VisionLabError
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("classification", "detection", "segmentation", "instance")
 FORMATS = ("coco", "voc", "yolo", "folder")
 
 Target = dict[str, Any]

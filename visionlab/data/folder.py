@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from visionlab.data.check import Problems
 from visionlab.data.imageio import is_image_file
+from visionlab.data.problems import Problems
 from visionlab.data.records import ImageRecord, ParsedSplit
 
 _SPLIT_NAMES = ("train", "val", "valid", "validation", "test")

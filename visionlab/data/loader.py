@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-STACKED_TASKS = ("classification", "segmentation")
+from visionlab.constants import STACKED_TASKS
 
 
 def stack_collate(batch: Sequence[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, dict[str, Any]]:

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-from visionlab.data.check import Problems
+from visionlab.constants import IGNORE_INDEX
 from visionlab.data.imageio import load_label_png
+from visionlab.data.problems import Problems
 from visionlab.errors import DataError
 
-IGNORE_INDEX = 255
 # Up to this many pixels outside the image is rounding (VOC's 1-based pixels, float
 # exports): clipped without a warning.
 _CLIP_TOLERANCE = 1.0
@@ -241,7 +241,8 @@ def record_semantic(
         bad = set(semantic.unique().tolist()) - {IGNORE_INDEX, *range(num_classes + 1)}
         if bad:
             raise DataError(
-                record.class_png, f"class indices {sorted(bad)} outside 0..{num_classes} and 255"
+                record.class_png,
+                f"class indices {sorted(bad)} outside 0..{num_classes} and {IGNORE_INDEX}",
             )
         return semantic
     semantic = torch.zeros((record.height, record.width), dtype=torch.int64)

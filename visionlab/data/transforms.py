@@ -26,14 +26,13 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from visionlab.constants import IGNORE_INDEX, TASKS
 from visionlab.errors import DataError
 from visionlab.ops.boxes import clip_boxes_to_image
 
 __all__ = [
-    "IGNORE_INDEX",
     "PAD_VALUE",
     "PER_INSTANCE_KEYS",
-    "TASKS",
     "JointTransform",
     "SemanticMask",
     "build_transforms",
@@ -41,8 +40,6 @@ __all__ = [
     "flip_predicate_pairs",
 ]
 
-TASKS = ("classification", "detection", "segmentation", "instance")
-IGNORE_INDEX = 255
 # Grey used for image area that comes from outside the source image (YOLO's letterbox 114).
 PAD_VALUE = 114.0 / 255.0
 # Target fields with one row per box: filtered together when boxes are dropped.
@@ -180,7 +177,9 @@ def _wrap(image: Tensor, target: Mapping[str, Any], task: str) -> dict[str, Any]
                 where, f"semantic {tuple(semantic.shape)} does not match image {(h, w)}", "semantic"
             )
         if semantic.numel() and (semantic.min() < 0 or semantic.max() > IGNORE_INDEX):
-            raise DataError(where, "semantic values must lie in 0..255", field="semantic")
+            raise DataError(
+                where, f"semantic values must lie in 0..{IGNORE_INDEX}", field="semantic"
+            )
         sample["semantic"] = SemanticMask(semantic.to(torch.uint8))
     return sample
 

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import torch
 
-from visionlab.data.check import Problems
+from visionlab.constants import IGNORE_INDEX
 from visionlab.data.coco import leaves_folder
 from visionlab.data.datasets import VisionDataset
 from visionlab.data.imageio import IMAGE_EXTENSIONS, image_size, save_label_png
+from visionlab.data.problems import Problems
 from visionlab.data.records import (
     ImageRecord,
     ObjectsBuilder,
@@ -383,8 +384,10 @@ def _write_masks(
     for folder in ("SegmentationClass", "SegmentationObject"):
         (dst / folder).mkdir(parents=True, exist_ok=True)
     save_label_png(dst / "SegmentationClass" / f"{stem}.png", semantic, palette)
-    if len(record.labels) > 254:  # indices 1..254; 255 is the boundary value
-        notes.add("voc: images with more than 254 objects get no SegmentationObject PNG")
+    if len(record.labels) >= IGNORE_INDEX:  # indices 1..254; 255 is the boundary value
+        notes.add(
+            f"voc: images with more than {IGNORE_INDEX - 1} objects get no SegmentationObject PNG"
+        )
     elif record.has_masks or not len(record.labels):
         masks = record_masks(record)
         if masks.shape[0] and (masks.sum(0) > 1).any():

@@ -25,9 +25,9 @@ from typing import Any
 
 import yaml
 
-from visionlab.data.check import Problems
 from visionlab.data.datasets import VisionDataset
 from visionlab.data.imageio import image_size, is_image_file
+from visionlab.data.problems import Problems
 from visionlab.data.records import ImageRecord, ObjectsBuilder, ParsedSplit, record_masks
 from visionlab.errors import DataError
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from visionlab.config import Config, apply_overrides, from_dict, load_config
+from visionlab.constants import STACKED_TASKS
 from visionlab.engine import distributed
 from visionlab.engine.checkpoint import load_checkpoint, read_export, require_keys
 from visionlab.engine.common import (
@@ -57,6 +58,10 @@ def _resume_state(resume: str | Path) -> tuple[Path, dict[str, Any]]:
         raise CheckpointError(f"{resume}: nothing to resume (no {CHECKPOINT_DIR}/last.pt)")
     state = load_checkpoint(last)
     require_keys(state, last, ("model", "model_name", "config"))
+    from visionlab.models.postprocess import upgrade_model_args
+
+    config = state["config"]  # a run of an older version spells some settings the old way
+    config["model_args"] = upgrade_model_args(state["model_name"], config.get("model_args") or {})
     return last, state
 
 
@@ -140,6 +145,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, fuse: bool = F
         The model in eval mode on ``device`` with ``.task``, ``.classes``, ``.predicates``,
         ``.image_size`` and ``.meta`` (the checkpoint's plain-data fields) set.
     """
+    from visionlab.models.postprocess import upgrade_model_args
     from visionlab.models.registry import build_model
 
     path = Path(path)
@@ -153,6 +159,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, fuse: bool = F
         meta.pop(key, None)
     args = dict(meta.get("model_args") or {})
     args.pop("pretrained", None)
+    # checkpoints of older versions spell some settings the old way
+    args = upgrade_model_args(meta["model_name"], args)
+    meta["model_args"] = args
     try:
         model = build_model(meta["model_name"], **args)
     except VisionLabError as err:
@@ -307,7 +316,7 @@ def predict(
         chunk = images[start : start + batch_size]
         originals = [im if isinstance(im, Tensor) else load_image(im) for im in chunk]
         prepared = [transform(im, {})[0] for im in originals]
-        if model.task in ("classification", "segmentation"):
+        if model.task in STACKED_TASKS:
             batch: Any = torch.stack(prepared)
         else:
             batch = prepared

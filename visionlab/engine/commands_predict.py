@@ -29,6 +29,7 @@ from typing import Any
 
 from torch import Tensor
 
+from visionlab.constants import IGNORE_INDEX
 from visionlab.errors import DataError, VisionLabError
 
 # the files one record of predictions.json names (drawn image, palette mask, proposals)
@@ -190,7 +191,7 @@ def _record(
         mask_png = viz.semantic_to_palette_png(
             semantic, _unique_path(out, f"{png.stem}_mask", used)
         )
-        present = [int(v) for v in semantic.unique().tolist() if v not in (0, 255)]
+        present = [int(v) for v in semantic.unique().tolist() if v not in (0, IGNORE_INDEX)]
         record["semantic_png"] = mask_png.name
         record["classes_present"] = [classes[v - 1] for v in present if v - 1 < len(classes)]
         drawing = viz.draw_semantic(image, semantic, classes)

@@ -13,13 +13,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from visionlab.constants import IGNORE_INDEX
 from visionlab.errors import VisionLabError
 
 __all__ = ["SegmentationEvaluator", "confusion_matrix", "segmentation_scores"]
 
 
 def confusion_matrix(
-    pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = 255
+    pred: Tensor, target: Tensor, num_classes: int, ignore_index: int | None = IGNORE_INDEX
 ) -> Tensor:
     """Pixel confusion matrix (rows: ground truth, columns: prediction), by ``torch.bincount``.
 
@@ -119,7 +120,7 @@ class SegmentationEvaluator:
         self,
         num_classes: int,
         class_names: Sequence[str] | None = None,
-        ignore_index: int | None = 255,
+        ignore_index: int | None = IGNORE_INDEX,
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")

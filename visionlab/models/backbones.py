@@ -445,9 +445,9 @@ def build_backbone(
             raise VisionLabError(f"backbone {arch!r} has no `width` argument (tiny_cnn only)")
         backbone, _ = build_backbone_and_tv_net(arch)
     if pretrained not in (None, False, ""):
-        from visionlab.models.pretrained import load_pretrained
+        from visionlab.models.pretrained import BACKBONE_PREFIX, load_pretrained
 
-        load_pretrained(backbone, pretrained)
+        load_pretrained(backbone, pretrained, prefix=BACKBONE_PREFIX)
     if frozen_stride:
         backbone.freeze_to(frozen_stride)
     return backbone

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     names = list_models(args.pattern)
     if args.task is not None:
-        from visionlab.config import TASKS
+        from visionlab.constants import TASKS
 
         tasks = sorted({*TASKS, *(model_info(n).task for n in list_models())})
         if args.task not in tasks:

@@ -31,6 +31,7 @@ from visionlab.models.heads import (
     check_detection_inputs,
     settings_from,
 )
+from visionlab.models.postprocess import DetectionSettings, reject_nested_knobs
 from visionlab.models.registry import register_model
 
 __all__ = ["FastRCNN", "cached_selective_search", "fast_rcnn"]
@@ -102,6 +103,7 @@ class FastRCNN(nn.Module):
         num_classes: classes including background.
         feature_stride: stride of the shared feature map (16 = VGG16's conv5_3 in the paper).
         box_head: :class:`BoxHeadSettings`.
+        detection: test-time :class:`~visionlab.models.postprocess.DetectionSettings`.
         proposal_mode: selective search mode, ``fast`` or ``quality``.
         max_proposals: regions per image (the paper: ~2000).
         search_size: run selective search on the image enlarged (or shrunk) so its longer
@@ -115,6 +117,7 @@ class FastRCNN(nn.Module):
         num_classes: int,
         feature_stride: int = 16,
         box_head: BoxHeadSettings | None = None,
+        detection: DetectionSettings | None = None,
         proposal_mode: str = "fast",
         max_proposals: int = 2000,
         search_size: int = 0,
@@ -128,6 +131,7 @@ class FastRCNN(nn.Module):
             spatial_scale=1.0 / self.feature_stride,
             num_classes=num_classes,
             settings=box_head,
+            detection=detection,
         )
         self.proposal_mode = proposal_mode
         self.max_proposals = int(max_proposals)
@@ -237,6 +241,10 @@ def fast_rcnn(
     max_proposals: int = 2000,
     search_size: int = 0,
     box_head: dict | None = None,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+    min_size: float = 1e-2,
 ) -> FastRCNN:
     """Build Fast R-CNN.
 
@@ -256,6 +264,9 @@ def fast_rcnn(
             The scenes' 128 px images give ~130 boxes and 74% recall at IoU 0.5 as they
             are, ~220 boxes and 96% at 256 (R-CNN's setting).
         box_head: :class:`BoxHeadSettings` fields, e.g. ``{"fc_width": 256}``.
+        score_thresh, nms_thresh, detections_per_img, min_size: test time, the
+            :class:`~visionlab.models.postprocess.DetectionSettings` (the papers'
+            class-wise NMS IoU is 0.3; 0.5 is torchvision's and this default).
     """
     if pooler not in POOLERS:
         raise VisionLabError(f"fast_rcnn: pooler must be one of {POOLERS}, got {pooler!r}")
@@ -267,6 +278,7 @@ def fast_rcnn(
         raise VisionLabError(f"fast_rcnn: search_size must be a length in px >= 0: {search_size!r}")
     if num_classes < 2:
         raise VisionLabError(f"fast_rcnn: num_classes counts background, got {num_classes}")
+    reject_nested_knobs(box_head, "fast_rcnn box_head")
     box = dict(box_head or {})
     box.setdefault("pooler", pooler)
     return FastRCNN(
@@ -282,4 +294,10 @@ def fast_rcnn(
         proposal_mode=proposal_mode,
         max_proposals=max_proposals,
         search_size=search_size,
+        detection=DetectionSettings(
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            min_size=min_size,
+        ),
     )

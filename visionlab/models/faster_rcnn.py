@@ -34,6 +34,7 @@ from visionlab.models.heads import (
     check_detection_inputs,
     settings_from,
 )
+from visionlab.models.postprocess import DetectionSettings, reject_nested_knobs
 from visionlab.models.registry import register_model
 from visionlab.models.rpn import RPN, RPNSettings
 
@@ -88,6 +89,7 @@ class FasterRCNN(nn.Module):
         fpn_channels: FPN width; ``None`` = no FPN (``feature_strides`` must be one stride).
         rpn: :class:`RPNSettings`.
         box_head: :class:`BoxHeadSettings`.
+        detection: test-time :class:`~visionlab.models.postprocess.DetectionSettings`.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class FasterRCNN(nn.Module):
         fpn_channels: int | None = None,
         rpn: RPNSettings | None = None,
         box_head: BoxHeadSettings | None = None,
+        detection: DetectionSettings | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -113,6 +116,7 @@ class FasterRCNN(nn.Module):
             spatial_scale=1.0 / self.feature_strides[0],
             num_classes=num_classes,
             settings=box_head,
+            detection=detection,
         )
         if self.fpn is not None:
             # RoIs of the middle anchor size pool from the level whose anchors have that size
@@ -188,6 +192,10 @@ def faster_rcnn(
     pooler: str = "roi_align",
     rpn: dict | None = None,
     box_head: dict | None = None,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+    min_size: float = 1e-2,
 ) -> FasterRCNN:
     """Build Faster R-CNN.
 
@@ -204,11 +212,15 @@ def faster_rcnn(
         pooler: ``roi_pool`` or ``roi_align`` (overrides ``box_head["pooler"]``).
         rpn: :class:`RPNSettings` fields, e.g. ``{"anchor_sizes": [16, 32, 64]}``.
         box_head: :class:`BoxHeadSettings` fields, e.g. ``{"fc_width": 256}``.
+        score_thresh, nms_thresh, detections_per_img, min_size: test time, the
+            :class:`~visionlab.models.postprocess.DetectionSettings` (the papers'
+            class-wise NMS IoU is 0.3; 0.5 is torchvision's and this default).
     """
     if pooler not in POOLERS:
         raise VisionLabError(f"faster_rcnn: pooler must be one of {POOLERS}, got {pooler!r}")
     strides = _check_strides(fpn_strides if fpn else (feature_stride,), fpn)
     rpn_settings = settings_from(RPNSettings, rpn, "faster_rcnn rpn")
+    reject_nested_knobs(box_head, "faster_rcnn box_head")
     box = dict(box_head or {})
     box.setdefault("pooler", pooler)
     if "bg_iou_low" not in box:
@@ -228,5 +240,11 @@ def faster_rcnn(
         fpn_channels=fpn_channels if fpn else None,
         rpn=rpn_settings,
         box_head=box_settings,
+        detection=DetectionSettings(
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            min_size=min_size,
+        ),
     )
     return model

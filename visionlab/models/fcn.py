@@ -462,9 +462,9 @@ def load_fcn_weights(model: FCN, source: str) -> list[str]:
         k.startswith("encoder.") for k in state
     )
     if not is_fcn:
-        from visionlab.models.pretrained import load_pretrained
+        from visionlab.models.pretrained import BACKBONE_PREFIX, load_pretrained
 
-        load_pretrained(model.encoder.backbone, path)
+        load_pretrained(model.encoder.backbone, path, prefix=BACKBONE_PREFIX)
         if model.encoder.arch == "vgg16":
             load_vgg_fc_as_conv(model.head, str(path))
         return [k for k in model.state_dict() if not k.startswith("encoder.")]

@@ -14,11 +14,12 @@ Fast R-CNN (Girshick, ICCV 2015) defines the parts this module holds:
   suppression per class.
 
 R-CNN, SPPNet, Fast and Faster R-CNN differ only in where regions and features come from;
-they share :func:`postprocess_detections` (decode, clip, threshold, class-wise NMS), and
-Fast / Faster R-CNN share :class:`RoIBoxPredictor` (pooling + :class:`BoxHead` + sampling +
-loss). The module also holds :func:`batch_images`, the padding helper of those models. On
-CPU, training pools with :func:`visionlab.ops.roi_align_separable` (RoI Align as one matrix
-product per image: several times faster than torchvision's CPU kernel, same numbers).
+every detector ends in :func:`visionlab.models.postprocess.postprocess_detections`
+(threshold, clip, class-wise NMS), and Fast / Faster R-CNN share :class:`RoIBoxPredictor`
+(pooling + :class:`BoxHead` + sampling + loss + :func:`decode_detections`). The module
+also holds :func:`batch_images`, the padding helper of those models. On CPU, training pools
+with :func:`visionlab.ops.roi_align_separable` (RoI Align as one matrix product per image:
+several times faster than torchvision's CPU kernel, same numbers).
 """
 
 from __future__ import annotations
@@ -31,13 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionlab.errors import VisionLabError
+from visionlab.models.postprocess import DetectionSettings, postprocess_detections
 from visionlab.ops import (
     BalancedSampler,
     BoxCoder,
     Matcher,
-    batched_nms,
     box_iou,
-    clip_boxes_to_image,
     roi_align,
     roi_align_separable,
     roi_pool,
@@ -49,8 +49,8 @@ __all__ = [
     "RoIBoxPredictor",
     "batch_images",
     "check_detection_inputs",
+    "decode_detections",
     "fast_rcnn_loss",
-    "postprocess_detections",
     "sample_proposals",
 ]
 
@@ -77,9 +77,8 @@ class BoxHeadSettings:
         box_weights: :class:`BoxCoder` weights ``(wx, wy, ww, wh)``: deltas normalised to
             roughly unit variance (the paper's target normalisation).
         smooth_l1_beta: the smooth L1 transition point (1.0 in the paper).
-        score_threshold: test time, drop class scores below this.
-        nms_threshold: test time, class-wise NMS IoU (0.3 in Fast R-CNN, 0.5 is common).
-        detections_per_image: test time, keep at most this many detections.
+
+    The test-time knobs are :class:`~visionlab.models.postprocess.DetectionSettings`.
     """
 
     pooler: str = "roi_align"
@@ -92,9 +91,6 @@ class BoxHeadSettings:
     add_gt_as_proposals: bool = True
     box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     smooth_l1_beta: float = 1.0
-    score_threshold: float = 0.05
-    nms_threshold: float = 0.5
-    detections_per_image: int = 100
 
     def __post_init__(self) -> None:
         if self.pooler not in POOLERS:
@@ -311,67 +307,52 @@ def fast_rcnn_loss(
 # --------------------------------------------------------------------------- test time
 
 
-def postprocess_detections(
+def decode_detections(
     class_logits: Tensor,
     box_deltas: Tensor,
     proposals: Sequence[Tensor],
     image_sizes: Sequence[tuple[int, int]],
     *,
     box_coder: BoxCoder,
-    score_threshold: float = 0.05,
-    nms_threshold: float = 0.5,
-    detections_per_image: int = 100,
-    min_size: float = 1e-2,
+    settings: DetectionSettings,
 ) -> list[dict[str, Tensor]]:
-    """Turn per-RoI class scores and per-class deltas into detections (Fast R-CNN sec. 3).
+    """Turn per-RoI class logits and per-class deltas into detections (Fast R-CNN sec. 3).
 
-    Shared by R-CNN, SPPNet, Fast and Faster R-CNN. Per image: softmax scores; each RoI's
-    deltas for class ``k`` decoded against the RoI (:meth:`BoxCoder.decode`), clipped to
-    the image; every (RoI, class >= 1) pair scoring ``>= score_threshold`` with a box of
-    side ``>= min_size`` is a candidate; NMS per class (:func:`visionlab.ops.batched_nms`);
-    the ``detections_per_image`` best remain.
+    Per image: softmax scores; the foreground columns go to
+    :func:`~visionlab.models.postprocess.postprocess_detections`, which decodes the deltas
+    of the (RoI, class) pairs past ``settings.score_thresh`` only
+    (:meth:`BoxCoder.decode` against the RoI), clips, drops small boxes, runs the class-wise
+    NMS and keeps the best ``settings.detections_per_img``.
 
     Args:
         class_logits: ``Tensor[R, K+1]`` logits (softmax is applied here) for the RoIs of
-            all images, in image order. A model whose scores are already probabilities
-            (SVM scores, say) can pass ``log`` of them: softmax of log-probabilities that sum
-            to one returns them unchanged.
+            all images, in image order; column 0 is the background.
         box_deltas: ``Tensor[R, 4(K+1)]`` per-class deltas, or ``Tensor[R, 4]`` class-agnostic
             deltas (zeros: the RoIs themselves are the boxes).
         proposals: per image ``Tensor[R_i, 4]`` xyxy RoIs (``sum R_i = R``).
         image_sizes: per image ``(H, W)`` to clip to.
         box_coder: the coder the deltas were trained with.
-        score_threshold: drop candidates scoring below this.
-        nms_threshold: IoU of the class-wise NMS.
-        detections_per_image: keep at most this many per image (best first).
-        min_size: drop boxes narrower or lower than this (pixels).
+        settings: :class:`~visionlab.models.postprocess.DetectionSettings`.
 
     Returns:
         Per image ``{"boxes": Tensor[N, 4] xyxy, "labels": Tensor[N] int64 in 1..K,
         "scores": Tensor[N]}``, by decreasing score.
     """
     counts = [len(p) for p in proposals]
-    num_classes = class_logits.shape[1]
     scores_all = F.softmax(class_logits.float(), dim=-1)
-    if box_deltas.shape[1] == 4:  # class-agnostic deltas: the same box for every class
-        box_deltas = box_deltas.repeat(1, num_classes)
-    all_props = torch.cat(list(proposals)) if proposals else box_deltas.new_zeros((0, 4))
-    if all_props.numel():
-        decoded = box_coder.decode(box_deltas.float(), all_props.float())
-    else:
-        decoded = box_deltas.float().new_zeros((0, 4 * num_classes))
+    sets = box_deltas.shape[1] // 4  # K + 1 per-class sets, or 1 class-agnostic
+    per_class = sets > 1
     results = []
-    for scores, boxes, size in zip(scores_all.split(counts), decoded.split(counts), image_sizes):
-        boxes = clip_boxes_to_image(boxes.reshape(-1, num_classes, 4), size)
-        labels = torch.arange(num_classes, device=scores.device).expand_as(scores)
-        # drop the background column, then flatten (RoI, class) pairs
-        boxes, scores, labels = boxes[:, 1:].reshape(-1, 4), scores[:, 1:], labels[:, 1:]
-        scores, labels = scores.reshape(-1), labels.reshape(-1)
-        wh = boxes[:, 2:] - boxes[:, :2]
-        keep = torch.where((scores >= score_threshold) & (wh.min(dim=1).values >= min_size))[0]
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = batched_nms(boxes, scores, labels, nms_threshold)[:detections_per_image]
-        results.append({"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]})
+    for scores, deltas, rois, size in zip(
+        scores_all.split(counts), box_deltas.float().split(counts), proposals, image_sizes
+    ):
+        deltas = deltas.reshape(len(rois), sets, 4)
+
+        def decode(rows: Tensor, labels: Tensor, deltas=deltas, rois=rois) -> Tensor:
+            picked = deltas[rows, labels] if per_class else deltas[rows, 0]
+            return box_coder.decode(picked, rois[rows].float())
+
+        results.append(postprocess_detections(scores[:, 1:], decode, size, settings))
     return results
 
 
@@ -397,6 +378,7 @@ class RoIBoxPredictor(nn.Module):
         spatial_scale: feature cells per image pixel (``1 / stride``).
         num_classes: classes including background.
         settings: :class:`BoxHeadSettings`.
+        detection: test-time :class:`~visionlab.models.postprocess.DetectionSettings`.
     """
 
     def __init__(
@@ -406,9 +388,11 @@ class RoIBoxPredictor(nn.Module):
         spatial_scale: float,
         num_classes: int,
         settings: BoxHeadSettings | None = None,
+        detection: DetectionSettings | None = None,
     ) -> None:
         super().__init__()
         self.settings = s = settings or BoxHeadSettings()
+        self.detection_settings = detection or DetectionSettings()
         self.spatial_scale = float(spatial_scale)
         self.num_classes = int(num_classes)
         self.head = BoxHead(
@@ -512,16 +496,13 @@ class RoIBoxPredictor(nn.Module):
         proposals: Sequence[Tensor],
         image_sizes: Sequence[tuple[int, int]],
     ) -> list[dict[str, Tensor]]:
-        """Decode, threshold and class-wise NMS with this head's settings (see
-        :func:`postprocess_detections`); the last step of eval-mode :meth:`forward`."""
-        s = self.settings
-        return postprocess_detections(
+        """Decode, threshold and class-wise NMS with :attr:`detection_settings` (see
+        :func:`decode_detections`); the last step of eval-mode :meth:`forward`."""
+        return decode_detections(
             logits,
             deltas,
             proposals,
             image_sizes,
             box_coder=self.box_coder,
-            score_threshold=s.score_threshold,
-            nms_threshold=s.nms_threshold,
-            detections_per_image=s.detections_per_image,
+            settings=self.detection_settings,
         )

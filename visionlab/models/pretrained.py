@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # Our classifiers: ``backbone.*`` (the conv trunk), ``pre_logits.*`` (AlexNet/VGG fc6-fc7,
 # MobileNet's 1024-wide layer), ``fc.*`` (the head). Rules rename a file's keys onto
 # those names; keys already in our naming match no rule and pass unchanged.
+BACKBONE_PREFIX = "backbone."  # a bare Backbone's names are the classifier's without it
 _TV_SEQUENTIAL = [(r"^features\.", "backbone.features.")]
 KEY_RULES: dict[str, list[tuple[str, str]]] = {
     "tiny_cnn": [(r"^(stem|stages)\.", r"backbone.\1.")],
@@ -276,6 +277,7 @@ def load_pretrained(
     source: bool | str | Path | Mapping[str, Tensor],
     *,
     classes: Sequence[str] | None = None,
+    prefix: str = "",
 ) -> LoadReport:
     """Load weights into a classifier (``backbone``/``pre_logits``/``fc``) or a backbone.
 
@@ -286,6 +288,10 @@ def load_pretrained(
             weights name for the torch hub cache, or an in-memory state dict.
         classes: the class names the model will learn. A visionlab checkpoint trained on
             other classes then leaves the head fresh even when the count is the same.
+        prefix: where ``model``'s tensors sit in a classifier's state dict: ``""`` for a
+            classifier, :data:`BACKBONE_PREFIX` for a bare backbone (the file's
+            ``backbone.*`` tensors load without the prefix; ``pre_logits.*`` and ``fc.*``
+            are left out).
 
     Returns:
         A :class:`LoadReport` (also logged).
@@ -294,8 +300,6 @@ def load_pretrained(
         CheckpointError: missing or unreadable file, nothing in it matching, or backbone
             tensors missing or of another shape (a file of another architecture).
     """
-    from visionlab.models.backbones import Backbone
-
     arch = getattr(model, "arch", "")
     if not arch:
         raise CheckpointError(f"{type(model).__name__} has no `arch`: cannot load weights into it")
@@ -307,9 +311,9 @@ def load_pretrained(
         name = str(path)
         state, meta = read_state_dict(path)
     state = convert_keys(state, arch)
-    only_backbone = isinstance(model, Backbone)
-    if only_backbone:  # our backbone's own names are the classifier's without "backbone."
-        state = {k.removeprefix("backbone."): v for k, v in state.items()}
+    only_backbone = bool(prefix)
+    if only_backbone:  # the backbone's own names are the classifier's without the prefix
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "pre_logits."))}
 
     other = meta.get("model_name")

@@ -25,7 +25,8 @@ The paper's pipeline, as this module follows it:
 - appendix C: class-specific ridge regression from pool5 features to box deltas, trained on
   proposals with IoU > 0.6.
 - section 2.2 "Test-time detection": score every region with every SVM, then greedy
-  non-maximum suppression per class (IoU 0.3).
+  non-maximum suppression per class (IoU 0.3), by the post-processor of every detector
+  (:func:`visionlab.models.postprocess.postprocess_detections`).
 
 The stages (fine-tune, extract features, fit SVMs, fit box regressors) run in
 :mod:`visionlab.engine.stages`; this module holds the model and its two modes: training mode
@@ -47,13 +48,17 @@ from torch import Tensor, nn
 from visionlab.errors import VisionLabError
 from visionlab.models.backbones import IMAGENET_MEAN, build_backbone
 from visionlab.models.heads import sample_proposals, settings_from
+from visionlab.models.postprocess import (
+    DetectionSettings,
+    postprocess_detections,
+    reject_nested_knobs,
+)
 from visionlab.models.registry import register_model
 from visionlab.models.svm import SVMSettings
 from visionlab.ops import (
     BalancedSampler,
     BoxCoder,
     Matcher,
-    batched_nms,
     clip_boxes_to_image,
     roi_align,
     selective_search,
@@ -147,21 +152,15 @@ class BoxRegSettings:
 
 @dataclass
 class TestSettings:
-    """Test-time detection (R-CNN sec. 2.2).
+    """Test-time detection (R-CNN sec. 2.2); the thresholds are the model's
+    :class:`~visionlab.models.postprocess.DetectionSettings`.
 
     Attributes:
         box_regression: apply the fitted box regressors.
-        score_threshold: drop detections scoring below this (scores are ``sigmoid`` of
-            the SVM margins, or softmax probabilities before the SVMs are fitted).
-        nms_threshold: class-wise NMS IoU (0.3 in R-CNN).
-        detections_per_image: keep at most this many.
         chunk: regions per forward pass of the CNN (memory bound of R-CNN's warped crops).
     """
 
     box_regression: bool = True
-    score_threshold: float = 0.05
-    nms_threshold: float = 0.3
-    detections_per_image: int = 100
     chunk: int = 512
 
 
@@ -220,6 +219,9 @@ class RegionDetector(nn.Module):
         fc_width: width of fc6 and fc7.
         dropout: dropout after fc6 and fc7 (0.5 in the paper).
         proposals / finetune / svm / box_reg / test: settings dataclasses.
+        detection: test-time :class:`~visionlab.models.postprocess.DetectionSettings`
+            (scores are ``sigmoid`` of the SVM margins, or softmax probabilities before the
+            SVMs are fitted).
 
     Buffers (in the state dict): ``svm_weight [C, fc_width]``, ``svm_bias [C]``,
     ``svm_scale []`` (feature scaling), ``svm_fitted []``; ``bbox_weight [C, pool_dim + 1,
@@ -239,6 +241,7 @@ class RegionDetector(nn.Module):
         svm: SVMSettings,
         box_reg: BoxRegSettings,
         test: TestSettings,
+        detection: DetectionSettings,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -262,6 +265,7 @@ class RegionDetector(nn.Module):
         self.svm_settings = svm
         self.box_reg_settings = box_reg
         self.test_settings = test
+        self.detection_settings = detection
         self.box_coder = BoxCoder(weights=BOX_CODER_WEIGHTS)
         c = num_classes - 1
         self.register_buffer("svm_weight", torch.zeros(c, fc_width))
@@ -368,11 +372,9 @@ class RegionDetector(nn.Module):
             fc7 = self.fc_features(pooled)
             t_feat = time.perf_counter()
             scores = self.class_scores(fc7)
-            refined = clip_boxes_to_image(
-                self.regress_boxes(pooled, boxes).reshape(-1, 4), tuple(image.shape[-2:])
-            ).view(scores.shape[0], -1, 4)
+            refined = self.regress_boxes(pooled, boxes)
             t_cls = time.perf_counter()
-            out = self.postprocess(refined, scores)
+            out = self.postprocess(refined, scores, tuple(image.shape[-2:]))
             t_nms = time.perf_counter()
             if self.return_proposals:
                 out["proposals"] = boxes
@@ -385,22 +387,19 @@ class RegionDetector(nn.Module):
             self.timing.images += 1
         return results
 
-    def postprocess(self, boxes: Tensor, scores: Tensor) -> dict[str, Tensor]:
-        """Threshold, class-wise greedy NMS, best ``detections_per_image``.
+    def postprocess(
+        self, boxes: Tensor, scores: Tensor, image_size: tuple[int, int] | None = None
+    ) -> dict[str, Tensor]:
+        """Clip, threshold, class-wise greedy NMS, best ``detections_per_img``: the one
+        post-processor (:func:`~visionlab.models.postprocess.postprocess_detections`) with
+        :attr:`detection_settings`.
 
         Args:
             boxes: ``Tensor[K, C, 4]`` per-class boxes of the K regions.
             scores: ``Tensor[K, C]``.
+            image_size: ``(H, W)`` to clip to; None when the boxes are clipped already.
         """
-        s = self.test_settings
-        c = scores.shape[1]
-        labels = torch.arange(1, c + 1, device=scores.device).expand_as(scores)
-        boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
-        wh = boxes[:, 2:] - boxes[:, :2]
-        keep = (scores >= s.score_threshold) & (wh > 1e-2).all(dim=1)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = batched_nms(boxes, scores, labels, s.nms_threshold)[: s.detections_per_image]
-        return {"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]}
+        return postprocess_detections(scores, boxes, image_size, self.detection_settings)
 
     def reset_timing(self) -> None:
         self.timing = _Timing()
@@ -449,6 +448,7 @@ def region_settings(
     where: str,
 ) -> dict:
     """The settings dataclasses of a :class:`RegionDetector` from plain dicts (a recipe)."""
+    reject_nested_knobs(test, f"{where} test")
     return {
         "proposals": settings_from(ProposalSettings, proposals, f"{where}.proposals"),
         "finetune": settings_from(FinetuneSettings, finetune, f"{where}.finetune"),
@@ -479,6 +479,10 @@ def rcnn(
     svm: dict | None = None,
     box_reg: dict | None = None,
     test: dict | None = None,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.3,
+    detections_per_img: int = 100,
+    min_size: float = 1e-2,
 ) -> RCNN:
     """R-CNN on a visionlab backbone.
 
@@ -496,6 +500,9 @@ def rcnn(
         proposals, finetune, svm, box_reg, test: dicts of :class:`ProposalSettings`,
             :class:`FinetuneSettings`, :class:`~visionlab.models.svm.SVMSettings`,
             :class:`BoxRegSettings`, :class:`TestSettings` fields.
+        score_thresh, nms_thresh, detections_per_img, min_size: test time, the
+            :class:`~visionlab.models.postprocess.DetectionSettings` (NMS IoU 0.3 as in
+            the paper).
 
     The old names ``width`` and ``pretrained`` still work (:data:`RENAMED_BACKBONE_ARGS`).
     """
@@ -508,6 +515,12 @@ def rcnn(
         fc_width=fc_width,
         dropout=dropout,
         **region_settings(proposals, finetune, svm, box_reg, test, "rcnn"),
+        detection=DetectionSettings(
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            min_size=min_size,
+        ),
     )
 
 

@@ -1,9 +1,11 @@
 """The model registry: ``@register_model`` builders, ``build_model(name, **kwargs)``,
 ``list_models(pattern)`` and ``model_info(name)`` (the timm factory, in miniature).
 
-Builders live in their own modules and register themselves when imported. The registry
-imports the modules named in :data:`MODEL_MODULES` the first time a name is listed or
-built, so ``import visionlab`` stays light; a new family of models adds its module there.
+Builders live in their own modules and register themselves when imported. The first time
+a name is listed or built, the registry imports every module of the :mod:`visionlab.models`
+package (sub-packages too), once each, in sorted order, so ``import visionlab`` stays light
+and a new family of models needs no list to be added to. An import error in any of them
+surfaces: a model must never be silently missing.
 
 Every model that :func:`build_model` returns carries two attributes:
 
@@ -25,6 +27,7 @@ import fnmatch
 import importlib
 import inspect
 import logging
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,16 +36,8 @@ from torch import nn
 
 from visionlab.errors import VisionLabError
 
-# Modules whose import registers models. Later model families append their module here.
-MODEL_MODULES: list[str] = [
-    "visionlab.models.classifier",
-    "visionlab.models.fcn",
-    "visionlab.models.rcnn",
-    "visionlab.models.sppnet",
-    "visionlab.models.fast_rcnn",
-    "visionlab.models.faster_rcnn",
-    "visionlab.models.yolo",
-]
+# The package whose modules are imported for their @register_model builders.
+MODELS_PACKAGE = "visionlab.models"
 
 # Builder keyword arguments that say where initial weights come from, not what the model
 # is; they are left out of ``build_args`` (a checkpoint already holds the weights).
@@ -77,7 +72,8 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {}
-_imported: set[str] = set()
+_imported: list[str] = []  # the modules discovery imported, in import order
+_discovered = False  # every module imported (an import error leaves it False: retried)
 
 
 def register_model(
@@ -116,11 +112,32 @@ def register_model(
     return decorator
 
 
-def _import_model_modules() -> None:
-    for module in list(MODEL_MODULES):
-        if module not in _imported:
+def _package_modules(package: str) -> list[str]:
+    """Sorted names of every module of ``package`` and of its sub-packages (each
+    sub-package is imported to find its modules)."""
+    path = importlib.import_module(package).__path__
+    names = []
+    for info in pkgutil.iter_modules(path, prefix=f"{package}."):
+        names.append(info.name)
+        if info.ispkg:
+            names += _package_modules(info.name)
+    return sorted(names)
+
+
+def _import_package(package: str, imported: list[str]) -> None:
+    """Import every module of ``package`` not yet in ``imported``, in sorted order, and
+    append it there. Errors propagate: a module that fails to import is not skipped."""
+    for module in _package_modules(package):
+        if module not in imported:
             importlib.import_module(module)
-            _imported.add(module)
+            imported.append(module)
+
+
+def _import_model_modules() -> None:
+    global _discovered
+    if not _discovered:
+        _import_package(MODELS_PACKAGE, _imported)
+        _discovered = True
 
 
 def _entry(name: str) -> _Entry:

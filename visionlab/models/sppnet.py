@@ -33,6 +33,7 @@ from torch import Tensor
 
 from visionlab.errors import VisionLabError
 from visionlab.models.backbones import STRIDES, Backbone, build_backbone
+from visionlab.models.postprocess import DetectionSettings
 from visionlab.models.rcnn import (
     MULTI_STAGE_MODELS,
     RENAMED_BACKBONE_ARGS,
@@ -161,6 +162,10 @@ def sppnet(
     svm: dict | None = None,
     box_reg: dict | None = None,
     test: dict | None = None,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.3,
+    detections_per_img: int = 100,
+    min_size: float = 1e-2,
 ) -> SPPNet:
     """SPPNet detector on a visionlab backbone.
 
@@ -174,6 +179,7 @@ def sppnet(
         target_size: multi-scale window side to aim for (224 in the paper).
         fc_width, dropout: fc6 / fc7.
         proposals, finetune, svm, box_reg, test: settings dicts, as for ``rcnn``.
+        score_thresh, nms_thresh, detections_per_img, min_size: test time, as for ``rcnn``.
 
     The old names ``width`` and ``pretrained`` still work, as for ``rcnn``.
     """
@@ -188,6 +194,12 @@ def sppnet(
         fc_width=fc_width,
         dropout=dropout,
         **region_settings(proposals, finetune, svm, box_reg, test, "sppnet"),
+        detection=DetectionSettings(
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            min_size=min_size,
+        ),
     )
 
 

@@ -11,7 +11,9 @@ linear layer, dropout 0.5 after the first fully connected layer (Sec. 2.2). Trai
 loss (responsible predictor, lambda_coord, lambda_noobj, square roots, IoU targets) are in
 :mod:`visionlab.models.yolo_loss`. At test time the class-specific confidence of each box is
 ``Pr(class | object) * confidence`` (Sec. 2, eq. 2); boxes under ``score_thresh`` are dropped
-and class-wise non-maximum suppression removes duplicates (Sec. 2.3).
+and class-wise non-maximum suppression removes duplicates (Sec. 2.3): the post-processor of
+every detector, :func:`visionlab.models.postprocess.postprocess_detections`, which decodes
+only the boxes past the threshold.
 
 Options beyond v1, off by default, from Redmon and Farhadi, "YOLO9000: Better, Faster,
 Stronger", CVPR 2017, Sec. 2:
@@ -36,7 +38,6 @@ when turned into scores.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,7 @@ from torch import Tensor, nn
 
 from visionlab.errors import VisionLabError
 from visionlab.models.backbones import Backbone, build_backbone
+from visionlab.models.postprocess import DetectionSettings, postprocess_detections
 from visionlab.models.registry import register_model
 from visionlab.models.yolo_head import HEAD_KINDS, YoloHead, YoloHeadConfig
 from visionlab.models.yolo_loss import (
@@ -55,22 +57,8 @@ from visionlab.models.yolo_loss import (
     yolo_v1_loss,
 )
 
-
-@dataclass(frozen=True)
-class YoloPostConfig:
-    """Test-time filtering (Sec. 2.3).
-
-    Attributes:
-        score_thresh: class-specific confidences below this are dropped.
-        nms_thresh: IoU of class-wise non-maximum suppression.
-        pre_nms_topk: best (box, class) pairs kept per image before NMS.
-        detections_per_img: at most this many boxes per image.
-    """
-
-    score_thresh: float = 0.005
-    nms_thresh: float = 0.5
-    pre_nms_topk: int = 1000
-    detections_per_img: int = 100
+# Best (box, class) pairs kept per image before NMS (DetectionSettings.topk_candidates).
+TOPK_CANDIDATES = 1000
 
 
 class YOLO(nn.Module):
@@ -83,7 +71,8 @@ class YOLO(nn.Module):
             mapped back to each image's own pixels.
         S: cells per side (``fc`` head; ``conv`` heads have ``input_size / feature_stride``).
         B: boxes per cell (the number of priors when ``anchors`` is given).
-        head, loss, post: :class:`YoloHeadConfig`, ``YoloLossConfig``, :class:`YoloPostConfig`.
+        head, loss: :class:`YoloHeadConfig`, ``YoloLossConfig``.
+        detection: test-time :class:`~visionlab.models.postprocess.DetectionSettings`.
         anchors: ``[[w, h]] * B`` prior sizes in input pixels (YOLO9000), or None (v1).
         multiscale: training input sizes (multiples of ``feature_stride``), or None.
         multiscale_every: training batches between two size draws (10 in YOLO9000).
@@ -103,7 +92,7 @@ class YOLO(nn.Module):
         B: int = 2,
         head: YoloHeadConfig | None = None,
         loss: YoloLossConfig | None = None,
-        post: YoloPostConfig | None = None,
+        detection: DetectionSettings | None = None,
         anchors: Sequence[Sequence[float]] | None = None,
         multiscale: Sequence[int] | None = None,
         multiscale_every: int = 10,
@@ -114,7 +103,9 @@ class YOLO(nn.Module):
         self.num_classes = num_classes - 1  # C, foreground
         self.input_size, self.B = input_size, B
         self.head_config, self.loss_config = head, loss or YoloLossConfig()
-        self.post = post or YoloPostConfig()
+        self.detection_settings = detection or DetectionSettings(
+            score_thresh=0.005, min_size=0.0, topk_candidates=TOPK_CANDIDATES
+        )
         self.stride = head.feature_stride
         backbone.use_up_to(self.stride)  # the deeper stages never run
         self.S = S if head.kind == "fc" else input_size // self.stride
@@ -248,9 +239,8 @@ class YOLO(nn.Module):
     def postprocess(
         self, grid: dict[str, Tensor], image_sizes: list[tuple[int, int]], size: int
     ) -> list[dict[str, Tensor]]:
-        """Class-specific confidences, threshold, class-wise NMS, boxes to image pixels."""
-        from visionlab.ops.boxes import batched_nms, clip_boxes_to_image
-
+        """Class-specific confidences (eq. 2), then the one post-processor; only the boxes
+        past the threshold are decoded, straight to each image's pixels."""
         n, S = grid["params"].shape[:2]
         B, C = self.B, self.num_classes
         params = grid["params"].reshape(n, S * S * B, 4)
@@ -260,37 +250,30 @@ class YOLO(nn.Module):
         else:  # one class distribution per cell, shared by its B boxes
             probs = grid["classes"].clamp(0, 1).reshape(n, S * S, 1, C).expand(n, S * S, B, C)
             probs = probs.reshape(n, S * S * B, C)
-        scores = probs * conf  # Pr(class | object) * Pr(object) * IoU, eq. 2
+        scores = probs * conf  # [n, S * S * B, C]: Pr(class | object) * Pr(object) * IoU
         priors = self.priors * (size / self.input_size) if self.use_priors else None
         outputs = []
         for i, (h, w) in enumerate(image_sizes):
-            flat = scores[i].flatten()
-            keep = (flat > self.post.score_thresh).nonzero().squeeze(1)
-            if keep.numel() > self.post.pre_nms_topk:
-                keep = keep[flat[keep].topk(self.post.pre_nms_topk).indices]
-            box_index, labels = keep // C, keep % C + 1
-            cell = box_index // B
-            cells = torch.stack([cell // S, cell % S], 1)  # (row, col)
-            # decode only the boxes that passed the threshold (a few of the S * S * B)
-            if priors is not None:
-                decoded = decode_prior(
-                    params[i, box_index], priors[box_index % B], (size, size), cells=cells, S=S
-                )
-            else:
-                decoded = decode_v1(params[i, box_index], (size, size), cells=cells, S=S)
-            kept_boxes = clip_boxes_to_image(decoded, (size, size))
-            kept_scores = flat[keep]
-            nms_keep = batched_nms(kept_boxes, kept_scores, labels, self.post.nms_thresh)
-            nms_keep = nms_keep[: self.post.detections_per_img]
-            scale = kept_boxes.new_tensor([w / size, h / size, w / size, h / size])
-            out = {
-                "boxes": kept_boxes[nms_keep] * scale,
-                "labels": labels[nms_keep],
-                "scores": kept_scores[nms_keep],
-            }
+            scale = params.new_tensor([w / size, h / size, w / size, h / size])
+
+            def decode(rows: Tensor, labels: Tensor, i: int = i, scale: Tensor = scale) -> Tensor:
+                cell = rows // B
+                cells = torch.stack([cell // S, cell % S], 1)  # (row, col)
+                if priors is not None:
+                    boxes = decode_prior(
+                        params[i, rows], priors[rows % B], (size, size), cells=cells, S=S
+                    )
+                else:
+                    boxes = decode_v1(params[i, rows], (size, size), cells=cells, S=S)
+                return boxes * scale  # input pixels -> this image's pixels
+
+            out = postprocess_detections(
+                scores[i], decode, (h, w), self.detection_settings, return_indices=True
+            )
+            cell = out.pop("indices") // B
             if self.return_grid:
                 out["grid_size"] = S
-                out["cells"] = cells[nms_keep]
+                out["cells"] = torch.stack([cell // S, cell % S], 1)
             outputs.append(out)
         return outputs
 
@@ -325,6 +308,7 @@ def yolo(
     score_thresh: float = 0.005,
     nms_thresh: float = 0.5,
     detections_per_img: int = 100,
+    min_size: float = 0.0,
 ) -> YOLO:
     """YOLO v1 by default (S=7, B=2, fully connected head, 448 px input).
 
@@ -332,6 +316,9 @@ def yolo(
     be nothing else); ``B`` defaults to 2, or to the number of ``anchors``. See :class:`YOLO`
     and the module docstring for the options. ``frozen_stride`` freezes the pretrained
     backbone up to that stride's map (:meth:`Backbone.freeze_to`; ultralytics' ``freeze``).
+    ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``min_size`` are the test-time
+    :class:`~visionlab.models.postprocess.DetectionSettings` (at most 1000 candidates enter
+    the NMS).
     """
     if head not in HEAD_KINDS:
         raise VisionLabError(f"yolo: head must be one of {HEAD_KINDS}, got {head!r}")
@@ -393,8 +380,12 @@ def yolo(
             dropout=dropout,
         ),
         loss=YoloLossConfig(lambda_coord=lambda_coord, lambda_noobj=lambda_noobj),
-        post=YoloPostConfig(
-            score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img
+        detection=DetectionSettings(
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            min_size=min_size,
+            topk_candidates=TOPK_CANDIDATES,
         ),
         anchors=anchors,
         multiscale=multiscale,

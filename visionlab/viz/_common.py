@@ -10,6 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from visionlab.constants import IGNORE_INDEX
 from visionlab.errors import VisionLabError
 
 Color = tuple[int, int, int]
@@ -44,7 +45,7 @@ def voc_palette() -> tuple[Color, ...]:
             b |= ((c >> 2) & 1) << shift
             c >>= 3
         colors.append((r, g, b))
-    colors[255] = IGNORE_COLOR
+    colors[IGNORE_INDEX] = IGNORE_COLOR
     return tuple(colors)
 
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from visionlab.constants import IGNORE_INDEX
 from visionlab.errors import VisionLabError
 from visionlab.viz._common import (
     blend_label_map,
@@ -33,8 +34,10 @@ def _check_semantic(semantic: Tensor) -> Tensor:
         raise VisionLabError(
             f"semantic must be an integer [H, W] map, got {sem.dtype} {tuple(sem.shape)}"
         )
-    if sem.numel() and (sem.min() < 0 or sem.max() > 255):
-        raise VisionLabError("semantic labels must lie in 0..255 (255 = ignore)")
+    if sem.numel() and (sem.min() < 0 or sem.max() > IGNORE_INDEX):
+        raise VisionLabError(
+            f"semantic labels must lie in 0..{IGNORE_INDEX} ({IGNORE_INDEX} = ignore)"
+        )
     return sem.to(torch.uint8)
 
 
@@ -66,7 +69,7 @@ def draw_semantic(
         _, font_size = style_for(pil)
         y = 2
         for v in present:
-            name = "ignore" if v == 255 else class_name(v, class_names, 1)
+            name = "ignore" if v == IGNORE_INDEX else class_name(v, class_names, 1)
             y += draw_label(draw, (2, y), name, palette[v], font_size, anchor_above=False) + 2
     return pil
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -26,25 +27,33 @@ def test_random_windows_lie_in_the_image_with_the_stated_sizes():
 
 
 class _Recorder:
-    """Stands in for a region detector: records the windows it was given."""
+    """Stands in for a region detector: records the windows it was given; its fc step takes
+    ``ms_per_window`` per window plus ``ms_fixed`` (slept, so never less)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ms_per_window: float, ms_fixed: float) -> None:
         self.seen: list[torch.Tensor] = []
+        self.ms_per_window, self.ms_fixed = ms_per_window, ms_fixed
 
     def pool_features(self, images, boxes):
         self.seen.append(boxes[0])
         return torch.zeros(len(boxes[0]), 2)
 
     def fc_features(self, pooled):
+        time.sleep((self.ms_fixed + self.ms_per_window * len(pooled)) / 1000)
         return pooled
 
 
 def test_time_windows_gives_both_models_the_same_windows():
-    models = {"rcnn": _Recorder(), "sppnet": _Recorder()}
+    models = {"rcnn": _Recorder(2.0, 0.0), "sppnet": _Recorder(0.0, 5.0)}
     dataset = [(torch.rand(3, 64, 80), {}) for _ in range(3)]
     out = bench.time_windows(models, dataset, [5, 20], images=2)
     assert set(out) == {"rcnn", "sppnet"} and set(out["rcnn"]) == {5, 20}
-    assert all(v >= 0 for m in out.values() for v in m.values())
+    # ms per image of each model's own features step: at least the time slept, and under
+    # twice that (a sum over the images, or another model's time, would reach it)
+    expected = {"rcnn": {5: 10.0, 20: 40.0}, "sppnet": {5: 5.0, 20: 5.0}}
+    for name, per_count in expected.items():
+        for count, ms in per_count.items():
+            assert ms <= out[name][count] < 2 * ms, (name, count, out[name][count])
     rc, sp = models["rcnn"].seen, models["sppnet"].seen
     assert [len(b) for b in rc] == [5, 20, 5, 20]  # 2 images x 2 counts
     assert all(torch.equal(a, b) for a, b in zip(rc, sp))

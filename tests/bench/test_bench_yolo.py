@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -42,14 +43,21 @@ def test_recipes_of_different_image_sizes_are_refused() -> None:
 def test_timings_run_each_model_on_a_block_in_a_row_then_interleaved() -> None:
     calls: list[tuple[str, int]] = []
 
-    def model(name: str):
-        return lambda batch: calls.append((name, int(batch[0].item())))
+    def model(name: str, ms: float):
+        def predict(batch):
+            calls.append((name, int(batch[0].item())))
+            time.sleep(ms / 1000)
+
+        return predict
 
     images = [torch.tensor(float(i)) for i in range(3)]
-    models = {"a": model("a"), "b": model("b")}
+    models = {"a": model("a", 2.0), "b": model("b", 6.0)}
     blocked, interleaved = bench._timings(models, images, repeats=2, block=2)
     assert set(blocked) == set(interleaved) == {"a", "b"}
-    assert all(v >= 0 for v in (*blocked.values(), *interleaved.values()))
+    # median ms per image: at least the time slept, and under twice that (a sum over the
+    # images, seconds for milliseconds, or one model's time booked to the other fall outside)
+    for times in (blocked, interleaved):
+        assert 2.0 <= times["a"] < 4.0 and 6.0 <= times["b"] < 12.0, times
     one_repeat = [
         *[("a", 0), ("a", 0), ("a", 1)],  # warm-up, then a's block
         *[("b", 0), ("b", 0), ("b", 1)],
