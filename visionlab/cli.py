@@ -71,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=prog, description=module.__doc__)
     module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    # options may come between positional arguments (`train RECIPE --overwrite k=v`), except
+    # in a command with sub-commands (`data`), which argparse cannot parse that way
+    try:
+        args = parser.parse_intermixed_args(rest)
+    except TypeError:
+        args = parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
     except VisionLabError as err:

@@ -5,12 +5,14 @@ of ``loss_*`` tensors (``loss``), turn a model's output into the per-image predi
 the data contract (``predict``), feed an evaluator (``eval_outputs``) and which evaluator
 scores it (``evaluator``). Classifiers and FCNs return logits, so their adapters compute the
 loss; detection-family models follow torchvision's contract (``model(images, targets)`` returns
-the loss dict in training mode, predictions in eval mode), so their adapter only forwards.
+the loss dict in training mode, predictions in eval mode; the declared base is
+:class:`visionlab.models.detector.Detector`), so their adapter only forwards, with the extras
+a caller asks for (``model(images, extras=...)``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,7 +148,8 @@ class SegmentationTask(Task):
 
 class DetectionTask(Task):
     """torchvision detection contract: ``model(images, targets)`` -> ``{loss_*}`` in training,
-    ``model(images)`` -> ``[{boxes [N, 4] xyxy, labels [N] (1..C), scores [N], ...}]`` in eval.
+    ``model(images)`` -> ``[{boxes [N, 4] xyxy, labels [N] (1..C), scores [N], ...}]`` in eval
+    (:class:`visionlab.models.detector.Detector`).
     """
 
     def num_model_classes(self, classes: Sequence[str]) -> int:
@@ -169,9 +172,14 @@ class DetectionTask(Task):
         images: list[Tensor],
         *,
         score_threshold: float = 0.0,
+        extras: Collection[str] = (),
         **_: Any,
     ) -> list[dict[str, Tensor]]:
-        outputs = model(list(images))
+        """Per image the model's prediction dict, detections scoring below
+        ``score_threshold`` dropped; ``extras`` (e.g. ``("proposals",)``, ``("grid",)``) are
+        passed to the model, which adds their keys (per-image extras such as ``proposals``
+        are kept whole, per-detection ones such as ``cells`` filtered with the boxes)."""
+        outputs = model(list(images), extras=tuple(extras)) if extras else model(list(images))
         if score_threshold <= 0:
             return outputs
         kept = []

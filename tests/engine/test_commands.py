@@ -13,6 +13,7 @@ from PIL import Image
 import visionlab
 from visionlab.cli import main
 from visionlab.engine.checkpoint import load_checkpoint
+from visionlab.errors import VisionLabError
 
 
 def test_train_writes_the_run_directory(trained_run: Path) -> None:
@@ -162,6 +163,35 @@ def test_predict_refuses_a_non_image(
     assert main(["predict", ckpt, str(notes), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "notes.txt" in err and "not an image" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--show-grid", "--show-grid: tiny_cnn predicts no grid (YOLO models do)"),
+        (
+            "--show-proposals",
+            "--show-proposals: tiny_cnn makes no region proposals (the R-CNN family does)",
+        ),
+    ],
+)
+def test_predict_refuses_an_extra_the_model_does_not_make(
+    trained_run: Path,
+    folder_dataset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    flag: str,
+    message: str,
+) -> None:
+    ckpt = str(trained_run / "checkpoints" / "best.pt")
+    image = str(folder_dataset / "val" / "blue" / "0.png")
+    out = tmp_path / "o"
+    assert main(["predict", ckpt, image, "--out", str(out), flag]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"visionlab predict: error: {message}"
+    assert not list(out.glob("*"))  # refused before anything was drawn
+    with pytest.raises(VisionLabError, match="tiny_cnn cannot return the extra"):
+        visionlab.predict(ckpt, [image], device="cpu", extras=("grid",))
 
 
 def test_nan_loss_exits_with_the_step_and_term(

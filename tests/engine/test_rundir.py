@@ -267,3 +267,9 @@ def test_a_signal_saves_the_step_then_stops(
     after = load_checkpoint(out / "checkpoints" / "last.pt")
     assert after["step"] == saved["step"] + 1
     assert any(not torch.equal(after["model"][k], v) for k, v in before.items())
+
+
+def test_overwrite_may_come_before_the_overrides(folder_dataset: Path, finished: Path) -> None:
+    args = train_args(folder_dataset, finished, "train.epochs=1")
+    assert main([args[0], "--overwrite", *args[1:]]) == 0  # as `make demo` calls it
+    assert load_checkpoint(finished / "checkpoints" / "last.pt")["step"] == 6

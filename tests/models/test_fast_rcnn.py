@@ -99,9 +99,8 @@ def test_train_eval_contract_and_empty_targets():
     losses = model([images[1]], [empty])  # negatives only
     assert losses["loss_box_reg"].item() == 0.0 and losses["loss_classifier"] > 0
     model.eval()
-    model.return_proposals = True
     with torch.no_grad():
-        out = model(list(images))
+        out = model(list(images), extras=("proposals",))
     assert set(out[0]) == {"boxes", "labels", "scores", "proposals"}
     assert torch.equal(out[0]["proposals"], cached_selective_search(images[0]))
 

@@ -62,9 +62,8 @@ def test_train_and_eval_contract(kwargs):
     # untrained, three classes: every score is near 1/3, above the 0.05 threshold
     assert len(out[1]["boxes"]) > 0
     assert out[1]["boxes"][:, 2:].max() <= 48 and out[1]["labels"].min() >= 1
-    model.return_proposals = True
     with torch.no_grad():
-        out = model(list(images))
+        out = model(list(images), extras=("proposals",))
     assert out[0]["proposals"].shape[1] == 4 and len(out[0]["proposals"]) <= 30
 
 
@@ -167,9 +166,9 @@ def test_train_eval_predict_commands(model, tmp_path, monkeypatch, capsys):
     assert "proposals" not in record
     # each count is the number of proposals the model makes for that image, within its cap
     reloaded = load(best, fuse=True)
-    reloaded.return_proposals = True
     files = [r["file"] for r in payload["predictions"]]
-    counts = [len(p["proposals"]) for p in predict(reloaded, files, device="cpu")]
+    preds = predict(reloaded, files, device="cpu", extras=("proposals",))
+    counts = [len(p["proposals"]) for p in preds]
     assert [r["num_proposals"] for r in payload["predictions"]] == counts
     rpn = getattr(reloaded, "rpn", None)
     cap = rpn.settings.post_nms_top_n_test if rpn else reloaded.max_proposals

@@ -55,5 +55,5 @@ def test_sppnet_features_fixed_length(scales: list[int]) -> None:
 def test_multiscale_picks_the_scale_nearest_the_target() -> None:
     model = sppnet(num_classes=3, backbone_width=4, scales=[64, 256], target_size=32, fc_width=16)
     boxes = torch.tensor([[0.0, 0, 8, 8], [0, 0, 32, 32]])
-    choice = model._scale_choice(boxes, image_min_side=64)
+    choice = model.regions.scale_choice(boxes, image_min_side=64)
     assert choice.tolist() == [1, 0]  # small window: enlarged image; large one: as it is

@@ -7,33 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_detectors import TINY
 
 from visionlab.errors import VisionLabError
 from visionlab.models.backbones import STRIDES, build_backbone
 from visionlab.models.registry import build_model, list_models
-
-# Tiny settings per registered detector, with a feature map below stride 32 where the model
-# has one (the scenes recipes read stride 8), and the deepest stride each then reads.
-TINY: dict[str, tuple[dict, int]] = {
-    "fast_rcnn": ({"backbone_width": 4, "feature_stride": 8, "box_head": {"fc_width": 16}}, 8),
-    "faster_rcnn": ({"backbone_width": 4, "box_head": {"fc_width": 16}}, 16),
-    "faster_rcnn_fpn": (
-        {
-            "backbone_width": 4,
-            "fpn": True,
-            "fpn_strides": [8, 16],
-            "fpn_channels": 8,
-            "rpn": {"anchor_sizes": [16, 32]},
-        },
-        16,
-    ),
-    "rcnn": ({"backbone_width": 4, "input_size": 32, "fc_width": 16}, 32),
-    "sppnet": ({"backbone_width": 4, "scales": [64], "feature_stride": 8, "fc_width": 16}, 8),
-    "yolo": (
-        {"backbone_width": 4, "input_size": 64, "head": "conv", "feature_stride": 8},
-        8,
-    ),
-}
 
 
 @pytest.fixture(autouse=True)

@@ -186,8 +186,7 @@ def test_contract_sizes_and_grid_keys():
     model.eval()
     with torch.no_grad():
         plain = model(images)
-        model.return_grid = True
-        gridded = model(images)
+        gridded = model(images, extras=("grid",))
     assert set(plain[0]) == {"boxes", "labels", "scores"}
     assert len(plain[0]["boxes"]) > 0 and len(plain[1]["boxes"]) > 0
     wide = plain[1]["boxes"]  # inside the 80 x 50 image, in its pixels

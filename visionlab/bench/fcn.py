@@ -34,7 +34,7 @@ from visionlab.errors import VisionLabError
 DEFAULT_CONFIG = "configs/fcn8s_scenes.yaml"
 TARGET_MIOU = 0.85  # FCN-8s, tiny backbone, scenes val, within 5 minutes on 2 cores
 TARGET_SECONDS = 300
-FIT_STEPS = 100  # Adam steps of fitted_ceiling (400 move stride 8 from 0.911 to 0.919)
+FIT_STEPS = 100  # Adam steps of fitted_ceiling (400: README "Models and measured results")
 
 
 NOTES = [

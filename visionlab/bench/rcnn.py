@@ -10,10 +10,11 @@ proposal settings; the timing column is selective search without the disk cache,
 on ``--timing-images`` images). The SPPNet paper's 24-102x is the speed-up of feature
 computation (conv layers) over R-CNN, proposals excluded; the table gives the ratio without
 proposals (the paper's) and with them. That ratio depends on how many windows there are:
-R-CNN runs the CNN once per window, SPPNet once per image, and selective search finds about
-200 windows in a 128 px scene where the papers had ~2000 in a 500 px photo. So the features
-step is also timed on ``--windows`` random windows per image (sizes log-uniform from 8 px to
-half the image, seeded; the same windows for both models). Writes ``OUT_DIR/rcnn.md``.
+R-CNN runs the CNN once per window, SPPNet once per image, and selective search finds far
+fewer windows in a 128 px scene (the mean is in ``rcnn.md``) than the papers' ~2000 in a
+500 px photo. So the features step is also timed on ``--windows`` random windows per image
+(sizes log-uniform from 8 px to half the image, seeded; the same windows for both models).
+Writes ``OUT_DIR/rcnn.md``.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def score_model(model: Any, dataset: Any, limit: int, classes: list[str]) -> dic
     from tqdm.auto import tqdm
 
     num_props = 0
-    for i in tqdm(range(n), desc=type(model).__name__, leave=False):
+    for i in tqdm(range(n), desc=model.build_args.get("name", type(model).__name__), leave=False):
         image, target = dataset[i]
         boxes = model.propose(image)  # cached on disk: timed apart, uncached
         num_props += len(boxes)

@@ -238,6 +238,7 @@ def _timings(
 
 
 def _samples_picture(loaded: dict[str, Any], dataset: Any, path: Path, count: int) -> None:
+    from visionlab.models.detector import supported_extras
     from visionlab.viz import draw_detections, draw_grid, image_grid
 
     tiles, titles = [], []
@@ -253,13 +254,9 @@ def _samples_picture(loaded: dict[str, Any], dataset: Any, path: Path, count: in
                                      class_names=dataset.classes, min_size=256))  # fmt: skip
         titles.append("ground truth")
         for name, model in loaded.items():
-            grid = hasattr(model, "return_grid")
-            if grid:
-                model.return_grid = True
+            extras = ("grid",) if "grid" in supported_extras(model) else ()
             with torch.no_grad():
-                pred = model([image])[0]
-            if grid:
-                model.return_grid = False
+                pred = model([image], extras=extras)[0]
             keep = pred["scores"] >= 0.3
             if "grid_size" in pred:
                 tile = draw_grid(image, pred["grid_size"], pred["cells"][keep],

@@ -92,9 +92,9 @@ class SeededDataset(Dataset):
         """A batch of samples (what DataLoader asks for), decoded with one intra-op thread.
 
         Per-sample work is many small tensor ops: extra threads only add synchronisation
-        (about 9x slower augmentation of 64 px crops with 2 threads on a busy 2-core
-        machine). DataLoader workers already run single-threaded; this does the same for
-        loading in the main process, and restores the thread count afterwards.
+        (measured: README "Models and measured results", tiny CNN). DataLoader workers
+        already run single-threaded; this does the same for loading in the main process,
+        and restores the thread count afterwards.
         """
         threads = torch.get_num_threads()
         if threads > 1:

@@ -301,7 +301,7 @@ def _coco_json(split: str, records: list[dict[str, Any]], arguments: dict[str, A
 
 def _dump_json(data: dict[str, Any]) -> str:
     """JSON with one list item per line: readable, diff-able, and written by the C encoder
-    (``indent=`` would switch to the pure-Python one, four times slower)."""
+    (``indent=`` would switch to the slower pure-Python one)."""
     parts = []
     for key, value in data.items():
         if isinstance(value, list) and value:

@@ -9,7 +9,7 @@ returned by ``load``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -293,22 +293,32 @@ def predict(
     score_threshold: float = 0.0,
     batch_size: int = 16,
     device: str = "auto",
+    extras: Collection[str] = (),
 ) -> list[dict[str, Tensor]]:
     """Predict images (files or ``Tensor[3, H, W]`` in [0, 1]) with a trained model.
 
     A checkpoint path is loaded with its batch norms folded into the convolutions (the same
     predictions, faster); a model passed in is used as it is.
 
+    Args:
+        extras: what a detector adds to its predictions
+            (:data:`visionlab.models.detector.EXTRA_KEYS`): ``("proposals",)`` (the R-CNN
+            family: ``proposals [P, 4]``, in the original image's pixels too) or
+            ``("grid",)`` (YOLO: ``grid_size``, per-detection ``cells``). One the model does
+            not make is refused (``VisionLabError``) before any image is read.
+
     Returns:
         One dict per image, in the original image's pixels: classification ``labels [k]``
         (0-based) and ``scores [k]``; segmentation ``semantic [H, W]`` (0 = background);
         detection ``boxes [N, 4]`` (x1, y1, x2, y2), ``labels [N]`` (1..C), ``scores [N]``
-        (and ``masks [N, H, W]`` for instance models).
+        (and ``masks [N, H, W]`` for instance models), plus the keys of ``extras``.
     """
     from visionlab.data.imageio import load_image
+    from visionlab.models.detector import check_extras
 
     dev = resolve_device(device)
     model = _as_model(model_or_path, dev, fuse=True)  # a loaded model is ours to fuse
+    extras = tuple(sorted(check_extras(model, extras)))
     task = get_task(model.task)
     transform = make_transform(model.task, False, model.image_size, {})
     results: list[dict[str, Tensor]] = []
@@ -321,7 +331,11 @@ def predict(
         else:
             batch = prepared
         preds = task.predict(
-            model, to_device(batch, dev), topk=topk, score_threshold=score_threshold
+            model,
+            to_device(batch, dev),
+            topk=topk,
+            score_threshold=score_threshold,
+            extras=extras,
         )
         for pred, orig, prep in zip(preds, originals, prepared):
             pred = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in pred.items()}

@@ -5,9 +5,11 @@ classes, or boxes ``[x1, y1, x2, y2]`` with class and score, or a class-map PNG)
 drawn PNG per image (segmentation adds the class map as a palette PNG). Folders are searched
 recursively for image files. Without ``--out``, a checkpoint inside a run directory
 (``RUN/checkpoints/best.pt``) writes to ``RUN/predictions/``. ``--show-proposals`` (models
-with a ``return_proposals`` attribute: the R-CNN family) also writes ``NAME_proposals.png``
+that return the extra ``"proposals"``: the R-CNN family) also writes ``NAME_proposals.png``
 per image, the model's region proposals beside selective search's, and records only their
-count in the JSON.
+count in the JSON; ``--show-grid`` (the extra ``"grid"``: YOLO) draws the grid and records
+each detection's cell. Both are asked of the model by argument (``visionlab.predict(...,
+extras=...)``).
 
 The user's files are safe: an ``--out`` that is an input folder or holds an input is
 refused, and an ``--out`` inside an input folder is left out of that folder's search (a
@@ -264,6 +266,26 @@ def _detections(pred: dict[str, Tensor], classes: list[str]) -> list[dict[str, A
     return out
 
 
+def _extras(args: argparse.Namespace, model: Any) -> tuple[str, ...]:
+    """The extras ``--show-grid`` / ``--show-proposals`` ask of the model; one it does not
+    make is refused in one line naming the models that make it."""
+    from visionlab.models.detector import supported_extras
+
+    supported, name = supported_extras(model), model.meta.get("model_name")
+    extras = []
+    if getattr(args, "show_grid", False):
+        if "grid" not in supported:
+            raise VisionLabError(f"--show-grid: {name} predicts no grid (YOLO models do)")
+        extras.append("grid")  # eval outputs then carry grid_size and cells
+    if getattr(args, "show_proposals", False):
+        if "proposals" not in supported:
+            raise VisionLabError(
+                f"--show-proposals: {name} makes no region proposals (the R-CNN family does)"
+            )
+        extras.append("proposals")  # eval outputs then carry proposals [P, 4]
+    return tuple(extras)
+
+
 def _out_dir(out: str | None, checkpoint: Path) -> Path:
     if out:
         return Path(out)
@@ -291,19 +313,7 @@ def run(args: argparse.Namespace) -> int:
     # batch norms folded into the convolutions: the same predictions, faster (ultralytics'
     # fuse() before predicting)
     model = load(args.checkpoint, resolve_device(args.device), fuse=True)
-    if getattr(args, "show_grid", False):
-        if not hasattr(model, "return_grid"):
-            raise VisionLabError(
-                f"--show-grid: {model.meta.get('model_name')} predicts no grid (YOLO models do)"
-            )
-        model.return_grid = True  # eval outputs then carry grid_size and cells
-    if getattr(args, "show_proposals", False):
-        if not hasattr(model, "return_proposals"):
-            raise VisionLabError(
-                f"--show-proposals: {model.meta.get('model_name')} makes no region proposals "
-                "(the R-CNN family does)"
-            )
-        model.return_proposals = True  # eval outputs then carry proposals [P, 4]
+    extras = _extras(args, model)
     records: list[dict[str, Any]] = []
     used: set[str] = set()
     for start in tqdm(
@@ -326,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
             topk=args.topk,
             score_threshold=args.score_threshold,
             device=args.device,
+            extras=extras,
         )
         for path, image, pred in zip(chunk, images, preds):
             records.append(_record(path, image, pred, model, out, used))

@@ -119,6 +119,7 @@ def run_training(
     started = time.perf_counter()
     from visionlab.data.loader import build_loader
     from visionlab.engine.stages import is_multi_stage, run_stages
+    from visionlab.models.detector import Detector
     from visionlab.models.registry import build_model
 
     resume = resume_state is not None
@@ -160,7 +161,7 @@ def run_training(
     seed_everything(cfg.seed, cfg.deterministic)
     module = build_model(cfg.model, **kwargs).to(device)
     model_args = plain_build_args(module, kwargs)
-    if hasattr(module, "prepare_data") and info.is_main:  # e.g. Fast R-CNN's region cache
+    if isinstance(module, Detector) and info.is_main:  # e.g. Fast R-CNN's region cache
         module.prepare_data([train_ds, val_ds], image_size=cfg.image_size)
     distributed.barrier()
     if cfg.transfer.freeze == "backbone" and "freeze" not in kwargs:
@@ -258,10 +259,8 @@ def _hooks(
     if cfg.transfer.unfreeze_after is not None:
 
         def unfreeze() -> None:
-            if hasattr(module, "unfreeze_backbone"):
+            if hasattr(module, "unfreeze_backbone"):  # every model of the registry
                 module.unfreeze_backbone()
-            elif hasattr(getattr(module, "backbone", None), "freeze_to"):
-                module.backbone.freeze_to(0)  # stages the model never runs stay untrained
             else:
                 for p in module.parameters():
                     p.requires_grad_(True)

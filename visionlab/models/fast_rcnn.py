@@ -15,20 +15,20 @@ mirrored. Boxes are ``Tensor[N, 4]`` xyxy pixels throughout.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from visionlab.errors import VisionLabError
 from visionlab.models.backbones import STRIDES, Backbone, build_backbone
+from visionlab.models.detector import Detector, attach_proposals
 from visionlab.models.heads import (
     POOLERS,
     BoxHeadSettings,
     RoIBoxPredictor,
     batch_images,
-    check_detection_inputs,
     settings_from,
 )
 from visionlab.models.postprocess import DetectionSettings, reject_nested_knobs
@@ -90,13 +90,13 @@ def _search_forked(index: int) -> None:
     _search_one(*_PREPARE, index)
 
 
-class FastRCNN(nn.Module):
+class FastRCNN(Detector):
     """Selective search -> backbone -> RoI pooling -> FC -> softmax + box regression.
 
-    Follows torchvision's detector contract: ``forward(images, targets)`` returns
-    ``{"loss_classifier", "loss_box_reg"}`` in training; in eval, per image ``{"boxes",
-    "labels", "scores"}`` (+ ``proposals: Tensor[P, 4]``, selective search's, when
-    ``return_proposals`` is True).
+    The detector contract (:class:`~visionlab.models.detector.Detector`): training returns
+    ``{"loss_classifier", "loss_box_reg"}``; eval, per image ``{"boxes", "labels",
+    "scores"}`` (+ ``proposals: Tensor[P, 4]``, selective search's, with
+    ``extras=("proposals",)``).
 
     Args:
         backbone: a :class:`Backbone`.
@@ -109,6 +109,8 @@ class FastRCNN(nn.Module):
         search_size: run selective search on the image enlarged (or shrunk) so its longer
             side is this many pixels, boxes mapped back; 0 = the image as given.
     """
+
+    supported_extras: ClassVar[frozenset[str]] = frozenset({"proposals"})
 
     def __init__(
         self,
@@ -136,7 +138,6 @@ class FastRCNN(nn.Module):
         self.proposal_mode = proposal_mode
         self.max_proposals = int(max_proposals)
         self.search_size = int(search_size)
-        self.return_proposals = False
 
     def propose(self, images: Sequence[Tensor]) -> list[Tensor]:
         """Selective-search regions per image, ``Tensor[P_i, 4]`` on the images' device."""
@@ -153,23 +154,31 @@ class FastRCNN(nn.Module):
             f"stride{self.feature_stride}"
         ]
 
-    def forward(
-        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """See the class docstring; ``images`` are ``Tensor[3, H, W]`` in ``[0, 1]``."""
-        check_detection_inputs(images, targets, self.training)
-        proposals = self.propose(images)
+    def _heads(
+        self,
+        images: list[Tensor],
+        proposals: list[Tensor],
+        targets: list[dict[str, Tensor]] | None,
+    ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         batch, sizes = batch_images(images, size_divisible=32)
-        detections, losses = self.roi_heads(self.features(batch), proposals, sizes, targets)
-        if self.training:
-            return losses
-        if self.return_proposals:
-            for det, props in zip(detections, proposals):
-                det["proposals"] = props
+        return self.roi_heads(self.features(batch), proposals, sizes, targets)
+
+    def losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        return self._heads(images, self.propose(images), targets)[1]
+
+    def detect(self, images: list[Tensor], extras: frozenset[str]) -> list[dict[str, Tensor]]:
+        proposals = self.propose(images)
+        detections, _ = self._heads(images, proposals, None)
+        if "proposals" in extras:
+            attach_proposals(detections, proposals)
         return detections
 
     def prepare_data(
-        self, datasets: Iterable[Any], image_size: int | None = None, workers: int | None = None
+        self,
+        datasets: Iterable[Any],
+        *,
+        image_size: int | None = None,
+        workers: int | None = None,
     ) -> None:
         """Compute (and cache on disk) selective search for every image of ``datasets``,
         as evaluation resizes them to ``image_size``, with a progress bar. Called by
@@ -215,12 +224,6 @@ class FastRCNN(nn.Module):
                 finally:
                     _PREPARE = None
             bar.close()
-
-    def backbone_parameters(self) -> list[nn.Parameter]:
-        return list(self.backbone.parameters())
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        return list(self.roi_heads.parameters())
 
 
 @register_model(

@@ -20,18 +20,19 @@ level) and each RoI pools from the level of its size.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionlab.errors import VisionLabError
 from visionlab.models.backbones import STRIDES, Backbone, build_backbone
+from visionlab.models.detector import Detector, attach_proposals
 from visionlab.models.heads import (
     POOLERS,
     BoxHeadSettings,
     RoIBoxPredictor,
     batch_images,
-    check_detection_inputs,
     settings_from,
 )
 from visionlab.models.postprocess import DetectionSettings, reject_nested_knobs
@@ -73,13 +74,14 @@ class FPN(nn.Module):
         return outs
 
 
-class FasterRCNN(nn.Module):
-    """Backbone (+ FPN) -> RPN -> RoI box predictor, in torchvision's detector contract.
+class FasterRCNN(Detector):
+    """Backbone (+ FPN) -> RPN -> RoI box predictor, in the detector contract
+    (:class:`~visionlab.models.detector.Detector`).
 
     ``forward(images, targets)`` returns ``{"loss_objectness", "loss_rpn_box_reg",
     "loss_classifier", "loss_box_reg"}`` in training and, in eval, per image
     ``{"boxes": Tensor[N, 4] xyxy, "labels": Tensor[N] (1..K), "scores": Tensor[N]}``;
-    with ``return_proposals = True`` each eval dict also holds ``proposals: Tensor[P, 4]``
+    with ``extras=("proposals",)`` each eval dict also holds ``proposals: Tensor[P, 4]``
     (the RPN's, in input pixels).
 
     Args:
@@ -91,6 +93,8 @@ class FasterRCNN(nn.Module):
         box_head: :class:`BoxHeadSettings`.
         detection: test-time :class:`~visionlab.models.postprocess.DetectionSettings`.
     """
+
+    supported_extras: ClassVar[frozenset[str]] = frozenset({"proposals"})
 
     def __init__(
         self,
@@ -127,7 +131,6 @@ class FasterRCNN(nn.Module):
                 canonical_level=len(self.feature_strides) // 2,
                 canonical_size=sizes[(len(self.feature_strides) // 2) * per_level],
             )
-        self.return_proposals = False
 
     def features(self, batch: Tensor) -> list[Tensor]:
         """Shared feature maps of a padded batch ``Tensor[B, 3, H, W]``, finest first."""
@@ -135,11 +138,10 @@ class FasterRCNN(nn.Module):
         levels = [maps[f"stride{s}"] for s in self.feature_strides]
         return self.fpn(levels) if self.fpn is not None else levels
 
-    def forward(
-        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """See the class docstring; ``images`` are ``Tensor[3, H, W]`` in ``[0, 1]``."""
-        check_detection_inputs(images, targets, self.training)
+    def _run(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None
+    ) -> tuple[list[dict[str, Tensor]], list[Tensor], dict[str, Tensor]]:
+        """``(detections, proposals, losses)``: detections in eval, losses in training."""
         batch, sizes = batch_images(images, size_divisible=max(self.feature_strides))
         feats = self.features(batch)
         proposals, rpn_losses = self.rpn(
@@ -147,19 +149,16 @@ class FasterRCNN(nn.Module):
         )
         roi_feats: Tensor | list[Tensor] = feats if self.fpn is not None else feats[0]
         detections, det_losses = self.roi_heads(roi_feats, proposals, sizes, targets)
-        if self.training:
-            return {**rpn_losses, **det_losses}
-        if self.return_proposals:
-            for det, props in zip(detections, proposals):
-                det["proposals"] = props
+        return detections, proposals, {**rpn_losses, **det_losses}
+
+    def losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        return self._run(images, targets)[2]
+
+    def detect(self, images: list[Tensor], extras: frozenset[str]) -> list[dict[str, Tensor]]:
+        detections, proposals, _ = self._run(images, None)
+        if "proposals" in extras:
+            attach_proposals(detections, proposals)
         return detections
-
-    def backbone_parameters(self) -> list[nn.Parameter]:
-        return list(self.backbone.parameters())
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        ids = {id(p) for p in self.backbone.parameters()}
-        return [p for p in self.parameters() if id(p) not in ids]
 
 
 def _check_strides(strides: Sequence[int], fpn: bool) -> tuple[int, ...]:

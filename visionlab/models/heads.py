@@ -48,7 +48,6 @@ __all__ = [
     "BoxHeadSettings",
     "RoIBoxPredictor",
     "batch_images",
-    "check_detection_inputs",
     "decode_detections",
     "fast_rcnn_loss",
     "sample_proposals",
@@ -123,26 +122,7 @@ def settings_from(cls: type, value: object, where: str) -> object:
     return cls(**kwargs)
 
 
-# --------------------------------------------------------------------------- inputs
-
-
-def check_detection_inputs(
-    images: Sequence[Tensor], targets: Sequence[dict] | None, training: bool
-) -> None:
-    """Raise ``ValueError`` on inputs that break the detector contract."""
-    if not isinstance(images, list | tuple) or not images:
-        raise ValueError("a detector takes a non-empty list of Tensor[3, H, W] images")
-    for im in images:
-        if not isinstance(im, Tensor) or im.dim() != 3 or im.shape[0] != 3:
-            shape = tuple(im.shape) if isinstance(im, Tensor) else type(im).__name__
-            raise ValueError(f"each image must be Tensor[3, H, W], got {shape}")
-    if training:
-        if targets is None or len(targets) != len(images):
-            raise ValueError("training needs one target dict (boxes, labels) per image")
-        for t in targets:
-            boxes = t["boxes"]
-            if boxes.dim() != 2 or boxes.shape[1] != 4:
-                raise ValueError(f"target boxes must be Tensor[N, 4], got {tuple(boxes.shape)}")
+# --------------------------------------------------------------------------- batching
 
 
 def batch_images(images: Sequence[Tensor], size_divisible: int = 32) -> tuple[Tensor, list]:

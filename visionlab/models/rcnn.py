@@ -30,23 +30,29 @@ The paper's pipeline, as this module follows it:
 
 The stages (fine-tune, extract features, fit SVMs, fit box regressors) run in
 :mod:`visionlab.engine.stages`; this module holds the model and its two modes: training mode
-gives the fine-tuning loss ``{"loss_cls"}`` (torchvision's detection contract), eval mode the
-detections. Before the SVMs are fitted, eval mode scores regions with the fine-tuned
-softmax. SVM weights and box regressors are buffers: a checkpoint's state dict carries them.
+gives the fine-tuning loss ``{"loss_cls"}`` (the detector contract of
+:class:`~visionlab.models.detector.Detector`), eval mode the detections. Before the SVMs are
+fitted, eval mode scores regions with the fine-tuned softmax. SVM weights and box regressors
+are buffers: a checkpoint's state dict carries them.
+
+R-CNN and SPPNet are one class, :class:`RegionDetector`, that differ in the object that
+computes region features from the backbone (composition, not a subclass each):
+:class:`WarpedRegions` here, :class:`~visionlab.models.sppnet.PyramidRegions` for SPPNet.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionlab.errors import VisionLabError
-from visionlab.models.backbones import IMAGENET_MEAN, build_backbone
+from visionlab.models.backbones import IMAGENET_MEAN, Backbone, build_backbone
+from visionlab.models.detector import Detector
 from visionlab.models.heads import sample_proposals, settings_from
 from visionlab.models.postprocess import (
     DetectionSettings,
@@ -67,13 +73,14 @@ from visionlab.ops.proposals import resize_longer
 
 __all__ = [
     "MULTI_STAGE_MODELS",
-    "RCNN",
     "RENAMED_BACKBONE_ARGS",
     "BoxRegSettings",
     "FinetuneSettings",
     "ProposalSettings",
     "RegionDetector",
+    "RegionFeatures",
     "TestSettings",
+    "WarpedRegions",
     "warp_regions",
 ]
 
@@ -81,7 +88,6 @@ __all__ = [
 MULTI_STAGE_MODELS: set[str] = set()
 # R-CNN's box parameterisation (appendix C) without Fast R-CNN's target scaling.
 BOX_CODER_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
-TIMING_KEYS = ("proposals", "features", "classification", "nms")
 # The backbone arguments' old names (before they matched fast_rcnn / faster_rcnn): old
 # checkpoints store them in `model_args`, so the registry still maps them.
 RENAMED_BACKBONE_ARGS = {"width": "backbone_width", "pretrained": "pretrained_backbone"}
@@ -198,23 +204,89 @@ def warp_regions(image: Tensor, boxes: Tensor, *, size: int, context: int) -> Te
     return crops + mean
 
 
-@dataclass
-class _Timing:
-    """Seconds spent per test-time step, summed over images (read by the benchmark)."""
+class RegionFeatures(Protocol):
+    """How a :class:`RegionDetector` computes the pooled ("pool5") feature of each region
+    from its backbone: :class:`WarpedRegions` (R-CNN),
+    :class:`~visionlab.models.sppnet.PyramidRegions` (SPPNet). Plain settings, no weights:
+    the detector's state dict is the same whichever it holds."""
 
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMING_KEYS, 0.0))
-    images: int = 0
+    def setup(self, backbone: Backbone) -> int:
+        """Prepare ``backbone`` (e.g. :meth:`~Backbone.use_up_to`); return the feature
+        length of one region, ``pool_dim``."""
+        ...
+
+    def __call__(
+        self,
+        backbone: Backbone,
+        images: Sequence[Tensor],
+        boxes: Sequence[Tensor],
+        *,
+        chunk: int,
+    ) -> Tensor:
+        """``Tensor[sum K_i, pool_dim]`` of ``boxes[i]`` (xyxy) of ``images[i]``;
+        ``chunk`` bounds the regions per backbone pass where that matters."""
+        ...
 
 
-class RegionDetector(nn.Module):
-    """Regions + CNN features + per-class linear SVMs + box ridge regression.
+class WarpedRegions:
+    """R-CNN's region features: each region warped (with context) to ``input_size`` and
+    run through the whole CNN; pool5 is the flattened last feature map (sec. 2.1,
+    appendix A; see the module docstring).
 
-    Subclasses say how region features are computed (:meth:`pool_features`): R-CNN warps
-    each region and runs the whole CNN on it, SPPNet pools windows of one feature map.
+    Args:
+        input_size: side of the warped regions (227 for AlexNet; 64 suits ``tiny_cnn``).
+        context: pixels of context around each region at the warped scale (16 at 227).
+    """
+
+    def __init__(self, *, input_size: int, context: int) -> None:
+        self.input_size = int(input_size)
+        self.context = int(context)
+        self.pool_dim = 0  # known once a backbone is set up
+
+    def setup(self, backbone: Backbone) -> int:
+        with torch.no_grad():
+            was = backbone.training
+            side = self.input_size
+            probe = backbone.eval().forward_features(torch.zeros(1, 3, side, side))
+            backbone.train(was)
+        self.pool_dim = probe[0].numel()
+        return self.pool_dim
+
+    def __call__(
+        self,
+        backbone: Backbone,
+        images: Sequence[Tensor],
+        boxes: Sequence[Tensor],
+        *,
+        chunk: int,
+    ) -> Tensor:
+        crops = torch.cat(
+            [
+                warp_regions(img, b, size=self.input_size, context=self.context)
+                for img, b in zip(images, boxes)
+            ]
+        )
+        if crops.shape[0] == 0:
+            return crops.new_zeros((0, self.pool_dim))
+        if torch.is_grad_enabled():  # training: one pass, the crops are a sampled batch
+            chunk = crops.shape[0]
+        return torch.cat(
+            [backbone.forward_features(part).flatten(1) for part in crops.split(chunk)]
+        )
+
+
+class RegionDetector(Detector):
+    """Regions + CNN features + per-class linear SVMs + box ridge regression: R-CNN and
+    SPPNet, which differ in ``regions``.
+
+    The detector contract (:class:`~visionlab.models.detector.Detector`): training gives
+    ``{"loss_cls"}`` of the fine-tuning; eval, per image ``{"boxes", "labels", "scores"}``
+    (+ ``proposals: Tensor[P, 4]``, selective search's, with ``extras=("proposals",)``).
 
     Args:
         backbone: the convolutional part (:class:`~visionlab.models.backbones.Backbone`).
-        pool_dim: length of the pooled ("pool5") feature of one region.
+        regions: how region features come from the backbone (:class:`RegionFeatures`);
+            it gives ``pool_dim``, the length of one region's pooled ("pool5") feature.
         num_classes: classes including background (``C + 1``).
         fc_width: width of fc6 and fc7.
         dropout: dropout after fc6 and fc7 (0.5 in the paper).
@@ -228,11 +300,13 @@ class RegionDetector(nn.Module):
     4]``, ``bbox_scale []``, ``bbox_fitted []``.
     """
 
+    supported_extras: ClassVar[frozenset[str]] = frozenset({"proposals"})
+
     def __init__(
         self,
         *,
-        backbone: nn.Module,
-        pool_dim: int,
+        backbone: Backbone,
+        regions: RegionFeatures,
         num_classes: int,
         fc_width: int,
         dropout: float,
@@ -249,7 +323,8 @@ class RegionDetector(nn.Module):
                 f"num_classes must count background + >= 1 class, got {num_classes}"
             )
         self.backbone = backbone
-        self.pool_dim = int(pool_dim)
+        self.regions = regions
+        pool_dim = self.pool_dim = int(regions.setup(backbone))
         self.num_classes = int(num_classes)
         self.head = nn.Sequential(
             nn.Linear(pool_dim, fc_width),
@@ -275,9 +350,6 @@ class RegionDetector(nn.Module):
         self.register_buffer("bbox_weight", torch.zeros(c, pool_dim + 1, 4))
         self.register_buffer("bbox_scale", torch.ones(()))
         self.register_buffer("bbox_fitted", torch.zeros((), dtype=torch.bool))
-        # `visionlab predict --show-proposals` sets this: eval outputs carry `proposals`
-        self.return_proposals = False
-        self.timing = _Timing()
         self._matcher = Matcher(finetune.fg_iou, 0.0)
         self._sampler = BalancedSampler(finetune.regions_per_image, finetune.fg_fraction)
 
@@ -285,7 +357,7 @@ class RegionDetector(nn.Module):
 
     def pool_features(self, images: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
         """Pooled features ``Tensor[sum K_i, pool_dim]`` of ``boxes[i]`` (xyxy) of ``images[i]``."""
-        raise NotImplementedError
+        return self.regions(self.backbone, images, boxes, chunk=self.test_settings.chunk)
 
     def fc_features(self, pooled: Tensor) -> Tensor:
         """fc7: ``Tensor[K, pool_dim] -> Tensor[K, fc_width]``."""
@@ -331,20 +403,9 @@ class RegionDetector(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(
-        self, images: list[Tensor], targets: list[dict] | None = None
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """Training: ``{"loss_cls"}`` of the (N + 1)-way fine-tuning on sampled regions
-        (targets may carry precomputed ``proposals``). Eval: per image ``{"boxes",
-        "labels", "scores"}`` (+ ``"proposals"`` when ``return_proposals``)."""
-        if self.training:
-            if targets is None:
-                raise VisionLabError(f"{type(self).__name__}: training mode needs targets")
-            return self.finetune_loss(images, targets)
-        return self.detect(images)
-
-    def finetune_loss(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
-        """Cross-entropy of the (N + 1)-way classifier on a balanced sample of regions."""
+    def losses(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
+        """``{"loss_cls"}``: cross-entropy of the (N + 1)-way fine-tuning classifier on a
+        balanced sample of regions (targets may carry precomputed ``proposals``)."""
         proposals = [
             t["proposals"] if "proposals" in t else self.propose(img)
             for img, t in zip(images, targets)
@@ -361,30 +422,18 @@ class RegionDetector(nn.Module):
         return {"loss_cls": F.cross_entropy(logits, labels.to(logits.device))}
 
     @torch.no_grad()
-    def detect(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        """Test-time detection (sec. 2.2), one image at a time, timing each step."""
+    def detect(self, images: Sequence[Tensor], extras: frozenset[str]) -> list[dict[str, Tensor]]:
+        """Test-time detection (sec. 2.2), one image at a time."""
         results = []
         for image in images:
-            tick = time.perf_counter()
             boxes = self.propose(image)
-            t_prop = time.perf_counter()
             pooled = self.pool_features([image], [boxes])
-            fc7 = self.fc_features(pooled)
-            t_feat = time.perf_counter()
-            scores = self.class_scores(fc7)
+            scores = self.class_scores(self.fc_features(pooled))
             refined = self.regress_boxes(pooled, boxes)
-            t_cls = time.perf_counter()
             out = self.postprocess(refined, scores, tuple(image.shape[-2:]))
-            t_nms = time.perf_counter()
-            if self.return_proposals:
+            if "proposals" in extras:
                 out["proposals"] = boxes
             results.append(out)
-            secs = self.timing.seconds
-            secs["proposals"] += t_prop - tick
-            secs["features"] += t_feat - t_prop
-            secs["classification"] += t_cls - t_feat
-            secs["nms"] += t_nms - t_cls
-            self.timing.images += 1
         return results
 
     def postprocess(
@@ -400,43 +449,6 @@ class RegionDetector(nn.Module):
             image_size: ``(H, W)`` to clip to; None when the boxes are clipped already.
         """
         return postprocess_detections(scores, boxes, image_size, self.detection_settings)
-
-    def reset_timing(self) -> None:
-        self.timing = _Timing()
-
-
-class RCNN(RegionDetector):
-    """R-CNN: each region warped (with context) to ``input_size`` and run through the
-    whole CNN; pool5 is the flattened last feature map (see the module docstring).
-
-    Args:
-        input_size: side of the warped regions (227 for AlexNet; 64 suits ``tiny_cnn``).
-        context: pixels of context around each region at the warped scale (16 at 227).
-        **kwargs: :class:`RegionDetector` arguments (``pool_dim`` is computed).
-    """
-
-    def __init__(self, *, backbone: nn.Module, input_size: int, context: int, **kwargs) -> None:
-        with torch.no_grad():
-            was = backbone.training
-            probe = backbone.eval().forward_features(torch.zeros(1, 3, input_size, input_size))
-            backbone.train(was)
-        super().__init__(backbone=backbone, pool_dim=probe[0].numel(), **kwargs)
-        self.input_size = int(input_size)
-        self.context = int(context)
-
-    def pool_features(self, images: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
-        crops = torch.cat(
-            [
-                warp_regions(img, b, size=self.input_size, context=self.context)
-                for img, b in zip(images, boxes)
-            ]
-        )
-        if crops.shape[0] == 0:
-            return crops.new_zeros((0, self.pool_dim))
-        chunk = self.test_settings.chunk if not torch.is_grad_enabled() else crops.shape[0]
-        return torch.cat(
-            [self.backbone.forward_features(part).flatten(1) for part in crops.split(chunk)]
-        )
 
 
 def region_settings(
@@ -483,8 +495,8 @@ def rcnn(
     nms_thresh: float = 0.3,
     detections_per_img: int = 100,
     min_size: float = 1e-2,
-) -> RCNN:
-    """R-CNN on a visionlab backbone.
+) -> RegionDetector:
+    """R-CNN on a visionlab backbone: a :class:`RegionDetector` with :class:`WarpedRegions`.
 
     Args:
         num_classes: classes including background.
@@ -507,10 +519,9 @@ def rcnn(
     The old names ``width`` and ``pretrained`` still work (:data:`RENAMED_BACKBONE_ARGS`).
     """
     net = build_backbone(backbone, pretrained=pretrained_backbone, width=backbone_width)
-    return RCNN(
+    return RegionDetector(
         backbone=net,
-        input_size=input_size,
-        context=context,
+        regions=WarpedRegions(input_size=input_size, context=context),
         num_classes=num_classes,
         fc_width=fc_width,
         dropout=dropout,

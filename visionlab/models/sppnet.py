@@ -5,7 +5,8 @@ The convolutional layers run once per image; each selective-search window is pro
 the last convolutional map and pooled by a spatial pyramid into a fixed-length vector
 (sec. 4: a 4-level pyramid {6x6, 3x3, 2x2, 1x1} on conv5, 50 bins;
 :func:`visionlab.ops.spp_rois`), which feeds fc6, fc7, the per-class linear SVMs and the box
-regressors exactly as in R-CNN (:class:`~visionlab.models.rcnn.RegionDetector`).
+regressors exactly as in R-CNN: SPPNet is a :class:`~visionlab.models.rcnn.RegionDetector`
+whose region features come from :class:`PyramidRegions`.
 
 - Single scale by default: the image is resized so its shorter side is ``scales[0]`` (688
   px in the paper for ~500 px images, i.e. enlarged; 256 px for the 128 px scenes).
@@ -43,45 +44,48 @@ from visionlab.models.rcnn import (
 from visionlab.models.registry import register_model
 from visionlab.ops import spp_rois
 
-__all__ = ["SPPNet"]
+__all__ = ["PyramidRegions"]
 
 
-class SPPNet(RegionDetector):
-    """Conv map once per image, spatial pyramid pooling of each window, then R-CNN's
-    fc6 / fc7 / SVMs / box regression.
+class PyramidRegions:
+    """SPPNet's region features: the conv map once per image (and scale), each window
+    pooled by a spatial pyramid, for R-CNN's fc6 / fc7 / SVMs / box regression
+    (a :class:`~visionlab.models.rcnn.RegionFeatures`).
 
     Args:
         scales: image scales (shorter side, pixels); one = single-scale testing.
         levels: pyramid bins per side, e.g. ``(6, 3, 2, 1)`` (paper) or ``(4, 2, 1)``.
         feature_stride: which backbone map to pool (4, 8, 16 or 32).
         target_size: multi-scale: pick the scale where a window is closest to this side.
-        **kwargs: :class:`RegionDetector` arguments (``pool_dim`` is computed).
     """
 
     def __init__(
         self,
         *,
-        backbone: Backbone,
         scales: Sequence[int],
         levels: Sequence[int],
         feature_stride: int,
         target_size: int,
-        **kwargs,
     ) -> None:
         if feature_stride not in STRIDES:
             raise VisionLabError(f"sppnet: feature_stride must be one of {STRIDES}")
         if not scales or min(scales) < 1:
             raise VisionLabError(f"sppnet: scales must be positive sizes, got {scales!r}")
-        channels = backbone.feature_channels[f"stride{feature_stride}"]
-        pool_dim = channels * sum(n * n for n in levels)
-        super().__init__(backbone=backbone, pool_dim=pool_dim, **kwargs)
         self.scales = tuple(int(s) for s in scales)
         self.levels = tuple(int(n) for n in levels)
         self.feature_stride = int(feature_stride)
         self.target_size = int(target_size)
-        backbone.use_up_to(self.feature_stride)  # the deeper stages never run
+        self.pool_dim = 0  # known once a backbone is set up
 
-    def feature_map(self, images: Sequence[Tensor], scale: int) -> tuple[Tensor, list[float]]:
+    def setup(self, backbone: Backbone) -> int:
+        backbone.use_up_to(self.feature_stride)  # the deeper stages never run
+        channels = backbone.feature_channels[f"stride{self.feature_stride}"]
+        self.pool_dim = channels * sum(n * n for n in self.levels)
+        return self.pool_dim
+
+    def feature_map(
+        self, backbone: Backbone, images: Sequence[Tensor], scale: int
+    ) -> tuple[Tensor, list[float]]:
         """Conv map ``Tensor[B, C, h, w]`` of the images resized so their shorter side is
         ``scale`` (all images must share one size), and each image's resize factor."""
         sizes = {tuple(img.shape[-2:]) for img in images}
@@ -94,10 +98,10 @@ class SPPNet(RegionDetector):
             out = (max(1, round(h * factor)), max(1, round(w * factor)))
             batch = F.interpolate(batch, size=out, mode="bilinear", align_corners=False)
         key = f"stride{self.feature_stride}"
-        fmap = self.backbone.feature_maps(batch, strides=(self.feature_stride,))[key]
+        fmap = backbone.feature_maps(batch, strides=(self.feature_stride,))[key]
         return fmap, [factor] * len(images)
 
-    def _scale_choice(self, boxes: Tensor, image_min_side: int) -> Tensor:
+    def scale_choice(self, boxes: Tensor, image_min_side: int) -> Tensor:
         """Index into ``scales`` per window: the scale where its area is closest to
         ``target_size ** 2`` (SPPNet sec. 4, multi-scale)."""
         area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1).prod(dim=1)  # [K]
@@ -105,7 +109,16 @@ class SPPNet(RegionDetector):
         scaled = area[:, None] * factors[None, :] ** 2  # [K, S]
         return (scaled - self.target_size**2).abs().argmin(dim=1)
 
-    def pool_features(self, images: Sequence[Tensor], boxes: Sequence[Tensor]) -> Tensor:
+    def __call__(
+        self,
+        backbone: Backbone,
+        images: Sequence[Tensor],
+        boxes: Sequence[Tensor],
+        *,
+        chunk: int = 0,
+    ) -> Tensor:
+        """``Tensor[sum K_i, pool_dim]``; images of one size share a conv pass (``chunk``
+        is not used: the windows cost no backbone pass of their own)."""
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
             groups.setdefault(tuple(img.shape[-2:]), []).append(i)
@@ -114,18 +127,18 @@ class SPPNet(RegionDetector):
             imgs = [images[i] for i in idx]
             bxs = [boxes[i] for i in idx]
             if len(self.scales) == 1:
-                fmap, factors = self.feature_map(imgs, self.scales[0])
+                fmap, factors = self.feature_map(backbone, imgs, self.scales[0])
                 pooled = self._pool(fmap, bxs, factors)
                 for i, p in zip(idx, pooled):
                     out[i] = p
                 continue
-            choice = [self._scale_choice(b, min(imgs[0].shape[-2:])) for b in bxs]
+            choice = [self.scale_choice(b, min(imgs[0].shape[-2:])) for b in bxs]
             per_image = [b.new_zeros((len(b), self.pool_dim)) for b in bxs]
             for s_idx, scale in enumerate(self.scales):
                 picked = [c == s_idx for c in choice]
                 if not any(bool(m.any()) for m in picked):
                     continue
-                fmap, factors = self.feature_map(imgs, scale)
+                fmap, factors = self.feature_map(backbone, imgs, scale)
                 pooled = self._pool(fmap, [b[m] for b, m in zip(bxs, picked)], factors)
                 for j, (m, p) in enumerate(zip(picked, pooled)):
                     per_image[j] = per_image[j].index_put((m,), p.to(per_image[j].dtype))
@@ -166,8 +179,9 @@ def sppnet(
     nms_thresh: float = 0.3,
     detections_per_img: int = 100,
     min_size: float = 1e-2,
-) -> SPPNet:
-    """SPPNet detector on a visionlab backbone.
+) -> RegionDetector:
+    """SPPNet detector on a visionlab backbone: a
+    :class:`~visionlab.models.rcnn.RegionDetector` with :class:`PyramidRegions`.
 
     Args:
         num_classes: classes including background.
@@ -184,12 +198,11 @@ def sppnet(
     The old names ``width`` and ``pretrained`` still work, as for ``rcnn``.
     """
     net = build_backbone(backbone, pretrained=pretrained_backbone, width=backbone_width)
-    return SPPNet(
+    return RegionDetector(
         backbone=net,
-        scales=scales,
-        levels=levels,
-        feature_stride=feature_stride,
-        target_size=target_size,
+        regions=PyramidRegions(
+            scales=scales, levels=levels, feature_stride=feature_stride, target_size=target_size
+        ),
         num_classes=num_classes,
         fc_width=fc_width,
         dropout=dropout,

@@ -38,13 +38,15 @@ when turned into scores.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from visionlab.errors import VisionLabError
 from visionlab.models.backbones import Backbone, build_backbone
+from visionlab.models.detector import Detector
 from visionlab.models.postprocess import DetectionSettings, postprocess_detections
 from visionlab.models.registry import register_model
 from visionlab.models.yolo_head import HEAD_KINDS, YoloHead, YoloHeadConfig
@@ -61,8 +63,12 @@ from visionlab.models.yolo_loss import (
 TOPK_CANDIDATES = 1000
 
 
-class YOLO(nn.Module):
-    """YOLO v1 (and the YOLO9000 options): ``forward(images, targets=None)``.
+class YOLO(Detector):
+    """YOLO v1 (and the YOLO9000 options), in the detector contract
+    (:class:`~visionlab.models.detector.Detector`): ``forward(images, targets=None, *,
+    extras=())``; the extra ``"grid"`` adds ``grid_size`` (int S) and ``cells``
+    (``Tensor[N, 2]`` (row, col) of the cell each detection came from) to eval outputs,
+    for drawing.
 
     Args:
         backbone: a :class:`visionlab.models.backbones.Backbone`.
@@ -76,11 +82,9 @@ class YOLO(nn.Module):
         anchors: ``[[w, h]] * B`` prior sizes in input pixels (YOLO9000), or None (v1).
         multiscale: training input sizes (multiples of ``feature_stride``), or None.
         multiscale_every: training batches between two size draws (10 in YOLO9000).
-
-    Attributes:
-        return_grid: when True, eval outputs also carry ``grid_size`` (int S) and ``cells``
-            (``Tensor[N, 2]`` (row, col) of the cell each detection came from), for drawing.
     """
+
+    supported_extras: ClassVar[frozenset[str]] = frozenset({"grid"})
 
     def __init__(
         self,
@@ -124,7 +128,6 @@ class YOLO(nn.Module):
         self.multiscale = list(multiscale) if multiscale else []
         self.multiscale_every = multiscale_every
         self._batches, self._train_size = 0, input_size
-        self.return_grid = False
 
     # ------------------------------------------------------------------ prediction grid
 
@@ -183,29 +186,28 @@ class YOLO(nn.Module):
             out.append(im)
         return torch.stack(out)
 
-    def forward(
-        self, images: Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """Training (``targets`` given, train mode): ``{loss_xy, loss_wh, loss_obj,
-        loss_noobj, loss_cls}``. Eval: per image ``{boxes [K, 4] xyxy in that image's pixels,
-        labels [K] 1..C, scores [K]}`` (+ ``grid_size``, ``cells`` with ``return_grid``).
-        """
-        if self.training and targets is None:
-            raise VisionLabError("YOLO in training mode needs targets (call model.eval())")
+    def losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """``{loss_xy, loss_wh, loss_obj, loss_noobj, loss_cls}`` (see
+        :mod:`visionlab.models.yolo_loss`)."""
         size = self._size()
-        x = self._resize(images, size)
-        grid = self.grid(x)
-        if self.training:
-            return self.losses(grid, images, targets, size)
-        return self.postprocess(grid, [tuple(im.shape[-2:]) for im in images], size)
+        return self.grid_losses(self.grid(self._resize(images, size)), images, targets, size)
 
-    def losses(
+    def detect(self, images: list[Tensor], extras: frozenset[str]) -> list[dict[str, Tensor]]:
+        """Per image ``{boxes [K, 4] xyxy in that image's pixels, labels [K] 1..C, scores
+        [K]}`` (+ ``grid_size``, ``cells`` with the extra ``"grid"``)."""
+        size = self._size()
+        grid = self.grid(self._resize(images, size))
+        sizes = [tuple(im.shape[-2:]) for im in images]
+        return self.postprocess(grid, sizes, size, with_grid="grid" in extras)
+
+    def grid_losses(
         self,
         grid: dict[str, Tensor],
         images: Sequence[Tensor],
         targets: Sequence[dict[str, Tensor]],
         size: int,
     ) -> dict[str, Tensor]:
+        """The loss of the output ``grid`` of ``images`` resized to ``size``."""
         gt_boxes, gt_labels = [], []
         for im, t in zip(images, targets):
             h, w = im.shape[-2:]
@@ -237,10 +239,16 @@ class YOLO(nn.Module):
 
     @torch.no_grad()
     def postprocess(
-        self, grid: dict[str, Tensor], image_sizes: list[tuple[int, int]], size: int
+        self,
+        grid: dict[str, Tensor],
+        image_sizes: list[tuple[int, int]],
+        size: int,
+        *,
+        with_grid: bool = False,
     ) -> list[dict[str, Tensor]]:
         """Class-specific confidences (eq. 2), then the one post-processor; only the boxes
-        past the threshold are decoded, straight to each image's pixels."""
+        past the threshold are decoded, straight to each image's pixels. ``with_grid``
+        adds ``grid_size`` and ``cells`` (the extra ``"grid"``)."""
         n, S = grid["params"].shape[:2]
         B, C = self.B, self.num_classes
         params = grid["params"].reshape(n, S * S * B, 4)
@@ -271,7 +279,7 @@ class YOLO(nn.Module):
                 scores[i], decode, (h, w), self.detection_settings, return_indices=True
             )
             cell = out.pop("indices") // B
-            if self.return_grid:
+            if with_grid:
                 out["grid_size"] = S
                 out["cells"] = torch.stack([cell // S, cell % S], 1)
             outputs.append(out)
