@@ -73,14 +73,14 @@ class Task:
 
 
 class ClassificationTask(Task):
-    """Logits ``[B, C]`` -> cross-entropy ``loss_cls``; predictions are the top-k classes."""
+    """Logits ``[B, C]`` -> cross-entropy ``loss_classifier``; predictions are the top-k classes."""
 
     def loss(self, model: nn.Module, images: Tensor, targets: dict[str, Any]) -> dict[str, Tensor]:
         logits = model(images)  # [B, C]
         loss = F.cross_entropy(
             logits.float(), targets["labels"], label_smoothing=self.label_smoothing
         )
-        return {"loss_cls": loss}
+        return {"loss_classifier": loss}
 
     def eval_outputs(self, model: nn.Module, images: Tensor) -> Tensor:
         return model(images).float()  # logits [B, C]

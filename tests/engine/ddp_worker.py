@@ -29,7 +29,7 @@ class _Losses(HookBase):
         self.values: list[float] = []
 
     def after_step(self) -> None:
-        self.values.append(self.trainer.last_losses["loss_cls"])
+        self.values.append(self.trainer.last_losses["loss_classifier"])
 
 
 def main(out: Path, global_batch: int, steps: int) -> None:

@@ -30,7 +30,7 @@ def test_train_writes_the_run_directory(trained_run: Path) -> None:
     train = [r for r in records if r["type"] == "train"]
     evals = [r for r in records if r["type"] == "eval"]
     assert [r["step"] for r in train] == [2, 4, 6, 8, 10, 12]
-    assert all({"loss", "loss_cls", "lr", "epoch"} <= set(r) for r in train)
+    assert all({"loss", "loss_classifier", "lr", "epoch"} <= set(r) for r in train)
     assert [r["step"] for r in evals] == [6, 12]
     assert {"val/top1", "val/top5"} <= set(evals[0]) and "per_class" in evals[0]["metrics"]
     best = load_checkpoint(trained_run / "checkpoints" / "best.pt")
@@ -201,4 +201,4 @@ def test_nan_loss_exits_with_the_step_and_term(
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("visionlab train: error: step ")
-    assert "loss_cls is nan" in err or "loss_cls is inf" in err
+    assert "loss_classifier is nan" in err or "loss_classifier is inf" in err

@@ -28,7 +28,9 @@ def test_classification_loss_and_topk() -> None:
     images, labels = torch.rand(6, 3, 4, 4), torch.tensor([0, 1, 2, 3, 4, 0])
     losses = task.loss(model, images, {"labels": labels})
     expected = F.cross_entropy(model(images), labels, label_smoothing=0.1)
-    assert list(losses) == ["loss_cls"] and torch.allclose(losses["loss_cls"], expected)
+    assert list(losses) == ["loss_classifier"] and torch.allclose(
+        losses["loss_classifier"], expected
+    )
     preds = task.predict(model, images, topk=3)
     assert len(preds) == 6 and preds[0]["labels"].shape == (3,)
     probs = model(images).softmax(1)
@@ -71,7 +73,7 @@ class _Detector(nn.Module):
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         if self.training:
-            return {"loss_cls": self.w * 1.0, "loss_box": self.w * 2.0}
+            return {"loss_classifier": self.w * 1.0, "loss_box": self.w * 2.0}
         boxes = torch.tensor([[1.0, 1.0, 4.0, 4.0], [0.0, 0.0, 2.0, 2.0]])
         return [
             {
@@ -89,7 +91,7 @@ def test_detection_forwards_and_filters_by_score() -> None:
     task = get_task("detection")
     model = _Detector()
     images = [torch.rand(3, 8, 8), torch.rand(3, 6, 6)]
-    assert set(task.loss(model.train(), images, [{}, {}])) == {"loss_cls", "loss_box"}
+    assert set(task.loss(model.train(), images, [{}, {}])) == {"loss_classifier", "loss_box"}
     preds = task.predict(model.eval(), images, score_threshold=0.5)
     assert preds[0]["boxes"].tolist() == [[1.0, 1.0, 4.0, 4.0]]
     assert preds[0]["relations"].shape == (0, 3)  # its object was dropped

@@ -21,7 +21,7 @@ def test_loss_goes_down() -> None:
 
     class Record(HookBase):
         def after_step(self) -> None:
-            losses.append(self.trainer.last_losses["loss_cls"])
+            losses.append(self.trainer.last_losses["loss_classifier"])
 
     trainer.register_hook(Record())
     trainer.train()
@@ -37,7 +37,9 @@ def test_gradient_accumulation_matches_the_large_batch() -> None:
     assert big.steps_per_epoch == small.steps_per_epoch == 4
     for (name, a), b in zip(big.module.state_dict().items(), small.module.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
-    assert big.last_losses["loss_cls"] == pytest.approx(small.last_losses["loss_cls"], rel=1e-5)
+    assert big.last_losses["loss_classifier"] == pytest.approx(
+        small.last_losses["loss_classifier"], rel=1e-5
+    )
 
 
 def test_gradient_clipping_bounds_the_update() -> None:
@@ -72,7 +74,10 @@ def test_bf16_autocast_on_cpu() -> None:
     fp32, seen = _train_recording_dtypes("none")
     assert seen == [torch.float32] * 6
     # bf16 rounding shows in the loss; the same seed and data otherwise
-    bf16_loss, fp32_loss = trainer.last_losses["loss_cls"], fp32.last_losses["loss_cls"]
+    bf16_loss, fp32_loss = (
+        trainer.last_losses["loss_classifier"],
+        fp32.last_losses["loss_classifier"],
+    )
     assert bf16_loss != fp32_loss and bf16_loss == pytest.approx(fp32_loss, rel=0.05)
 
 
@@ -87,7 +92,7 @@ class _NanAt(ClassificationTask):
         self.calls += 1
         losses = super().loss(model, images, targets)
         bad = float("nan") if self.calls == self.bad_step else 0.0
-        losses["loss_box"] = losses["loss_cls"] * 0 + bad
+        losses["loss_box"] = losses["loss_classifier"] * 0 + bad
         return losses
 
 

@@ -94,6 +94,20 @@ def test_freeze_backbone_trains_head_only():
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {"fc.weight", "fc.bias"}
 
 
+def test_freeze_backbone_of_alexnet_freezes_fc6_fc7_too():
+    """AlexNet / VGG keep torchvision's fc6 and fc7 (``pre_logits``): frozen with the
+    backbone, while their dropout still drops in training."""
+    model = build_model("alexnet", num_classes=3, freeze="backbone").train()
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"fc.weight", "fc.bias"}
+    assert not any(p.requires_grad for p in model.pre_logits.parameters())
+    dropouts = [m for m in model.pre_logits.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.training for m in dropouts)
+    assert not any(m.training for m in model.backbone.features)  # the frozen stages
+    model.unfreeze_backbone()
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(m.training for m in model.modules())
+
+
 @pytest.mark.parametrize("arch", ["tiny_cnn", "resnet18", "alexnet"])
 def test_freeze_to_stops_gradients_and_statistics_up_to_that_stride(arch):
     torch.manual_seed(0)

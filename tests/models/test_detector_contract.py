@@ -17,11 +17,11 @@ NUM_CLASSES = 3  # background + 2
 # The loss keys each model returns today (torchvision's names where the model is
 # torchvision's kind: Fast / Faster R-CNN).
 LOSS_KEYS = {
-    "rcnn": {"loss_cls"},
-    "sppnet": {"loss_cls"},
+    "rcnn": {"loss_classifier"},
+    "sppnet": {"loss_classifier"},
     "fast_rcnn": {"loss_classifier", "loss_box_reg"},
     "faster_rcnn": {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"},
-    "yolo": {"loss_xy", "loss_wh", "loss_obj", "loss_noobj", "loss_cls"},
+    "yolo": {"loss_box_xy", "loss_box_wh", "loss_objectness", "loss_noobject", "loss_classifier"},
 }
 DETECTION_KEYS = {"boxes", "labels", "scores"}
 CASES = sorted(set(list_models(task="detection")) | set(TINY))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from visionlab.errors import CheckpointError, VisionLabError
 from visionlab.models.backbones import SequentialBackbone
+from visionlab.models.batching import batch_images, pad_to_multiple
 from visionlab.models.fcn import (
     DEFAULT_HEADS,
     FCN,
@@ -18,8 +19,6 @@ from visionlab.models.fcn import (
     bilinear_kernel,
     build_fcn,
     linear_to_conv,
-    pad_images,
-    pad_to_multiple,
 )
 from visionlab.models.registry import build_model, list_models
 
@@ -178,9 +177,9 @@ def test_skip_scales_multiply_pool_features():
     assert (base - without).abs().max() > 1e-3
 
 
-def test_pad_images_and_mixed_size_batches():
+def test_batch_images_with_fill_and_mixed_size_batches():
     images = [torch.rand(3, 37, 53), torch.rand(3, 100, 75), torch.rand(3, 64, 64)]
-    batch, sizes = pad_images(images, 32, fill=(0.1, 0.2, 0.3))
+    batch, sizes = batch_images(images, 32, fill=(0.1, 0.2, 0.3))
     assert batch.shape == (3, 3, 128, 96)
     assert sizes == [(37, 53), (100, 75), (64, 64)]
     assert torch.equal(batch[0, :, :37, :53], images[0])
@@ -200,7 +199,7 @@ def test_pad_images_and_mixed_size_batches():
     assert (outs[0] - alone).abs().mean() < 0.05 * alone.abs().mean()
     assert (outs[0].argmax(0) == alone.argmax(0)).float().mean() > 0.95
     with pytest.raises(ValueError, match="at least one"):
-        pad_images([])
+        batch_images([])
 
 
 def test_bad_arguments_are_clear_errors():

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from visionlab.models.heads import (
     BoxHeadSettings,
     RoIBoxPredictor,
-    batch_images,
     decode_detections,
     fast_rcnn_loss,
     sample_proposals,
@@ -177,9 +176,3 @@ def test_box_predictor_train_and_eval_contract():
     head.eval()
     detections, losses = head(features, proposals, [(32, 32)] * 2)
     assert losses == {} and len(detections) == 2 and len(detections[1]["boxes"]) == 0
-
-
-def test_batch_images_pads_to_multiple():
-    batch, sizes = batch_images([torch.ones(3, 20, 30), torch.ones(3, 33, 10)], 16)
-    assert batch.shape == (2, 3, 48, 32) and sizes == [(20, 30), (33, 10)]
-    assert batch[0, :, 20:].abs().sum() == 0 and batch[1, :, :33, :10].min() == 1

@@ -72,7 +72,7 @@ def test_registered_and_detection_contract() -> None:
     target = {"boxes": torch.tensor([[16.0, 16, 48, 48]]), "labels": torch.tensor([2])}
     model.train()
     losses = model([image], [target])
-    assert set(losses) == {"loss_cls"} and losses["loss_cls"].requires_grad
+    assert set(losses) == {"loss_classifier"} and losses["loss_classifier"].requires_grad
     model.eval()
     (out,) = model([image], extras=("proposals",))
     assert set(out) == {"boxes", "labels", "scores", "proposals"}

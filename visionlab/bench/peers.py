@@ -186,7 +186,7 @@ def _infer_ms(model: nn.Module, images: list[Tensor]) -> float:
 @torch.no_grad()
 def split_times(model: nn.Module, images: list[Tensor]) -> dict[str, float]:
     """Mean ms per image (batch of one) of proposals / backbone / heads / NMS."""
-    from visionlab.models.heads import batch_images
+    from visionlab.models.batching import batch_images
     from visionlab.ops import selective_search
 
     model.eval()

@@ -1,11 +1,11 @@
 """Where a run reports: a tqdm progress bar, ``metrics.jsonl`` and TensorBoard events.
 
 ``metrics.jsonl`` has one JSON object per line: training records every ``log_every`` steps
-(``{"type": "train", "step", "epoch", "lr", "loss", "loss_cls": ..., "time"}``: the total and
+(``{"type": "train", "step", "epoch", "lr", "loss", "loss_classifier": ..., "time"}``: the total and
 each loss term, averaged since the previous record) and one per evaluation
 (``{"type": "eval", "step", "epoch", "val/top1": ..., "metrics": {...}}``: every scalar
 metric as ``val/<name>``, plus the evaluator's whole dict, per-class values included).
-Scalars go to TensorBoard under the same names (``train/loss_cls``, ``train/lr``,
+Scalars go to TensorBoard under the same names (``train/loss_classifier``, ``train/lr``,
 ``val/top1``). Only the main process writes.
 """
 

@@ -5,7 +5,7 @@
 
 1. ``proposals``: selective search over the training images (cached on disk by
    :func:`visionlab.ops.selective_search`; the boxes also go to ``RUN/cache/proposals.pt``).
-2. ``finetune``: the CNN as an (N + 1)-way classifier of regions (``loss_cls``), with the
+2. ``finetune``: the CNN as an (N + 1)-way classifier of regions (``loss_classifier``), with the
    recipe's ``optim``, ``schedule`` and ``train`` (``batch_size`` images per step,
    ``epochs`` or ``max_steps``).
 3. ``features``: fc7 features of the ground-truth boxes and of every proposal, pool
@@ -175,7 +175,7 @@ class StageRunner:
                     image, target = _hflip(image, target)
                 images.append(image.to(self.device))
                 targets.append({k: _to(v, self.device) for k, v in target.items()})
-            loss = model(images, targets)["loss_cls"]
+            loss = model(images, targets)["loss_classifier"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

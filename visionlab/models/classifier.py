@@ -117,36 +117,24 @@ class ImageClassifier(nn.Module):
         head = {id(p) for p in self.fc.parameters()}
         return (p for p in self.parameters() if id(p) not in head)
 
-    def _backbone_modules(self) -> Iterator[nn.Module]:
-        yield from self.backbone.modules()
-        yield from self.pre_logits.modules()
-
     @property
     def backbone_frozen(self) -> bool:
         return self._backbone_frozen
 
     def freeze_backbone(self) -> None:
-        """Train the head only: backbone parameters stop requiring gradients and its
-        batch-norm layers stay in eval mode (fixed running statistics)."""
-        for p in self.backbone_parameters():
-            p.requires_grad_(False)
+        """Train the head only: the backbone is frozen through its one freeze mechanism
+        (:meth:`Backbone.freeze_to` of its last map: no gradients, batch norms in eval
+        mode), and ``pre_logits`` (AlexNet / VGG fc6-fc7, MobileNet's first linear layer)
+        stops requiring gradients too; its dropout keeps training mode."""
+        self.backbone.freeze_to(self.backbone.out_stride)
+        self.pre_logits.requires_grad_(False)
         self._backbone_frozen = True
-        self.train(self.training)
 
     def unfreeze_backbone(self) -> None:
         """Undo :meth:`freeze_backbone`: everything trains again."""
-        for p in self.backbone_parameters():
-            p.requires_grad_(True)
+        self.backbone.freeze_to(0)
+        self.pre_logits.requires_grad_(True)
         self._backbone_frozen = False
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> ImageClassifier:
-        super().train(mode)
-        if self._backbone_frozen:
-            for m in self._backbone_modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
 
 
 def _check_num_classes(num_classes: object) -> None:

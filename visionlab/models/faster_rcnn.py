@@ -27,12 +27,12 @@ from torch import Tensor, nn
 
 from visionlab.errors import VisionLabError
 from visionlab.models.backbones import STRIDES, Backbone, build_backbone
+from visionlab.models.batching import batch_images
 from visionlab.models.detector import Detector, attach_proposals
 from visionlab.models.heads import (
     POOLERS,
     BoxHeadSettings,
     RoIBoxPredictor,
-    batch_images,
     settings_from,
 )
 from visionlab.models.postprocess import DetectionSettings, reject_nested_knobs

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from visionlab.errors import CheckpointError, VisionLabError
 from visionlab.models.backbones import IMAGENET_MEAN, Backbone, build_backbone
+from visionlab.models.batching import batch_images, pad_to_multiple
 from visionlab.models.registry import register_model
 
 VARIANT_STRIDES = {"fcn32s": 32, "fcn16s": 16, "fcn8s": 8}
@@ -248,7 +249,7 @@ class FCN(nn.Module):
             self.upscore_pool4 = make_upsample(upsample, num_classes, 2)
         self.upscore_final = make_upsample(upsample, num_classes, output_stride)
         self.build_args: dict = {}  # filled by the registry
-        self._backbone_frozen = False
+        self._unfrozen_stride: int | None = None  # set while freeze_backbone holds
 
     @property
     def size_divisor(self) -> int:
@@ -283,7 +284,7 @@ class FCN(nn.Module):
             cropped back; the padding can shift scores near an image's bottom/right edge a
             little compared with predicting the image alone.
         """
-        batch, sizes = pad_images(images, self.size_divisor, fill=self.encoder.pad_fill)
+        batch, sizes = batch_images(images, self.size_divisor, fill=self.encoder.pad_fill)
         logits = self(batch)
         return [logit[:, :h, :w] for logit, (h, w) in zip(logits, sizes)]
 
@@ -297,28 +298,19 @@ class FCN(nn.Module):
         return [p for p in self.parameters() if id(p) not in ids]
 
     def freeze_backbone(self) -> None:
-        """Train everything but the encoder, whose batch norms keep their statistics."""
-        for p in self.encoder.parameters():
-            p.requires_grad_(False)
-        self._backbone_frozen = True
-        self.train(self.training)
+        """Train everything but the encoder: :meth:`Backbone.freeze_to` of its last map (no
+        gradients, batch norms in eval mode)."""
+        backbone = self.encoder.backbone
+        if self._unfrozen_stride is None:  # what unfreezing returns to: ``frozen_stride``
+            self._unfrozen_stride = backbone.frozen_stride
+        backbone.freeze_to(backbone.out_stride)
 
     def unfreeze_backbone(self) -> None:
         """Undo :meth:`freeze_backbone` (layers frozen by ``frozen_stride`` stay frozen)."""
-        for p in self.encoder.parameters():
-            p.requires_grad_(True)
-        self._backbone_frozen = False
         backbone = self.encoder.backbone
-        backbone.freeze_to(backbone.frozen_stride)  # back to what the backbone trains
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> FCN:
-        super().train(mode)
-        if self._backbone_frozen:
-            for m in self.encoder.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
+        if self._unfrozen_stride is not None:
+            backbone.freeze_to(self._unfrozen_stride)
+        self._unfrozen_stride = None
 
 
 def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -326,57 +318,6 @@ def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
     return conv
-
-
-def _fill_tensor(fill: Sequence[float] | float, like: Tensor) -> Tensor:
-    values = torch.as_tensor(fill, dtype=like.dtype, device=like.device).flatten()
-    return values.view(1, -1, 1, 1) if values.numel() > 1 else values.view(1, 1, 1, 1)
-
-
-def pad_to_multiple(x: Tensor, multiple: int, *, fill: Sequence[float] | float = 0.0) -> Tensor:
-    """Pad ``Tensor[B, C, H, W]`` at the bottom and right to multiples of ``multiple``.
-
-    ``fill`` is a scalar or one value per channel. Returns ``x`` itself when no padding is
-    needed.
-    """
-    height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x
-    fill_t = _fill_tensor(fill, x)
-    out = F.pad(x - fill_t, (0, pad_w, 0, pad_h)) + fill_t
-    out[..., :height, :width] = x  # exact copy, no (x - f) + f rounding
-    return out
-
-
-def pad_images(
-    images: Sequence[Tensor], multiple: int = 1, *, fill: Sequence[float] | float = 0.0
-) -> tuple[Tensor, list[tuple[int, int]]]:
-    """Stack images of different sizes into one batch padded at the bottom and right.
-
-    Args:
-        images: list of ``Tensor[C, H_i, W_i]`` (same C, dtype and device).
-        multiple: round the batch height and width up to a multiple of this.
-        fill: scalar or per-channel padding value.
-
-    Returns:
-        ``(Tensor[B, C, H, W], [(H_i, W_i), ...])`` with H, W the (rounded) maxima.
-    """
-    if len(images) == 0:
-        raise ValueError("pad_images needs at least one image")
-    if any(im.dim() != 3 for im in images):
-        shapes = [tuple(im.shape) for im in images]
-        raise ValueError(f"pad_images expects [C, H, W] tensors, got shapes {shapes}")
-    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    height = max(h for h, _ in sizes)
-    width = max(w for _, w in sizes)
-    height, width = height + (-height % multiple), width + (-width % multiple)
-    first = images[0]
-    batch = first.new_empty(len(images), first.shape[0], height, width)
-    batch.copy_(_fill_tensor(fill, first).expand_as(batch))
-    for out, im in zip(batch, images):
-        out[:, : im.shape[-2], : im.shape[-1]] = im
-    return batch, sizes
 
 
 def build_fcn(

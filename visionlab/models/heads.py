@@ -16,8 +16,8 @@ Fast R-CNN (Girshick, ICCV 2015) defines the parts this module holds:
 R-CNN, SPPNet, Fast and Faster R-CNN differ only in where regions and features come from;
 every detector ends in :func:`visionlab.models.postprocess.postprocess_detections`
 (threshold, clip, class-wise NMS), and Fast / Faster R-CNN share :class:`RoIBoxPredictor`
-(pooling + :class:`BoxHead` + sampling + loss + :func:`decode_detections`). The module
-also holds :func:`batch_images`, the padding helper of those models. On CPU, training pools
+(pooling + :class:`BoxHead` + sampling + loss + :func:`decode_detections`); their images
+are batched by :func:`visionlab.models.batching.batch_images`. On CPU, training pools
 with :func:`visionlab.ops.roi_align_separable` (RoI Align as one matrix product per image:
 several times faster than torchvision's CPU kernel, same numbers).
 """
@@ -47,7 +47,6 @@ __all__ = [
     "BoxHead",
     "BoxHeadSettings",
     "RoIBoxPredictor",
-    "batch_images",
     "decode_detections",
     "fast_rcnn_loss",
     "sample_proposals",
@@ -120,36 +119,6 @@ def settings_from(cls: type, value: object, where: str) -> object:
             raise VisionLabError(f"{where}: unknown setting {key!r}{hint}; known: {names}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
     return cls(**kwargs)
-
-
-# --------------------------------------------------------------------------- batching
-
-
-def batch_images(images: Sequence[Tensor], size_divisible: int = 32) -> tuple[Tensor, list]:
-    """Stack images of any sizes into one zero-padded batch (bottom / right padding).
-
-    The padded side lengths are multiples of ``size_divisible`` so that every backbone
-    stride divides them; box coordinates are unchanged by padding. Normalisation is the
-    backbone's job (:class:`visionlab.models.backbones.Normalize`), so none happens here.
-
-    Args:
-        images: ``[Tensor[3, H_i, W_i]]`` float in ``[0, 1]``.
-        size_divisible: pad ``H`` and ``W`` up to multiples of this.
-
-    Returns:
-        ``(batch Tensor[B, 3, H, W], image_sizes [(H_i, W_i)])``.
-    """
-    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-    height = max(h for h, _ in sizes)
-    width = max(w for _, w in sizes)
-    height = -(-height // size_divisible) * size_divisible
-    width = -(-width // size_divisible) * size_divisible
-    if all(s == (height, width) for s in sizes):
-        return torch.stack(list(images)), sizes
-    batch = images[0].new_zeros((len(images), 3, height, width))
-    for out, im in zip(batch, images):
-        out[:, : im.shape[-2], : im.shape[-1]].copy_(im)
-    return batch, sizes
 
 
 # --------------------------------------------------------------------------- head

@@ -30,7 +30,7 @@ The paper's pipeline, as this module follows it:
 
 The stages (fine-tune, extract features, fit SVMs, fit box regressors) run in
 :mod:`visionlab.engine.stages`; this module holds the model and its two modes: training mode
-gives the fine-tuning loss ``{"loss_cls"}`` (the detector contract of
+gives the fine-tuning loss ``{"loss_classifier"}`` (the detector contract of
 :class:`~visionlab.models.detector.Detector`), eval mode the detections. Before the SVMs are
 fitted, eval mode scores regions with the fine-tuned softmax. SVM weights and box regressors
 are buffers: a checkpoint's state dict carries them.
@@ -280,7 +280,7 @@ class RegionDetector(Detector):
     SPPNet, which differ in ``regions``.
 
     The detector contract (:class:`~visionlab.models.detector.Detector`): training gives
-    ``{"loss_cls"}`` of the fine-tuning; eval, per image ``{"boxes", "labels", "scores"}``
+    ``{"loss_classifier"}`` of the fine-tuning; eval, per image ``{"boxes", "labels", "scores"}``
     (+ ``proposals: Tensor[P, 4]``, selective search's, with ``extras=("proposals",)``).
 
     Args:
@@ -404,7 +404,7 @@ class RegionDetector(Detector):
     # ------------------------------------------------------------------ forward
 
     def losses(self, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
-        """``{"loss_cls"}``: cross-entropy of the (N + 1)-way fine-tuning classifier on a
+        """``{"loss_classifier"}``: cross-entropy of the (N + 1)-way fine-tuning classifier on a
         balanced sample of regions (targets may carry precomputed ``proposals``)."""
         proposals = [
             t["proposals"] if "proposals" in t else self.propose(img)
@@ -419,7 +419,7 @@ class RegionDetector(Detector):
             add_gt=True,  # R-CNN fine-tunes on the ground-truth boxes too
         )
         logits = self.cls_score(self.fc_features(self.pool_features(images, sampled)))
-        return {"loss_cls": F.cross_entropy(logits, labels.to(logits.device))}
+        return {"loss_classifier": F.cross_entropy(logits, labels.to(logits.device))}
 
     @torch.no_grad()
     def detect(self, images: Sequence[Tensor], extras: frozenset[str]) -> list[dict[str, Tensor]]:

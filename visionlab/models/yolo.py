@@ -187,7 +187,7 @@ class YOLO(Detector):
         return torch.stack(out)
 
     def losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """``{loss_xy, loss_wh, loss_obj, loss_noobj, loss_cls}`` (see
+        """``{loss_box_xy, loss_box_wh, loss_objectness, loss_noobject, loss_classifier}`` (see
         :mod:`visionlab.models.yolo_loss`)."""
         size = self._size()
         return self.grid_losses(self.grid(self._resize(images, size)), images, targets, size)

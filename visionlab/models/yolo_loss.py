@@ -336,8 +336,8 @@ def yolo_v1_loss(
         targets: from :func:`assign`.
 
     Returns:
-        ``loss_xy`` and ``loss_wh`` (times ``lambda_coord``), ``loss_obj``, ``loss_noobj``
-        (times ``lambda_noobj``) and ``loss_cls``.
+        ``loss_box_xy`` and ``loss_box_wh`` (times ``lambda_coord``), ``loss_objectness``,
+        ``loss_noobject`` (times ``lambda_noobj``) and ``loss_classifier``.
     """
     n, S = box_params.shape[:2]
     C = class_probs.shape[-1]
@@ -358,11 +358,11 @@ def yolo_v1_loss(
     class_target = class_target / class_target.sum(-1, keepdim=True).clamp(min=1)
     lc, ln = config.lambda_coord, config.lambda_noobj
     return {
-        "loss_xy": lc * (pred_params[:, :2] - target_params[:, :2]).pow(2).sum() / n,
-        "loss_wh": lc * (pred_params[:, 2:] - target_params[:, 2:]).pow(2).sum() / n,
-        "loss_obj": (confidence[slot] - iou).pow(2).sum() / n,
-        "loss_noobj": ln * confidence[~obj].pow(2).sum() / n,
-        "loss_cls": (class_probs[has_obj] - class_target[has_obj]).pow(2).sum() / n,
+        "loss_box_xy": lc * (pred_params[:, :2] - target_params[:, :2]).pow(2).sum() / n,
+        "loss_box_wh": lc * (pred_params[:, 2:] - target_params[:, 2:]).pow(2).sum() / n,
+        "loss_objectness": (confidence[slot] - iou).pow(2).sum() / n,
+        "loss_noobject": ln * confidence[~obj].pow(2).sum() / n,
+        "loss_classifier": (class_probs[has_obj] - class_target[has_obj]).pow(2).sum() / n,
     }
 
 
@@ -404,9 +404,9 @@ def yolo_prior_loss(
     noobj = ~obj & (best <= PRIOR_IGNORE_IOU)
     lc, ln = config.lambda_coord, config.lambda_noobj
     return {
-        "loss_xy": lc * (pred_params[:, :2] - target_params[:, :2]).pow(2).sum() / n,
-        "loss_wh": lc * (pred_params[:, 2:] - target_params[:, 2:]).pow(2).sum() / n,
-        "loss_obj": (objectness[slot] - iou).pow(2).sum() / n,
-        "loss_noobj": ln * objectness[noobj].pow(2).sum() / n,
-        "loss_cls": F.cross_entropy(class_logits[slot], t.labels - 1, reduction="sum") / n,
+        "loss_box_xy": lc * (pred_params[:, :2] - target_params[:, :2]).pow(2).sum() / n,
+        "loss_box_wh": lc * (pred_params[:, 2:] - target_params[:, 2:]).pow(2).sum() / n,
+        "loss_objectness": (objectness[slot] - iou).pow(2).sum() / n,
+        "loss_noobject": ln * objectness[noobj].pow(2).sum() / n,
+        "loss_classifier": F.cross_entropy(class_logits[slot], t.labels - 1, reduction="sum") / n,
     }
