@@ -371,3 +371,16 @@ def test_old_checkpoints_give_the_same_detections():
             torch.testing.assert_close(got["scores"], want["scores"], rtol=0, atol=1e-5)
             order = [s["scores"].argsort(descending=True, stable=True) for s in (got, want)]
             assert torch.equal(*order), name
+
+
+def test_the_rpn_nms_knob_is_spelt_once() -> None:
+    from visionlab.errors import VisionLabError
+
+    old = {"rpn": {"nms_threshold": 0.6, "anchor_sizes": [16, 32]}, "backbone_width": 4}
+    new = upgrade_model_args("faster_rcnn", old)
+    assert new["rpn"] == {"nms_thresh": 0.6, "anchor_sizes": [16, 32]}
+    assert old["rpn"]["nms_threshold"] == 0.6  # not modified
+    model = build_model("faster_rcnn", num_classes=3, **new)
+    assert model.rpn.settings.nms_thresh == 0.6
+    with pytest.raises(VisionLabError, match="nms_thresh"):  # a recipe's old spelling
+        build_model("faster_rcnn", num_classes=3, rpn={"nms_threshold": 0.6})

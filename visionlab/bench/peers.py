@@ -104,7 +104,7 @@ def torchvision_peer(ours: nn.Module, size: int) -> nn.Module:
         rpn_pre_nms_top_n_test=rpn.pre_nms_top_n_test,
         rpn_post_nms_top_n_train=rpn.post_nms_top_n_train,
         rpn_post_nms_top_n_test=rpn.post_nms_top_n_test,
-        rpn_nms_thresh=rpn.nms_threshold,
+        rpn_nms_thresh=rpn.nms_thresh,
         rpn_fg_iou_thresh=rpn.fg_iou,
         rpn_bg_iou_thresh=rpn.bg_iou,
         rpn_batch_size_per_image=rpn.batch_size_per_image,

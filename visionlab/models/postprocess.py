@@ -53,6 +53,10 @@ _OLD_KNOB_HOMES: dict[str, str] = {
     "fast_rcnn": "box_head",
     "faster_rcnn": "box_head",
 }
+# Settings renamed in place: model -> {settings argument: {old key: new key}}.
+_RENAMED_IN_PLACE: dict[str, dict[str, dict[str, str]]] = {
+    "faster_rcnn": {"rpn": {"nms_threshold": "nms_thresh"}},
+}
 
 # ``decode(rows Tensor[M] int64, labels Tensor[M] int64 in 1..K) -> boxes Tensor[M, 4]``.
 BoxDecoder = Callable[[Tensor, Tensor], Tensor]
@@ -188,7 +192,8 @@ def upgrade_model_args(model_name: str, args: Mapping[str, Any]) -> dict[str, An
     R-CNN and SPPNet kept ``score_threshold``, ``nms_threshold`` and
     ``detections_per_image`` in ``test``, Fast and Faster R-CNN in ``box_head``: they become
     the model arguments ``score_thresh``, ``nms_thresh`` and ``detections_per_img`` (see
-    :data:`RENAMED_KNOBS`). Old spellings at the top level are renamed too. Current
+    :data:`RENAMED_KNOBS`). Old spellings at the top level are renamed too, and Faster
+    R-CNN's ``rpn.nms_threshold`` becomes ``rpn.nms_thresh``. Current
     arguments come back equal; ``args`` is not modified. Call it on a stored ``model_args``
     before ``build_model(model_name, **args)``; recipes are not upgraded (the builders
     refuse the old spellings with the new names).
@@ -206,4 +211,10 @@ def upgrade_model_args(model_name: str, args: Mapping[str, Any]) -> dict[str, An
             moved.setdefault(new, out.pop(old))
     for new, value in moved.items():
         out.setdefault(new, value)
+    for arg, renames in _RENAMED_IN_PLACE.get(model_name, {}).items():
+        settings = out.get(arg)
+        if isinstance(settings, dict):
+            for old, new in renames.items():
+                if old in settings:
+                    settings.setdefault(new, settings.pop(old))
     return out

@@ -43,7 +43,7 @@ class RPNSettings:
             FPN) before NMS.
         post_nms_top_n_train, post_nms_top_n_test: proposals kept per image after NMS (the
             paper: 2000 in training, 300 at test time, for ~600 px images).
-        nms_threshold: NMS IoU over proposals (0.7).
+        nms_thresh: NMS IoU over proposals (0.7).
         min_size: drop proposals with a side below this (px).
         box_weights: :class:`BoxCoder` weights of the anchor deltas ((1, 1, 1, 1)).
         smooth_l1_beta: smooth L1 transition point (1/9, the reference implementations').
@@ -59,7 +59,7 @@ class RPNSettings:
     pre_nms_top_n_test: int = 500
     post_nms_top_n_train: int = 300
     post_nms_top_n_test: int = 100
-    nms_threshold: float = 0.7
+    nms_thresh: float = 0.7
     min_size: float = 1.0
     box_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     smooth_l1_beta: float = 1.0 / 9
@@ -281,7 +281,7 @@ class RPN(nn.Module):
         keep = torch.where(wh.min(dim=1).values >= s.min_size)[0]
         boxes, scores, image_ids = boxes[keep], scores[keep], image_ids[keep]
         group = image_ids * len(level_counts) + levels.repeat(batch)[keep]
-        keep = batched_nms(boxes, scores, group, s.nms_threshold)  # by decreasing score
+        keep = batched_nms(boxes, scores, group, s.nms_thresh)  # by decreasing score
         boxes, image_ids = boxes[keep], image_ids[keep]
         # stable sort by image keeps each image's boxes in decreasing score order
         order = torch.sort(image_ids, stable=True).indices
