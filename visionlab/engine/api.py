@@ -22,6 +22,7 @@ from visionlab.engine import distributed
 from visionlab.engine.checkpoint import load_checkpoint, read_export, require_keys
 from visionlab.engine.common import (
     TrainResult,
+    load_weights,
     make_transform,
     resolve_device,
 )
@@ -166,11 +167,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, fuse: bool = F
         model = build_model(meta["model_name"], **args)
     except VisionLabError as err:
         raise CheckpointError(f"{path}: cannot rebuild the model: {err}") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise CheckpointError(f"{path}: weights do not fit {meta['model_name']}: {first}") from None
+    load_weights(model, state, path, meta["model_name"])
     model.task = meta.get("task", getattr(model, "task", ""))
     model.classes = list(meta.get("classes") or [])
     model.predicates = list(meta.get("predicates") or [])

@@ -114,11 +114,8 @@ def checkpoint_meta(
 
 
 def check_resumed(state: dict[str, Any], cfg: Config, classes: Sequence[str], path: Path) -> None:
-    """Refuse, in one line, a resumed run whose model or classes differ from ``state``'s."""
-    if state.get("model_name") != cfg.model:
-        raise CheckpointError(
-            f"{path}: was trained as {state.get('model_name')!r}, the recipe says {cfg.model!r}"
-        )
+    """Refuse, in one line, a resumed run on other classes than ``state``'s (a changed model
+    is refused before, with the recipe: :func:`visionlab.engine.rundir.resume_changes`)."""
     stored = list(state.get("classes") or [])
     if stored and stored != list(classes):
         from visionlab.errors import describe_class_mismatch

@@ -223,9 +223,8 @@ class RunFolder:
     and :meth:`close` at the end (``ok=False`` after a failure).
     """
 
-    def __init__(self, path: Path, *, owner: bool) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.owner = owner
         self.lock = RunLock(path)
         self.aside: Aside | None = None
 
@@ -341,7 +340,7 @@ def open_run_folder(
         raise ConfigError(decision) if is_main else VisionLabError(decision)
     path, note = Path(decision[0]), decision[1]
     cfg.out = str(path)
-    folder = RunFolder(path, owner=is_main)
+    folder = RunFolder(path)
     if not is_main:
         return folder
     if note:
