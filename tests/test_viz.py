@@ -232,3 +232,24 @@ def test_plot_grouped_bars_draws_a_bar_per_series_and_group(tmp_path):
         assert (np.abs(image - color).sum(-1) < 30).sum() > 50
     with pytest.raises(VisionLabError, match="3 values"):
         plot_grouped_bars(groups, {"short": [0.1, 0.2]}, tmp_path / "x.png", ylabel="y")
+
+
+def test_draw_detections_colours_instances_apart_and_outlines_masks():
+    image = _image()
+    boxes = torch.tensor([[10.0, 10.0, 40.0, 40.0], [50.0, 10.0, 90.0, 50.0]])
+    masks = torch.zeros(2, H, W, dtype=torch.bool)
+    masks[0, 15:35, 15:35] = True
+    masks[1, 20:45, 55:85] = True
+    labels, scores = torch.tensor([1, 1]), torch.tensor([0.9, 0.8])  # one class, two objects
+    by_class = _pixels(draw_detections(image, boxes, labels, scores, CLASSES, masks))
+    out = draw_detections(image, boxes, labels, scores, CLASSES, masks, color_by="instance")
+    px = _pixels(out)
+    # each mask's border in its instance's own colour, its inside tinted (translucent)
+    assert tuple(px[25, 15].tolist()) == color_for(0)
+    assert tuple(px[30, 55].tolist()) == color_for(1)
+    assert tuple(by_class[25, 15].tolist()) == tuple(by_class[30, 55].tolist()) == color_for(1)
+    inside = tuple(px[25, 25].tolist())
+    assert inside != color_for(0) and inside != (128, 128, 128)
+    assert not _changed(out, image)[60, 5]  # background untouched
+    with pytest.raises(VisionLabError, match="color_by"):
+        draw_detections(image, boxes, labels, scores, CLASSES, masks, color_by="rainbow")

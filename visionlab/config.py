@@ -59,10 +59,11 @@ Schema (defaults in brackets)::
     augment: dict        keyword arguments of visionlab.data.transforms.build_transforms for
                          the training split, e.g. {hflip: 0.5} [{}]
     transfer:
-      pretrained: str|None  checkpoint (.pt), exported dir or .safetensors to start from;
-                         null (or "") = none, model_args decide the initial weights. The
-                         classifier head is reset when the class count differs. A model
-                         without `pretrained` gets it as `pretrained_backbone` [None]
+      pretrained: str|None  a whole model of the same kind to start from (classifiers,
+                         FCNs): checkpoint (.pt), exported dir or .safetensors; null (or
+                         "") = none. The classifier head is reset when the class count
+                         differs. A backbone's initial weights are the model's
+                         `model_args.pretrained_backbone`, the one knob for those [None]
       freeze: str        none | backbone [none]
       unfreeze_after: int|None  epochs after which a frozen backbone is trained too [None]
 

@@ -4,7 +4,8 @@
 2. train the tiny classifier on the scenes crops and draw its predictions;
 3. train FCN-8s on the scenes and write its masks and overlays;
 4. train Faster R-CNN on the scenes (a short demo schedule) and draw its detections and
-   its RPN's proposals beside selective search's.
+   its RPN's proposals beside selective search's;
+5. train Mask R-CNN on the scenes (a short demo schedule) and draw its instances.
 
 Every step goes through the same `visionlab` commands a user types, so the demo shows the
 command line as much as the models. Pictures land under ``--out`` (default runs/demo).
@@ -17,10 +18,11 @@ import shlex
 import time
 from pathlib import Path
 
-STEPS = ("data", "classify", "fcn", "faster_rcnn")
+STEPS = ("data", "classify", "fcn", "faster_rcnn", "mask_rcnn")
 # step -> (`visionlab train` overrides, extra `visionlab predict` flags): a short schedule
 DEMO_OVERRIDES: dict[str, tuple[list[str], list[str]]] = {
     "faster_rcnn": (["train.epochs=2", "train.eval_every=2"], ["--show-proposals"]),
+    "mask_rcnn": (["train.epochs=2", "train.eval_every=2"], []),
 }
 
 
@@ -88,12 +90,13 @@ def run(args: argparse.Namespace) -> int:
         "classify": ("classify", "configs/classify_scenes.yaml", root / "crops" / "val"),
         "fcn": ("fcn8s", "configs/fcn8s_scenes.yaml", root / "images" / "val"),
         "faster_rcnn": ("faster_rcnn", "configs/faster_rcnn_scenes.yaml", root / "images" / "val"),
+        "mask_rcnn": ("mask_rcnn", "configs/mask_rcnn_scenes.yaml", root / "images" / "val"),
     }
     for step, (name, recipe, val_images) in recipes.items():
         if step in steps:
             overrides, flags = DEMO_OVERRIDES.get(step, ([], []))
             classifier = out / "classify" / "checkpoints" / "best.pt"
-            if step in ("fcn", "faster_rcnn"):  # the papers' classifier init, the demo's own
+            if step != "classify":  # the papers' classifier init, the demo's own
                 source = classifier if classifier.is_file() else "null"
                 overrides = [*overrides, f"model_args.pretrained_backbone={source}"]
             images = _val_images(val_images, args.predict_n)

@@ -222,7 +222,8 @@ _TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
     "segmentation": SegmentationTask,
     "detection": DetectionTask,
-    # Mask R-CNN: detection with `masks` in targets and outputs, scored by mask AP
+    # Mask R-CNN: detection with `masks` in targets and outputs, scored by box AP (`AP`, ...)
+    # and mask AP (`mask_AP`, ...) in one pass; `mask_AP` picks the best checkpoint
     "instance": DetectionTask,
 }
 

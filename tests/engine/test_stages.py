@@ -1,5 +1,5 @@
-"""Multi-stage training (R-CNN / SPPNet): hard negative mining, ridge regression, stage
-resume and an overfit run on a few images."""
+"""Training in stages (R-CNN / SPPNet): hard negative mining, ridge regression, resume after a
+finished stage and inside the Trainer's stage, and an overfit run on a few images."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from visionlab.config import from_dict
-from visionlab.engine.stages import STAGES, limited_loader, run_stages
+from visionlab.engine.api import train
+from visionlab.engine.stages import limited_loader
+from visionlab.models.rcnn import RegionDetector
 from visionlab.models.svm import SVMSettings, fit_linear_svm, fit_ridge, mine_hard_negatives
 
 
@@ -91,28 +93,24 @@ def _cfg(data: Path, out: Path, model: str, **extra):
     )
 
 
-def test_transfer_pretrained_initialises_the_backbone(tmp_path: Path) -> None:
-    # rcnn / sppnet take backbone weights only: `transfer.pretrained` is their backbone's
+def test_initial_weights_have_one_knob(tmp_path: Path) -> None:
+    # a backbone's initial weights are model_args.pretrained_backbone for every model;
+    # transfer.pretrained (a whole model of the same kind) is refused naming that knob
     from visionlab.engine.common import model_kwargs
+    from visionlab.errors import ConfigError
     from visionlab.tasks import get_task
 
-    cfg = _cfg(tmp_path, tmp_path / "run", "rcnn")
-    cfg.transfer.pretrained = "classifier.pt"
     task = get_task("detection")
+    for name in ("rcnn", "faster_rcnn"):
+        cfg = _cfg(tmp_path, tmp_path / "run", name)
+        cfg.transfer.pretrained = "classifier.pt"
+        with pytest.raises(ConfigError, match=r"model_args\.pretrained_backbone=classifier\.pt"):
+            model_kwargs(cfg, task, ["a", "b"], resume=False)
+        assert "pretrained" not in model_kwargs(cfg, task, ["a", "b"], resume=True)
+    cfg = _cfg(tmp_path, tmp_path / "run", "rcnn")
+    cfg.model_args["pretrained_backbone"] = "classifier.pt"
     kwargs = model_kwargs(cfg, task, ["a", "b"], resume=False)
     assert kwargs["pretrained_backbone"] == "classifier.pt" and "pretrained" not in kwargs
-    assert "pretrained_backbone" not in model_kwargs(cfg, task, ["a", "b"], resume=True)
-
-
-def _run_stages(cfg, resume_state=None, **kwargs):
-    """run_stages in a run folder opened (and locked) as `visionlab train` opens it."""
-    from visionlab.engine.rundir import open_run_folder
-
-    folder = open_run_folder(cfg, resume=resume_state is not None, overwrite=False, is_main=True)
-    try:
-        return run_stages(cfg, None, folder=folder, resume_state=resume_state, **kwargs)
-    finally:
-        folder.close(ok=True)
 
 
 def test_overfit_a_few_images(tiny_scenes: Path, tmp_path: Path) -> None:
@@ -122,8 +120,8 @@ def test_overfit_a_few_images(tiny_scenes: Path, tmp_path: Path) -> None:
     from visionlab.tasks import get_task
 
     cfg = _cfg(tiny_scenes, tmp_path / "run", "sppnet")
-    result = _run_stages(cfg)
-    assert result.step == len(STAGES) and not result.interrupted
+    result = train(cfg)
+    assert result.step == len(RegionDetector.stages) and not result.interrupted
     model = load(result.checkpoints["last"])  # weights_only checkpoint rebuilds the model
     assert bool(model.svm_fitted) and bool(model.bbox_fitted)
     data = load_dataset(
@@ -137,21 +135,73 @@ def test_overfit_a_few_images(tiny_scenes: Path, tmp_path: Path) -> None:
     assert metrics["AP50"] > 0.7, metrics
 
 
-def test_stopped_run_resumes_after_the_last_finished_stage(tiny_scenes: Path, tmp_path: Path):
+def test_stopped_run_resumes_after_the_last_finished_stage(
+    tiny_scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = _cfg(tiny_scenes, tmp_path / "run", "rcnn")
     cfg.train.max_steps = 2
-    first = _run_stages(cfg, until="features")
+    run_stage = RegionDetector.run_stage
+
+    def ctrl_c_at_svm(self, name, *args, **kwargs):
+        if name == "svm":
+            raise KeyboardInterrupt  # what StopRequest raises outside the Trainer's stage
+        return run_stage(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(RegionDetector, "run_stage", ctrl_c_at_svm)
+    first = train(cfg)
     assert first.interrupted and first.step == 3
     before = torch.load(first.checkpoints["last"], weights_only=True)
     assert before["stages_done"] == ["proposals", "finetune", "features"]
 
-    def fail() -> None:
-        raise AssertionError("a finished stage ran again")
+    def only_the_rest(self, name, *args, **kwargs):
+        assert name in ("svm", "box_reg"), f"the finished stage {name} ran again"
+        return run_stage(self, name, *args, **kwargs)
 
-    hooks = {name: fail for name in ("proposals", "finetune", "features")}
-    second = _run_stages(cfg, before, stage_hooks=hooks)
-    assert second.step == len(STAGES) and not second.interrupted
+    def no_training(*args, **kwargs):
+        raise AssertionError("the finished fine-tuning ran again")
+
+    monkeypatch.setattr(RegionDetector, "run_stage", only_the_rest)
+    monkeypatch.setattr(RegionDetector, "train_stage_data", no_training)
+    second = train(resume=first.run_dir)
+    assert second.step == len(RegionDetector.stages) and not second.interrupted
     after = torch.load(second.checkpoints["last"], weights_only=True)
-    assert after["stages_done"] == list(STAGES)
+    assert after["stages_done"] == list(RegionDetector.stages)
     assert torch.equal(after["model"]["cls_score.weight"], before["model"]["cls_score.weight"])
     assert bool(after["model"]["svm_fitted"])
+
+
+def test_finetune_stopped_at_a_step_resumes_exactly(tiny_scenes: Path, tmp_path: Path) -> None:
+    # 2 images a step over 4 images: the stop (step 3) is inside the second epoch; the
+    # flips, the region sampling and the cosine schedule must all continue where they were
+    cfg = _cfg(tiny_scenes, tmp_path / "whole", "rcnn", dropout=0.5)
+    cfg.model_args["finetune"]["hflip"] = True
+    cfg.schedule.name, cfg.schedule.warmup_steps = "cosine", 2
+    cfg.train.max_steps, cfg.train.batch_size = 5, 2
+    whole = train(cfg)
+    cfg.out, cfg.train.stop_at_step = str(tmp_path / "parts"), 3
+    first = train(cfg)
+    assert first.interrupted and first.step == 1  # proposals done, finetune stopped
+    state = torch.load(first.checkpoints["last"], weights_only=True)
+    assert state["step"] == 3 and state["stages_done"] == ["proposals"]
+    second = train(resume=first.run_dir)
+    assert not second.interrupted
+    expected = torch.load(whole.checkpoints["last"], weights_only=True)
+    got = torch.load(second.checkpoints["last"], weights_only=True)
+    assert got["step"] == expected["step"] == 5
+    for key, value in expected["model"].items():
+        assert torch.equal(got["model"][key], value), key
+
+
+def test_finetune_without_train_conv_keeps_the_backbone(tiny_scenes: Path, tmp_path: Path):
+    from visionlab.models.registry import build_model
+
+    finetune = {"hflip": False, "eval_images": -1, "train_conv": False}
+    cfg = _cfg(tiny_scenes, tmp_path / "run", "rcnn", finetune=finetune)
+    cfg.train.max_steps = 2
+    state = torch.load(train(cfg).checkpoints["last"], weights_only=True)
+    torch.manual_seed(cfg.seed)  # the initial weights, as the run built them
+    initial = build_model(state["model_name"], **state["model_args"]).state_dict()
+    trained = state["model"]
+    backbone = [k for k in initial if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(trained[k], initial[k]) for k in backbone)  # BN too
+    assert not torch.equal(trained["cls_score.weight"], initial["cls_score.weight"])

@@ -216,14 +216,24 @@ def test_detection_evaluator_equals_pycocotools(iou_type):
         evaluator.update(preds[s : s + 3], targets[s : s + 3])
     result = evaluator.compute()
     gt, dt = _as_coco(preds, targets, names, segm)
-    ref = pycocotools_eval(gt, dt, iou_type)
+    if segm:  # masks: pycocotools' segm; boxes: its bbox against the same ground truth
+        ref_masks = pycocotools_eval(gt, dt, "segm")
+        assert [result[f"mask_{k}"] for k in STAT_KEYS] == list(ref_masks.stats)
+        assert 0.1 < result["mask_AP"] < 1
+        assert set(result["mask_per_class"]) == set(names)
+        dt = _as_coco(preds, targets, names, segm=False)[1]
+    else:
+        assert not any(k.startswith("mask_") for k in result)
+    ref = pycocotools_eval(gt, dt, "bbox")
     assert [result[k] for k in STAT_KEYS] == list(ref.stats)
     assert 0.1 < result["AP"] < 1
     assert set(result["per_class"]) == set(names)
     assert 0 <= result["voc07_mAP"] <= 1 and 0 <= result["voc_mAP"] <= 1
-    assert evaluator.primary == "AP"
+    assert evaluator.primary == ("mask_AP" if segm else "AP")
+    assert evaluator.primary in result
     evaluator.reset()
-    assert evaluator.compute()["AP"] == -1.0
+    empty = evaluator.compute()
+    assert empty["AP"] == -1.0 and empty.get("mask_AP", -1.0) == -1.0
 
 
 def test_detection_evaluator_difficult_is_ignored():
@@ -247,3 +257,22 @@ def test_detection_evaluator_rejects_bad_labels():
         evaluator.update([pred], [target])
     with pytest.raises(ValueError, match="predictions for"):
         evaluator.update([pred, pred], [target])
+
+
+def test_segm_reports_box_and_mask_ap_apart():
+    # the box is right and the mask is wrong: box AP 1, mask AP 0, from one pass
+    box = torch.tensor([[0.0, 0.0, 20.0, 20.0]])
+    gt_mask = torch.zeros(1, 32, 32, dtype=torch.bool)
+    gt_mask[0, :10, :10] = True
+    pred_mask = torch.zeros(1, 32, 32, dtype=torch.bool)
+    pred_mask[0, 10:20, 10:20] = True
+    target = {"boxes": box, "labels": torch.tensor([1]), "masks": gt_mask}
+    pred = {"boxes": box, "labels": torch.tensor([1]), "scores": torch.tensor([0.9])}
+    evaluator = DetectionEvaluator(["x"], iou_type="segm")
+    evaluator.update([{**pred, "masks": pred_mask}], [target])
+    result = evaluator.compute()
+    assert result["AP"] == pytest.approx(1.0) and result["mask_AP"] == 0.0
+    assert result["per_class"]["x"] == pytest.approx(1.0) and result["mask_per_class"]["x"] == 0
+    evaluator.reset()
+    evaluator.update([{**pred, "masks": gt_mask}], [target])
+    assert evaluator.compute()["mask_AP"] == pytest.approx(1.0)

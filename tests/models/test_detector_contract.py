@@ -22,9 +22,17 @@ LOSS_KEYS = {
     "fast_rcnn": {"loss_classifier", "loss_box_reg"},
     "faster_rcnn": {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"},
     "yolo": {"loss_box_xy", "loss_box_wh", "loss_objectness", "loss_noobject", "loss_classifier"},
+    "mask_rcnn": {
+        "loss_objectness",
+        "loss_rpn_box_reg",
+        "loss_classifier",
+        "loss_box_reg",
+        "loss_mask",
+    },
 }
 DETECTION_KEYS = {"boxes", "labels", "scores"}
-CASES = sorted(set(list_models(task="detection")) | set(TINY))
+OUTPUT_KEYS = {"mask_rcnn": DETECTION_KEYS | {"masks"}}  # instance segmentation adds masks
+CASES = sorted(set(list_models(task="detection")) | set(list_models(task="instance")) | set(TINY))
 
 
 @pytest.fixture(autouse=True)
@@ -53,13 +61,27 @@ def _images() -> list[torch.Tensor]:
 
 
 def _targets(empty: bool = False) -> list[dict[str, torch.Tensor]]:
-    if empty:
-        none = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-        return [dict(none), dict(none)]
-    return [
-        {"boxes": torch.tensor([[8.0, 10, 32, 34]]), "labels": torch.tensor([1])},
-        {"boxes": torch.tensor([[40.0, 12, 64, 36]]), "labels": torch.tensor([2])},
-    ]
+    """Boxes, labels and instance masks (the squares of :func:`_images`); detectors that
+    do not segment ignore the masks."""
+    targets = []
+    for image, box, label in zip(_images(), ([8.0, 10, 32, 34], [40.0, 12, 64, 36]), (1, 2)):
+        h, w = image.shape[-2:]
+        if empty:
+            targets.append(
+                {
+                    "boxes": torch.zeros(0, 4),
+                    "labels": torch.zeros(0, dtype=torch.int64),
+                    "masks": torch.zeros(0, h, w, dtype=torch.bool),
+                }
+            )
+            continue
+        x0, y0, x1, y1 = (int(v) for v in box)
+        masks = torch.zeros(1, h, w, dtype=torch.bool)
+        masks[0, y0:y1, x0:x1] = True
+        targets.append(
+            {"boxes": torch.tensor([box]), "labels": torch.tensor([label]), "masks": masks}
+        )
+    return targets
 
 
 def _check_losses(case: str, losses: dict[str, torch.Tensor]) -> None:
@@ -99,9 +121,12 @@ def test_eval_outputs_follow_the_data_contract(case):
         outputs = model(images)
     assert len(outputs) == len(images)
     for out, image in zip(outputs, images):
-        assert set(out) == DETECTION_KEYS  # no extra unless asked for
+        assert set(out) == OUTPUT_KEYS.get(case, DETECTION_KEYS)  # no extra unless asked for
         boxes, labels, scores = out["boxes"], out["labels"], out["scores"]
         n = len(boxes)
+        if "masks" in out:  # one bool mask per detection, at the image's size
+            assert out["masks"].shape == (n, *image.shape[-2:])
+            assert out["masks"].dtype == torch.bool
         assert boxes.shape == (n, 4) and boxes.dtype == torch.float32
         assert labels.shape == (n,) and labels.dtype == torch.int64
         assert scores.shape == (n,) and scores.is_floating_point()
@@ -122,7 +147,7 @@ def test_extras_come_back_only_when_asked_for(case):
         for extra in sorted(model.supported_extras):
             outputs = model(images, extras=(extra,))
             for out, base in zip(outputs, plain):
-                assert set(out) == DETECTION_KEYS | set(EXTRA_KEYS[extra])
+                assert set(out) == OUTPUT_KEYS.get(case, DETECTION_KEYS) | set(EXTRA_KEYS[extra])
                 assert torch.equal(out["boxes"], base["boxes"])  # the same detections
                 if extra == "proposals":
                     assert out["proposals"].dim() == 2 and out["proposals"].shape[1] == 4
@@ -150,7 +175,7 @@ def test_an_unsupported_extra_is_refused(case):
 @pytest.mark.parametrize("case", CASES)
 def test_declared_hooks(case):
     model = _build(case).train()
-    model.prepare_data([None], image_size=64)  # every detector takes it; None is skipped
+    model.prepare_data([None], transform=None)  # every detector takes it; None is skipped
     backbone = {id(p) for p in model.backbone.parameters()}
     assert {id(p) for p in model.backbone_parameters()} == backbone
     head = {id(p) for p in model.head_parameters()}

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from visionlab.errors import VisionLabError
-from visionlab.models.fast_rcnn import cached_selective_search
 from visionlab.models.registry import build_model
+from visionlab.models.two_stage import SelectiveSearchProposer
 from visionlab.ops import selective_search
 from visionlab.ops.proposals import resize_longer
 
@@ -34,12 +34,16 @@ def _scene(seed: int, size: int = 64) -> tuple[torch.Tensor, dict]:
     return image, target
 
 
+def _proposer_search(image: torch.Tensor, search_size: int = 0) -> torch.Tensor:
+    return SelectiveSearchProposer(search_size=search_size).search(image)
+
+
 def test_flipped_image_reuses_mirrored_regions(tmp_path):
     image, _ = _scene(0)
-    boxes = cached_selective_search(image)
+    boxes = _proposer_search(image)
     assert torch.equal(boxes, selective_search(image, "fast", 2000))
     files = sorted((tmp_path / "home").rglob("*.npy"))
-    mirrored = cached_selective_search(image.flip(-1))
+    mirrored = _proposer_search(image.flip(-1))
     assert sorted((tmp_path / "home").rglob("*.npy")) == files  # served from the cache
     width = image.shape[-1]
     expected = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
@@ -48,15 +52,15 @@ def test_flipped_image_reuses_mirrored_regions(tmp_path):
 
 def test_search_size_searches_an_enlarged_copy_and_maps_boxes_back(tmp_path):
     image, _ = _scene(1, size=48)
-    boxes = cached_selective_search(image, search_size=96)
+    boxes = _proposer_search(image, search_size=96)
     search, factor = resize_longer(image, 96)
     assert factor == 2.0 and tuple(search.shape[-2:]) == (96, 96)
     expected = selective_search(search, "fast", 2000, cache=False) / 2
     assert torch.allclose(boxes, expected.clamp(0, 48))
     assert boxes.max() <= 48 and boxes.min() >= 0
-    assert not torch.equal(boxes, cached_selective_search(image))  # a different search
+    assert not torch.equal(boxes, _proposer_search(image))  # a different search
     files = sorted((tmp_path / "home").rglob("*.npy"))
-    mirrored = cached_selective_search(image.flip(-1), search_size=96)
+    mirrored = _proposer_search(image.flip(-1), search_size=96)
     assert sorted((tmp_path / "home").rglob("*.npy")) == files  # served from the cache
     flipped_back = torch.stack([48 - boxes[:, 2], boxes[:, 1], 48 - boxes[:, 0], boxes[:, 3]], 1)
     assert torch.allclose(mirrored, flipped_back)
@@ -79,12 +83,12 @@ class _Images(torch.utils.data.Dataset):
 
 def test_prepare_data_in_worker_processes_fills_the_cache(tmp_path):
     model = build_model("fast_rcnn", num_classes=3, search_size=64, **SMALL)
-    model.prepare_data([_Images(5)], workers=2)
+    model.proposer.prepare_data([_Images(5)], workers=2)
     assert len(list((tmp_path / "home").rglob("*.npy"))) == 5  # one search per image
     for image, _ in _Images(5).items:  # the same boxes a search in this process finds
         search, factor = resize_longer(image, 64)
         expected = selective_search(search, "fast", 2000, cache=False) / factor
-        assert torch.allclose(model.propose([image])[0], expected.clamp(0, 48))
+        assert torch.allclose(model.proposer.search(image), expected.clamp(0, 48))
 
 
 def test_train_eval_contract_and_empty_targets():
@@ -102,7 +106,7 @@ def test_train_eval_contract_and_empty_targets():
     with torch.no_grad():
         out = model(list(images), extras=("proposals",))
     assert set(out[0]) == {"boxes", "labels", "scores", "proposals"}
-    assert torch.equal(out[0]["proposals"], cached_selective_search(images[0]))
+    assert torch.equal(out[0]["proposals"], _proposer_search(images[0]))
 
 
 @pytest.mark.slow

@@ -170,8 +170,8 @@ def test_train_eval_predict_commands(model, tmp_path, monkeypatch, capsys):
     preds = predict(reloaded, files, device="cpu", extras=("proposals",))
     counts = [len(p["proposals"]) for p in preds]
     assert [r["num_proposals"] for r in payload["predictions"]] == counts
-    rpn = getattr(reloaded, "rpn", None)
-    cap = rpn.settings.post_nms_top_n_test if rpn else reloaded.max_proposals
+    proposer = reloaded.proposer
+    cap = getattr(proposer, "max_proposals", None) or proposer.settings.post_nms_top_n_test
     assert all(0 < n <= cap for n in counts), (counts, cap)
     assert (out / record["proposals_drawing"]).is_file() and (out / record["drawing"]).is_file()
     written = len(list(out.glob("*.png")))  # a drawing and a proposals sheet per image

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 from visionlab.models.heads import (
     BoxHeadSettings,
+    RoIBatch,
     RoIBoxPredictor,
+    RoIPooler,
     decode_detections,
     fast_rcnn_loss,
     sample_proposals,
@@ -123,7 +125,11 @@ def test_fast_rcnn_loss_seeded_pin():
 
 def test_rpn_loss_seeded_pin_and_empty_image():
     torch.manual_seed(0)
-    rpn = RPN(in_channels=8, settings=RPNSettings(anchor_sizes=(16.0,), aspect_ratios=(1.0,)))
+    rpn = RPN(
+        in_channels=8,
+        strides=(8,),
+        settings=RPNSettings(anchor_sizes=(16.0,), aspect_ratios=(1.0,)),
+    )
     anchors = torch.tensor([[0.0, 0.0, 16.0, 16.0], [16.0, 0.0, 32.0, 16.0]])
     objectness = torch.tensor([[2.0, -1.0]])
     deltas = torch.tensor([[[0.1, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])
@@ -162,17 +168,18 @@ def test_postprocess_decodes_thresholds_and_suppresses_per_class():
 
 def test_box_predictor_train_and_eval_contract():
     torch.manual_seed(0)
-    head = RoIBoxPredictor(
-        in_channels=4, spatial_scale=1 / 8, num_classes=3, settings=BoxHeadSettings(fc_width=16)
-    )
+    head = RoIBoxPredictor(in_channels=4, num_classes=3, settings=BoxHeadSettings(fc_width=16))
     features = torch.randn(2, 4, 4, 4)
     proposals = [torch.tensor([[0.0, 0.0, 16.0, 16.0]]), torch.zeros((0, 4))]
     targets = [
         {"boxes": torch.tensor([[0.0, 0.0, 15.0, 15.0]]), "labels": torch.tensor([2])},
         {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)},
     ]
-    detections, losses = head(features, proposals, [(32, 32)] * 2, targets)
+    pooler = RoIPooler(scales=(1 / 8,))
+    batch = RoIBatch([features], proposals, [(32, 32)] * 2, pooler, targets)
+    detections, losses = head(batch)
     assert detections == [] and set(losses) == {"loss_classifier", "loss_box_reg"}
+    assert len(batch.shared["rois"]) == len(batch.shared["labels"]) > 0  # left for later heads
     head.eval()
-    detections, losses = head(features, proposals, [(32, 32)] * 2)
+    detections, losses = head(RoIBatch([features], proposals, [(32, 32)] * 2, pooler))
     assert losses == {} and len(detections) == 2 and len(detections[1]["boxes"]) == 0

@@ -243,8 +243,8 @@ def _fixed_proposals(model, proposals: list[torch.Tensor]) -> None:
     """Replace selective search by fixed regions (R-CNN, SPPNet, Fast R-CNN)."""
     if hasattr(model, "pool_features"):  # a RegionDetector proposes one image at a time
         model.propose = lambda image: proposals[0]
-    elif hasattr(model, "max_proposals"):
-        model.propose = lambda images: [proposals[0]] * len(images)
+    elif hasattr(getattr(model, "proposer", None), "search"):
+        model.proposer.search = lambda image: proposals[0]
 
 
 @pytest.mark.parametrize("name", DETECTORS)
@@ -290,7 +290,7 @@ def test_builders_keep_their_defaults():
         score_thresh=0.005, nms_thresh=0.4, min_size=0.0, topk_candidates=1000
     )
     model = build_model("faster_rcnn", **_tiny_args("faster_rcnn"), detections_per_img=7)
-    assert model.roi_heads.detection_settings == DetectionSettings(detections_per_img=7)
+    assert model.roi_heads.box.detection_settings == DetectionSettings(detections_per_img=7)
 
 
 @pytest.mark.parametrize("name", DETECTORS)
@@ -344,9 +344,10 @@ def test_upgrade_model_args_maps_the_old_keys_once():
 def test_old_checkpoints_give_the_same_detections():
     """``data/old_detectors.pt`` was written by the code before the one post-processor
     (``data/make_old_detectors.py``): rebuilt through :func:`upgrade_model_args`, each
-    detector gives the stored detections. YOLO's threshold moved from ``>`` to ``>=``; the
-    file's YOLO scores are all more than 1e-4 away from its threshold, so both keep the
-    same candidates."""
+    detector gives the stored detections (Fast and Faster R-CNN's state-dict keys are
+    those of their two classes before the two-stage skeleton, renamed on load). YOLO's
+    threshold moved from ``>`` to ``>=``; the file's YOLO scores are all more than 1e-4
+    away from its threshold, so both keep the same candidates."""
     record = torch.load(OLD_DETECTORS, weights_only=True)
     assert set(record) == set(DETECTORS)
     for name, saved in record.items():
@@ -361,7 +362,7 @@ def test_old_checkpoints_give_the_same_detections():
             by_shape = {tuple(im.shape): p for im, p in zip(images, proposals)}
             model.propose = lambda image, by_shape=by_shape: by_shape[tuple(image.shape)]
         elif name == "fast_rcnn":
-            model.propose = lambda images, proposals=proposals: list(proposals)
+            model.proposer.forward = lambda images, *_, proposals=proposals: (list(proposals), {})
         with torch.no_grad():
             outputs = model(images)
         for got, want in zip(outputs, saved["outputs"], strict=True):
@@ -381,6 +382,6 @@ def test_the_rpn_nms_knob_is_spelt_once() -> None:
     assert new["rpn"] == {"nms_thresh": 0.6, "anchor_sizes": [16, 32]}
     assert old["rpn"]["nms_threshold"] == 0.6  # not modified
     model = build_model("faster_rcnn", num_classes=3, **new)
-    assert model.rpn.settings.nms_thresh == 0.6
+    assert model.proposer.settings.nms_thresh == 0.6
     with pytest.raises(VisionLabError, match="nms_thresh"):  # a recipe's old spelling
         build_model("faster_rcnn", num_classes=3, rpn={"nms_threshold": 0.6})

@@ -102,28 +102,19 @@ def _seeded_rcnn(**kwargs) -> torch.nn.Module:
     return build_model("rcnn", num_classes=3, input_size=32, fc_width=16, **kwargs)
 
 
-def test_old_backbone_argument_names_build_the_same_model(tmp_path, caplog) -> None:
-    # checkpoints saved before the rename store `width` (and recipes may say `pretrained`)
-    classifier = build_model("tiny_cnn", num_classes=3, width=4)
-    weights = tmp_path / "classifier.pt"
-    torch.save({"model": classifier.state_dict(), "model_name": "tiny_cnn"}, weights)
-    new = _seeded_rcnn(backbone_width=4, pretrained_backbone=str(weights))
-    with caplog.at_level("WARNING", logger="visionlab.models.rcnn"):
-        old = _seeded_rcnn(width=4, pretrained=str(weights))
-    assert "'width' is deprecated" in caplog.text and "'pretrained' is deprecated" in caplog.text
-    new_state, old_state = new.state_dict(), old.state_dict()
-    assert list(old_state) == list(new_state)
-    for key, value in new_state.items():
-        assert old_state[key].shape == value.shape and torch.equal(old_state[key], value), key
-    # both record the new names and no weights file: a checkpoint rebuilds without it
-    assert old.build_args == new.build_args
-    assert old.build_args["backbone_width"] == 4
-    assert not {"width", "pretrained", "pretrained_backbone"} & set(old.build_args)
-    build_model(**old.build_args)
+def test_old_backbone_argument_names_are_refused_and_old_checkpoints_upgraded() -> None:
+    # recipes get a did-you-mean; checkpoints saved before the rename store `width`
+    from visionlab.models.postprocess import upgrade_model_args
 
-
-def test_old_and_new_backbone_argument_names_together_are_an_error() -> None:
-    with pytest.raises(VisionLabError, match="'width' is the deprecated name of 'backbone_width'"):
-        build_model("rcnn", width=4, backbone_width=4)
-    with pytest.raises(VisionLabError, match="deprecated name of 'pretrained_backbone'"):
-        build_model("sppnet", pretrained="a.pt", pretrained_backbone="b.pt")
+    with pytest.raises(VisionLabError, match="'width' \\(did you mean 'backbone_width'"):
+        build_model("rcnn", width=4)
+    with pytest.raises(VisionLabError, match="'pretrained' \\(did you mean 'pretrained_backbone'"):
+        build_model("sppnet", pretrained="a.pt")
+    new = _seeded_rcnn(backbone_width=4)
+    old_args = {k: v for k, v in new.build_args.items() if k not in ("name", "backbone_width")}
+    upgraded = upgrade_model_args("rcnn", {**old_args, "width": 4})
+    assert upgraded == {k: v for k, v in new.build_args.items() if k != "name"}
+    torch.manual_seed(0)
+    old = build_model("rcnn", **upgraded)
+    for key, value in new.state_dict().items():
+        assert torch.equal(old.state_dict()[key], value), key

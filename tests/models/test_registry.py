@@ -93,6 +93,14 @@ def test_register_twice_is_an_error(monkeypatch):
             return nn.Identity()
 
 
+def test_a_renamed_argument_is_refused_naming_the_new_one_and_upgraded_in_checkpoints():
+    from visionlab.models.postprocess import upgrade_model_args
+
+    with pytest.raises(VisionLabError, match=r"'width' \(did you mean 'backbone_width'"):
+        build_model("yolo", num_classes=3, width=8)
+    assert upgrade_model_args("yolo", {"width": 8})["backbone_width"] == 8  # an old checkpoint
+
+
 def test_renamed_args_must_map_old_names_to_arguments(monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     with pytest.raises(ValueError, match="renamed_args"):

@@ -27,7 +27,9 @@ def _batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
         image[:, y : y + 24, x : x + 24] = torch.tensor([1.0, 0.2, 0.1])[:, None, None]
         images.append(image)
         box = torch.tensor([[x, y, x + 24, y + 24]], dtype=torch.float32)
-        targets.append({"boxes": box, "labels": torch.tensor([i + 1])})
+        masks = torch.zeros(1, 64, 64, dtype=torch.bool)  # for the instance models
+        masks[0, y : y + 24, x : x + 24] = True
+        targets.append({"boxes": box, "labels": torch.tensor([i + 1]), "masks": masks})
     return images, targets
 
 
@@ -37,7 +39,8 @@ def _stage_parameter_names(backbone, strides) -> set[str]:
 
 
 def test_every_detector_has_tiny_settings():
-    assert set(list_models(task="detection")) <= {n.removesuffix("_fpn") for n in TINY}
+    detectors = set(list_models(task="detection")) | set(list_models(task="instance"))
+    assert detectors <= {n.removesuffix("_fpn") for n in TINY}
 
 
 @pytest.mark.parametrize("case", sorted(TINY))

@@ -20,6 +20,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "rcnn": ("visionlab.bench.rcnn", "R-CNN vs SPPNet: mAP +- box regression, test time split"),
     "yolo": ("visionlab.bench.yolo", "YOLO v1 vs anchors vs our Faster R-CNN: AP, ms/image"),
     "peers": ("visionlab.bench.peers", "Faster R-CNN vs torchvision; Fast/Faster test-time split"),
+    "mask": ("visionlab.bench.mask", "Mask R-CNN vs torchvision; Table 2b/2c; masks vs boxes"),
 }
 
 

@@ -18,7 +18,8 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+import timeit
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,21 +86,12 @@ def _list(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     return items
 
 
-def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
-
-
 @torch.no_grad()
 def _ms_per_image(model: nn.Module, size: int, repeats: int) -> float:
-    model.eval()
+    """Median ms of ``model`` (eval mode) on one random ``size`` x ``size`` image."""
     x = torch.rand(1, 3, size, size)
-    return _median_ms(lambda: model(x), repeats)
+    model.eval()(x)  # warm-up
+    return 1000 * statistics.median(timeit.repeat(partial(model, x), number=1, repeat=repeats))
 
 
 @torch.no_grad()
@@ -510,9 +502,7 @@ def _resnet50_timing(args: argparse.Namespace) -> list[tuple[str, float, float, 
             assert fn(x).shape[-2:] == (size, size)  # warm-up, and same output size
         for _ in range(repeats):
             for name, fn in models.items():
-                start = time.perf_counter()
-                fn(x)
-                times[name].append(1000 * (time.perf_counter() - start))
+                times[name].append(1000 * timeit.timeit(partial(fn, x), number=1))
     base = statistics.median(next(iter(times.values())))
     rows = []
     for name, fn in models.items():

@@ -3,13 +3,13 @@
 Part 1 trains both detectors with the same backbone (one ``tiny_cnn``-family initialisation
 copied into both), the same settings (anchors, sampling, top-N, thresholds, RoI align 7x7,
 FC width), image size, data order, augmentation and schedule (AdamW, warm-up + cosine), in
-one process with a simple shared loop, then reports validation AP50 / AP (the shared
+one process with the engine's Trainer, then reports validation AP50 / AP (the shared
 :class:`visionlab.eval.detection.DetectionEvaluator`), the mean training step time and the
-inference time per image (batch of one, no grad), as ours / torchvision ratios measured in
-the same run. torchvision's own transform is kept (resize to the same size, which is then
-the identity, with mean 0 / std 1 because the backbone normalises). The settings come from
-``configs/faster_rcnn_scenes.yaml``; the one difference is the box head's smooth-L1 beta
-(ours 1, Fast R-CNN's; torchvision 1/9).
+inference time per image (batch of one, no grad) after each of ``--checkpoints`` steps, as
+ours / torchvision ratios measured in the same run. torchvision's own transform is kept
+(resize to the same size, which is then the identity, with mean 0 / std 1 because the
+backbone normalises). The settings come from ``configs/faster_rcnn_scenes.yaml``; the one
+difference is the box head's smooth-L1 beta (ours 1, Fast R-CNN's; torchvision 1/9).
 
 Part 2 splits the test time per image of Fast R-CNN (selective search, uncached) and
 Faster R-CNN (the RPN) into proposals / backbone / heads / NMS. Writes ``OUT_DIR/peers.md``.
@@ -22,25 +22,44 @@ import copy
 import math
 import statistics
 import time
+import timeit
 from collections import OrderedDict
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
 
 from visionlab.bench.machine import header
+from visionlab.engine.hooks import LoggingHook
+from visionlab.engine.trainer import Trainer, build_optimizer, build_scheduler, evaluate
+from visionlab.tasks import get_task
 
 CONFIG = "configs/faster_rcnn_scenes.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=CONFIG, help="the Faster R-CNN recipe to mirror")
+    add_peer_arguments(parser, CONFIG, "Faster R-CNN")
+    parser.add_argument(
+        "--checkpoints",
+        type=lambda text: [int(t) for t in text.split(",") if t.strip()],
+        default="100,400,1000",
+        help="steps after which inference is timed (those below --steps; --steps is the last)",
+    )
+    parser.add_argument("--fast-steps", type=int, default=None, help="Fast R-CNN steps")
+
+
+def add_peer_arguments(parser: argparse.ArgumentParser, config: str, model: str) -> None:
+    """The options of a suite that trains ``model`` from the recipe ``config`` against its
+    torchvision peer: recipe, steps, threads, images scored and timed, ``--quick``, and
+    ``KEY=VALUE`` recipe overrides."""
+    parser.add_argument("--config", default=config, help=f"the {model} recipe to mirror")
     parser.add_argument("--steps", type=int, default=None, help="training steps (recipe's)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--timing-images", type=int, default=50, help="val images timed")
     parser.add_argument("--val-images", type=int, default=None, help="val images scored")
-    parser.add_argument("--fast-steps", type=int, default=None, help="Fast R-CNN steps")
     parser.add_argument("--quick", action="store_true", help="smoke test: 10 steps, 8 images")
     parser.add_argument(
         "overrides",
@@ -48,6 +67,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="recipe overrides, e.g. model_args.pretrained_backbone=RUN/checkpoints/best.pt",
     )
+
+
+class PeerSetup(NamedTuple):
+    """What :func:`prepare` reads for a peer suite."""
+
+    cfg: Any
+    train: Any
+    val: Any
+    classes: list[str]
+    steps: int
+    n_val: int
+    timing_images: list[Tensor]
+
+
+def prepare(args: argparse.Namespace, task: str) -> PeerSetup:
+    """Set the thread count and read the recipe (with its overrides) and its data for
+    ``task``: the training split with the recipe's augmentation, the validation split, the
+    steps (``--steps``, else the recipe's), the number of val images scored and the images
+    timed (``--quick``: 10 steps, 8 images scored, at most 4 timed)."""
+    from visionlab.config import load_config
+    from visionlab.data.datasets import load_dataset
+    from visionlab.engine.common import make_transform
+
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, list(args.overrides))
+    train_ds = load_dataset(cfg.data, cfg.train_split, task=task)
+    train_ds.transforms = make_transform(task, True, cfg.image_size, cfg.augment)
+    val_tf = make_transform(task, False, cfg.image_size, {})
+    val_ds = load_dataset(cfg.data, cfg.val_split, task=task, transforms=val_tf)
+    steps = 10 if args.quick else (args.steps or cfg.train.max_steps)
+    steps = steps or cfg.train.epochs * (len(train_ds) // cfg.train.batch_size)
+    n_val = 8 if args.quick else (args.val_images or len(val_ds))
+    n_timed = min(4, args.timing_images) if args.quick else args.timing_images
+    timing_images = [val_ds[i][0] for i in range(n_timed)]
+    return PeerSetup(cfg, train_ds, val_ds, list(train_ds.classes), steps, n_val, timing_images)
 
 
 class _Body(nn.Module):
@@ -70,15 +124,17 @@ class _Body(nn.Module):
         return self.fpn(levels) if self.fpn is not None else levels
 
 
-def torchvision_peer(ours: nn.Module, size: int) -> nn.Module:
-    """torchvision's FasterRCNN with our model's backbone (a copy) and settings."""
-    from torchvision.models.detection import FasterRCNN
+def torchvision_peer(ours: nn.Module, size: int, *, masks: bool = False) -> nn.Module:
+    """torchvision's FasterRCNN with our model's backbone (a copy) and settings; with
+    ``masks``, its MaskRCNN with our mask head's pool size, width and convolution count
+    (``MaskRCNNHeads``, ``MaskRCNNPredictor``, ``MultiScaleRoIAlign``)."""
+    from torchvision.models.detection import FasterRCNN, MaskRCNN
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.rpn import AnchorGenerator
     from torchvision.ops import MultiScaleRoIAlign
 
-    rpn, heads = ours.rpn.settings, ours.roi_heads
-    box = heads.settings
+    rpn, box_head, pooler = ours.proposer.settings, ours.roi_heads["box"], ours.pooler
+    box, post = box_head.settings, box_head.detection_settings
     strides = ours.feature_strides
     fpn_channels = ours.fpn.output[0].out_channels if ours.fpn is not None else None
     body = _Body(copy.deepcopy(ours.backbone), strides, fpn_channels)
@@ -86,20 +142,28 @@ def torchvision_peer(ours: nn.Module, size: int) -> nn.Module:
     pool_kwargs = {}
     if len(strides) > 1:  # the same level mapping as ours (FPN eq. 1)
         pool_kwargs = {
-            "canonical_scale": int(heads.canonical_size),
-            "canonical_level": int(math.log2(strides[heads.canonical_level])),
+            "canonical_scale": int(pooler.canonical_size),
+            "canonical_level": int(math.log2(strides[pooler.canonical_level])),
         }
-    post = ours.roi_heads.detection_settings
-    return FasterRCNN(
+    anchors = ours.proposer.anchor_generator
+    mask_kwargs = {}
+    if masks:
+        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+        mask = ours.roi_heads["mask"].settings
+        mask_kwargs = {
+            "mask_roi_pool": MultiScaleRoIAlign(names, mask.pool_size, 2, **pool_kwargs),
+            "mask_head": MaskRCNNHeads(body.out_channels, [mask.width] * mask.num_convs, 1),
+            "mask_predictor": MaskRCNNPredictor(mask.width, mask.width, box_head.num_classes),
+        }
+    return (MaskRCNN if masks else FasterRCNN)(
         body,
         num_classes=None,
         min_size=size,
         max_size=size,
         image_mean=[0.0, 0.0, 0.0],
         image_std=[1.0, 1.0, 1.0],
-        rpn_anchor_generator=AnchorGenerator(
-            ours.rpn.anchor_generator.sizes, ours.rpn.anchor_generator.aspect_ratios
-        ),
+        rpn_anchor_generator=AnchorGenerator(anchors.sizes, anchors.aspect_ratios),
         rpn_pre_nms_top_n_train=rpn.pre_nms_top_n_train,
         rpn_pre_nms_top_n_test=rpn.pre_nms_top_n_test,
         rpn_post_nms_top_n_train=rpn.post_nms_top_n_train,
@@ -111,7 +175,7 @@ def torchvision_peer(ours: nn.Module, size: int) -> nn.Module:
         rpn_positive_fraction=rpn.positive_fraction,
         box_roi_pool=MultiScaleRoIAlign(names, box.pool_size, 2, **pool_kwargs),
         box_head=TwoMLPHead(body.out_channels * box.pool_size**2, box.fc_width),
-        box_predictor=FastRCNNPredictor(box.fc_width, heads.num_classes),
+        box_predictor=FastRCNNPredictor(box.fc_width, box_head.num_classes),
         box_score_thresh=post.score_thresh,
         box_nms_thresh=post.nms_thresh,
         box_detections_per_img=post.detections_per_img,
@@ -119,170 +183,151 @@ def torchvision_peer(ours: nn.Module, size: int) -> nn.Module:
         box_bg_iou_thresh=box.fg_iou,
         box_batch_size_per_image=box.batch_size_per_image,
         box_positive_fraction=box.positive_fraction,
+        **mask_kwargs,
     )
 
 
-def _train(model: nn.Module, cfg: Any, loader: Any, steps: int) -> list[float]:
-    """The shared loop: AdamW, linear warm-up then cosine; returns per-step seconds."""
-    from visionlab.engine.trainer import build_optimizer
+def fit(
+    model: nn.Module,
+    cfg: Any,
+    dataset: Any,
+    *,
+    batch_size: int,
+    points: list[int],
+    task: str = "detection",
+) -> tuple[float, dict[int, nn.Module]]:
+    """Train ``model`` with the engine's Trainer for ``points[-1]`` steps (the recipe's
+    optimizer, its schedule over those steps); returns the mean seconds of a step (its batch
+    loaded included) and an eval-mode copy of the model after each of ``points`` steps."""
+    from visionlab.data.loader import build_loader
 
+    loader = build_loader(dataset, batch_size=batch_size, shuffle=True, seed=cfg.seed,
+                          drop_last=True)  # fmt: skip
     optimizer = build_optimizer(model, cfg.optim)
-    warm = max(1, cfg.schedule.warmup_steps)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return 0.001 + (1 - 0.001) * step / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    model.train()
-    times, step = [], 0
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=steps, desc=type(model).__module__.split(".")[0], leave=False)
-    while step < steps:
-        loader.sampler.set_epoch(step // len(loader))
-        for images, targets in loader:
-            start = time.perf_counter()
-            losses = model(list(images), list(targets))
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            times.append(time.perf_counter() - start)
-            step += 1
-            bar.update()
-            if step >= steps:
-                break
-    bar.close()
-    return times
-
-
-@torch.no_grad()
-def _score(model: nn.Module, dataset: Any, classes: list[str], n: int) -> dict[str, float]:
-    from visionlab.eval.detection import DetectionEvaluator
-
-    model.eval()
-    evaluator = DetectionEvaluator(classes)
-    for i in range(0, n, 16):
-        batch = [dataset[j] for j in range(i, min(n, i + 16))]
-        evaluator.update(model([b[0] for b in batch]), [b[1] for b in batch])
-    return evaluator.compute()
-
-
-@torch.no_grad()
-def _infer_ms(model: nn.Module, images: list[Tensor]) -> float:
-    model.eval()
-    model([images[0]])
-    times = []
-    for im in images:
+    total = points[-1]
+    scheduler = build_scheduler(optimizer, cfg.schedule, total_steps=total,
+                                steps_per_epoch=len(loader))  # fmt: skip
+    trainer = Trainer(model, get_task(task), loader, optimizer, scheduler=scheduler,
+                      max_steps=total, grad_clip=cfg.train.grad_clip,
+                      hooks=[LoggingHook(None, log_every=total, progress=True)])  # fmt: skip
+    seconds, snapshots = 0.0, {}
+    for point in points:  # train() returns at stop_at_step; the next call goes on from there
+        trainer.stop_at_step = point
         start = time.perf_counter()
-        model([im])
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.mean(times)
+        trainer.train()
+        seconds += time.perf_counter() - start
+        snapshots[point] = copy.deepcopy(model).eval()
+    return seconds / total, snapshots
+
+
+def score(
+    model: nn.Module, dataset: Any, classes: list[str], n: int, task: str = "detection"
+) -> dict[str, float]:
+    """The engine's evaluation of ``model`` (for ``task``: box stats, and with "instance"
+    the ``mask_`` stats too) on the first ``n`` images of ``dataset``."""
+    adapter = get_task(task)
+    loader = DataLoader(Subset(dataset, range(n)), batch_size=16, collate_fn=adapter.collate)
+    return evaluate(model, adapter, loader, adapter.evaluator(classes))
 
 
 @torch.no_grad()
-def split_times(model: nn.Module, images: list[Tensor]) -> dict[str, float]:
-    """Mean ms per image (batch of one) of proposals / backbone / heads / NMS."""
+def infer_ms(models: dict[str, nn.Module], images: list[Tensor], repeats: int = 3) -> dict:
+    """Mean ms per image (batch of one, eval mode) of each model: each image's fastest of
+    ``repeats`` runs, the models taking turns image by image (a load on the machine then
+    falls on both)."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        model.eval()([images[0]])  # warm-up
+    for im in images:
+        for name, model in models.items():
+            times[name].append(min(timeit.repeat(partial(model, [im]), repeat=repeats, number=1)))
+    return {name: 1000 * statistics.mean(values) for name, values in times.items()}
+
+
+@torch.no_grad()
+def split_times(model: nn.Module, images: list[Tensor], peer: Any = None) -> dict[str, float]:
+    """Mean ms per image (batch of one) of proposals / backbone / heads / NMS (decoding and
+    post-processing, each image's fastest of 3 runs); with torchvision's ``peer``, also its
+    ``postprocess_detections`` on the same head outputs ("torchvision NMS")."""
     from visionlab.models.batching import batch_images
+    from visionlab.models.heads import RoIBatch, decode_detections
     from visionlab.ops import selective_search
 
     model.eval()
-    parts = {"proposals": [], "backbone": [], "heads": [], "NMS": []}
-    heads = model.roi_heads
-    for i, im in enumerate([images[0], *images]):  # the first pass warms up
+    parts = {"proposals": [], "backbone": [], "heads": [], "NMS": [], "torchvision NMS": []}
+    proposer, box = model.proposer, model.roi_heads["box"]
+    pool_args = (box.settings.pool_size, box.settings.pooler)
+    for im in [images[0], *images]:  # the first pass warms up (dropped)
         t0 = time.perf_counter()
-        batch, sizes = batch_images([im], 32)
-        if hasattr(model, "rpn"):  # Faster R-CNN: backbone first, then the RPN on its map
+        batch, sizes = batch_images([im], model.size_divisible)
+        if hasattr(proposer, "anchor_generator"):  # the RPN: backbone first, then the RPN
             feats = model.features(batch)
             t1 = time.perf_counter()
-            proposals, _ = model.rpn(feats, model.feature_strides, tuple(batch.shape[-2:]), sizes)
+            proposals, _ = proposer([im], feats, tuple(batch.shape[-2:]), sizes)
             t2 = time.perf_counter()
-            roi_feats = feats if model.fpn is not None else feats[0]
             backbone, propose = t1 - t0, t2 - t1
-        else:  # Fast R-CNN: selective search (uncached: its real cost), then the backbone
+        else:  # selective search (uncached: its real cost), then the backbone
             proposals = [
-                selective_search(im, model.proposal_mode, model.max_proposals, cache=False)
-            ]
+                selective_search(im, proposer.mode, proposer.max_proposals, cache=False,
+                                 search_size=proposer.search_size)
+            ]  # fmt: skip
             t1 = time.perf_counter()
-            roi_feats = model.features(batch)
+            feats = model.features(batch)
             t2 = time.perf_counter()
             backbone, propose = t2 - t1, t1 - t0
-        logits, deltas = heads.head(heads.pool(roi_feats, proposals))
-        t3 = time.perf_counter()
-        heads.detect(logits, deltas, proposals, sizes)
-        t4 = time.perf_counter()
-        if i > 0:
-            for key, value in zip(parts, (propose, backbone, t3 - t2, t4 - t3)):
-                parts[key].append(value)
-    return {key: 1000 * statistics.mean(values) for key, values in parts.items()}
+        pooled = RoIBatch(feats, proposals, sizes, model.pooler).pool(proposals, *pool_args)
+        logits, deltas = box.head(pooled)
+        heads = time.perf_counter() - t2
+        posts = [partial(decode_detections, logits, deltas, proposals, sizes,
+                         box_coder=box.box_coder, settings=box.detection_settings)]  # fmt: skip
+        if peer is not None:
+            posts.append(partial(peer.roi_heads.postprocess_detections, logits, deltas,
+                                 proposals, sizes))  # fmt: skip
+        posts = [min(timeit.repeat(post, number=1, repeat=3)) for post in posts]
+        for key, value in zip(parts, (propose, backbone, heads, *posts)):
+            parts[key].append(value)
+    return {key: 1000 * statistics.mean(values[1:]) for key, values in parts.items() if values}
 
 
 def run(args: argparse.Namespace) -> int:
-    from visionlab.config import load_config
-    from visionlab.data.datasets import load_dataset
-    from visionlab.data.loader import build_loader
     from visionlab.engine.checkpoint import atomic_write
-    from visionlab.engine.common import make_transform, seed_everything
+    from visionlab.engine.common import seed_everything
     from visionlab.models.registry import build_model
 
-    torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, list(args.overrides))
-    steps = 10 if args.quick else (args.steps or cfg.train.max_steps)
-    train_ds = load_dataset(cfg.data, cfg.train_split, task="detection")
-    train_ds.transforms = make_transform("detection", True, cfg.image_size, cfg.augment)
-    val_ds = load_dataset(
-        cfg.data,
-        cfg.val_split,
-        task="detection",
-        transforms=make_transform("detection", False, cfg.image_size, {}),
-    )
-    classes = list(train_ds.classes)
-    if steps is None:
-        per_epoch = len(train_ds) // cfg.train.batch_size
-        steps = cfg.train.epochs * per_epoch
-    n_val = 8 if args.quick else (args.val_images or len(val_ds))
-    n_time = 4 if args.quick else args.timing_images
-    timing_images = [val_ds[i][0] for i in range(n_time)]
+    cfg, train_ds, val_ds, classes, steps, n_val, timing_images = prepare(args, "detection")
+    asked = [5] if args.quick else args.checkpoints  # then --steps, the last point
+    points = [*sorted({p for p in asked if 0 < p < steps}), steps]
     kwargs = {**cfg.model_args, "num_classes": len(classes) + 1}
 
-    results: dict[str, dict[str, float]] = {}
-    models: dict[str, nn.Module] = {}
+    results: dict[str, dict[str, Any]] = {}
     for name in ("ours", "torchvision"):
         seed_everything(cfg.seed)
         ours = build_model(cfg.model, **kwargs)
         model = ours if name == "ours" else torchvision_peer(ours, cfg.image_size)
-        loader = build_loader(
-            train_ds, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed, drop_last=True
-        )
-        print(f"training {name}: {steps} steps", flush=True)
-        times = _train(model, cfg, loader, steps)
-        metrics = _score(model, val_ds, classes, n_val)
-        results[name] = {
-            "AP50": metrics["AP50"],
-            "AP": metrics["AP"],
-            "step_s": statistics.mean(times[min(5, len(times) - 1) :]),
-            "infer_ms": _infer_ms(model, timing_images),
-        }
-        models[name] = model
-        print(name, results[name], flush=True)
+        print(f"training {name}: {steps} steps, timed at {points}", flush=True)
+        step_s, snapshots = fit(model, cfg, train_ds, batch_size=cfg.train.batch_size,
+                                points=points)  # fmt: skip
+        metrics = score(model, val_ds, classes, n_val)
+        results[name] = {"AP50": metrics["AP50"], "AP": metrics["AP"], "step_s": step_s,
+                         "snapshots": snapshots}  # fmt: skip
+    infer = {}
+    for p in points:
+        ours, tv = results["ours"]["snapshots"][p], results["torchvision"]["snapshots"][p]
+        infer[p] = {**infer_ms({"ours": ours, "torchvision": tv}, timing_images),
+                    **split_times(ours, timing_images, peer=tv)}  # fmt: skip
+        print(f"after {p} steps, ms/image:", infer[p], flush=True)
 
     fast_steps = 10 if args.quick else (args.fast_steps or steps)
     seed_everything(cfg.seed)
     fast = build_model("fast_rcnn", num_classes=len(classes) + 1, **_fast_args(cfg))
-    if not args.quick:  # the region cache for the whole dataset (a progress bar; once)
-        fast.prepare_data([train_ds, val_ds], image_size=cfg.image_size)
-    loader = build_loader(train_ds, batch_size=2, shuffle=True, seed=cfg.seed, drop_last=True)
     print(f"training fast_rcnn: {fast_steps} steps", flush=True)
-    _train(fast, cfg, loader, fast_steps)
-    fast_ap = _score(fast, val_ds, classes, n_val)["AP50"]
+    fit(fast, cfg, train_ds, batch_size=2, points=[fast_steps])  # regions searched as needed
+    fast_ap = score(fast, val_ds, classes, n_val)["AP50"]
     splits = {
         "Fast R-CNN": split_times(fast, timing_images),
-        "Faster R-CNN": split_times(models["ours"], timing_images),
+        "Faster R-CNN": infer[steps],
     }
-    text = _markdown(args, cfg, steps, fast_steps, n_val, results, splits, fast_ap)
+    text = _markdown(args, cfg, steps, fast_steps, n_val, results, infer, splits, fast_ap)
     out = Path(args.out_dir) / "peers.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda f: f.write(text.encode("utf-8")))
@@ -300,27 +345,40 @@ def _fast_args(cfg: Any) -> dict[str, Any]:
     return args
 
 
-def _markdown(args, cfg, steps, fast_steps, n_val, results, splits, fast_ap) -> str:
+def _markdown(args, cfg, steps, fast_steps, n_val, results, infer, splits, fast_ap) -> str:
     ours, tv = results["ours"], results["torchvision"]
     lines = [
         header("Faster R-CNN: ours vs torchvision, and the test-time split"),
         f"- Threads: {args.threads}; recipe `{args.config}` (model_args "
         f"`{dict(cfg.model_args)}`), image size {cfg.image_size}, batch "
         f"{cfg.train.batch_size}, {steps} steps of AdamW lr {cfg.optim.lr} (warm-up "
-        f"{cfg.schedule.warmup_steps}, cosine), augment `{dict(cfg.augment)}`; AP on "
-        f"{n_val} scenes val images.",
+        f"{cfg.schedule.warmup_steps}, cosine), augment `{dict(cfg.augment)}`, both trained "
+        f"by the engine's Trainer; AP on {n_val} scenes val images.",
         "",
         "## Ours vs torchvision.models.detection.FasterRCNN (same backbone init, settings, data)",
         "",
-        "| | AP50 | AP | train step (s) | inference (ms/image) |",
-        "|---|---:|---:|---:|---:|",
-        f"| ours | {ours['AP50']:.4f} | {ours['AP']:.4f} | {ours['step_s']:.3f} | "
-        f"{ours['infer_ms']:.1f} |",
-        f"| torchvision | {tv['AP50']:.4f} | {tv['AP']:.4f} | {tv['step_s']:.3f} | "
-        f"{tv['infer_ms']:.1f} |",
+        "| | AP50 | AP | train step (s) |",
+        "|---|---:|---:|---:|",
+        f"| ours | {ours['AP50']:.4f} | {ours['AP']:.4f} | {ours['step_s']:.3f} |",
+        f"| torchvision | {tv['AP50']:.4f} | {tv['AP']:.4f} | {tv['step_s']:.3f} |",
         f"| ours / torchvision | {ours['AP50'] - tv['AP50']:+.4f} (difference) | "
-        f"{ours['AP'] - tv['AP']:+.4f} (difference) | {ours['step_s'] / tv['step_s']:.2f} | "
-        f"{ours['infer_ms'] / tv['infer_ms']:.2f} |",
+        f"{ours['AP'] - tv['AP']:+.4f} (difference) | {ours['step_s'] / tv['step_s']:.2f} |",
+        "",
+        "Inference at points of the same trainings (ms/image over the first "
+        f"{4 if args.quick else args.timing_images} val images, batch of one, no grad, each "
+        "image's fastest of 3 runs, the two models taking turns). Post-processing: decoding, "
+        "threshold, NMS and top-k of our box head's outputs, by ours (`decode_detections`) "
+        "and by torchvision's `RoIHeads.postprocess_detections` on the same outputs.",
+        "",
+        "| steps | ours | torchvision | ours / torchvision | post-processing ours | "
+        "torchvision | ours / torchvision |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        *(
+            f"| {point} | {ms['ours']:.1f} | {ms['torchvision']:.1f} | "
+            f"{ms['ours'] / ms['torchvision']:.2f} | {ms['NMS']:.2f} | "
+            f"{ms['torchvision NMS']:.2f} | {ms['NMS'] / ms['torchvision NMS']:.2f} |"
+            for point, ms in infer.items()
+        ),
         "",
         "Targets: AP50 within 0.02 of torchvision or better; time ratios <= 1.0.",
         "",
@@ -330,14 +388,14 @@ def _markdown(args, cfg, steps, fast_steps, n_val, results, splits, fast_ap) -> 
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, parts in splits.items():
-        total = sum(parts.values())
+        total = sum(parts[k] for k in ("proposals", "backbone", "heads", "NMS"))
         lines.append(
             f"| {name} | {parts['proposals']:.1f} | {parts['backbone']:.1f} | "
             f"{parts['heads']:.1f} | {parts['NMS']:.1f} | {total:.1f} |"
         )
     lines += [
         "",
-        f"Fast R-CNN here: selective search (fast mode, uncached) proposals, RoI pooling, "
+        "Fast R-CNN here: selective search (fast mode, uncached) proposals, RoI pooling, "
         f"trained {fast_steps} steps of 2 images (AP50 {fast_ap:.4f}); its proposals column "
         "is selective search's time, which the RPN replaces. Faster R-CNN's proposals column "
         "is the RPN head, decoding and its NMS; NMS is the final class-wise NMS with decoding.",

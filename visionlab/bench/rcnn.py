@@ -110,7 +110,6 @@ def score_model(model: Any, dataset: Any, limit: int, classes: list[str]) -> dic
 def time_proposals(model: Any, dataset: Any, n: int) -> float:
     """Milliseconds per image of selective search without the disk cache."""
     from visionlab.ops import selective_search
-    from visionlab.ops.proposals import resize_longer
 
     s = model.proposal_settings
     n = min(n, len(dataset))
@@ -118,8 +117,7 @@ def time_proposals(model: Any, dataset: Any, n: int) -> float:
     for i in range(n):
         image, _ = dataset[i]
         t0 = time.perf_counter()
-        search, _factor = resize_longer(image, s.search_size)
-        selective_search(search, s.mode, s.max_proposals, cache=False)
+        selective_search(image, s.mode, s.max_proposals, cache=False, search_size=s.search_size)
         total += time.perf_counter() - t0
     return 1000 * total / max(1, n)
 

@@ -295,8 +295,22 @@ def decode_segment(
 
 def encode_mask(mask: torch.Tensor) -> dict[str, Any]:
     """``Tensor[H, W]`` bool -> compressed COCO RLE with ``counts`` as text."""
-    rle = mask_utils.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+    return encode_masks(mask[None])[0]
+
+
+def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """``Tensor[N, H, W]`` (bool, or probabilities cut at 0.5; any device) -> one compressed
+    COCO RLE per mask, ``{"size": [H, W], "counts": str}``, as COCO files hold them."""
+    m = masks.detach().cpu()
+    m = m > 0.5 if m.is_floating_point() else m.bool()
+    if not len(m):
+        return []
+    # [N, W, H] in C order is [H, W, N] in Fortran order, the layout pycocotools wants
+    array = m.transpose(1, 2).contiguous().numpy().view(np.uint8).transpose(2, 1, 0)
+    return [
+        {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")}
+        for rle in mask_utils.encode(array)
+    ]
 
 
 def segment_area(segment: Any, height: int, width: int, w: float, h: float) -> float:

@@ -213,7 +213,8 @@ def evaluate(
 
     Returns:
         The evaluator's metrics (classification ``top1``, ``top5``; segmentation ``mIoU``
-        ...; detection ``AP``, ``AP50`` ...) as a dict.
+        ...; detection ``AP``, ``AP50`` ...; instance segmentation those box numbers and
+        the mask numbers ``mask_AP``, ``mask_AP50`` ...) as a dict.
     """
     from visionlab.data.datasets import load_dataset
     from visionlab.data.loader import build_loader, collate_for

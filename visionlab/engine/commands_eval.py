@@ -1,7 +1,9 @@
 """`visionlab eval CKPT [--data DATASET] [--split val] [--limit N] [--json]`: score a checkpoint.
 
 Metric names are those of the task's evaluator: classification ``top1`` / ``top5``,
-segmentation ``mIoU`` / ``pixel_acc``, detection ``AP`` / ``AP50`` / ... When the checkpoint
+segmentation ``mIoU`` / ``pixel_acc``, detection ``AP`` / ``AP50`` / ..., instance
+segmentation the box numbers and the mask numbers (``mask_AP`` / ``mask_AP50`` / ...,
+``mask_per_class``) of one pass. When the checkpoint
 lives in a run directory (``RUN/checkpoints/*.pt``) the printed result is also written to
 ``RUN/eval.json``; a run folder that refuses the file gets a warning, not an error.
 (`visionlab eval detections --gt ... --dt ...` scores a COCO results file.)
@@ -38,10 +40,10 @@ def _table(metrics: dict[str, Any]) -> str:
         lines.append(
             f"{key:>12}  {value:.4f}" if isinstance(value, float) else f"{key:>12}  {value}"
         )
-    per_class = next((v for k, v in metrics.items() if isinstance(v, dict)), None)
-    if per_class:
-        lines.append("per class:")
-        lines += [f"  {name:>10}  {float(v):.4f}" for name, v in per_class.items()]
+    for key, table in metrics.items():  # per_class, and mask_per_class for instance models
+        if isinstance(table, dict) and table:
+            lines.append(f"{key.replace('_', ' ')}:")
+            lines += [f"  {name:>10}  {float(v):.4f}" for name, v in table.items()]
     return "\n".join(lines)
 
 

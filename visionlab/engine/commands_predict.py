@@ -2,7 +2,15 @@
 
 Writes ``DIR/predictions.json`` (every image's predictions, in its own pixels: the top-k
 classes, or boxes ``[x1, y1, x2, y2]`` with class and score, or a class-map PNG) and one
-drawn PNG per image (segmentation adds the class map as a palette PNG). Folders are searched
+drawn PNG per image (segmentation adds the class map as a palette PNG). Detectors also write
+``DIR/coco_results.json``, the detections as a COCO results list (``image_id``,
+``category_id`` = the label 1..C, ``bbox`` ``[x, y, w, h]``, ``score``), which
+``visionlab eval detections --gt GT.json --dt coco_results.json`` scores; ``image_id`` is
+the file's stem as a number when it is all digits (COCO's ``000000000139.jpg`` is image 139),
+else the file name. Instance models (Mask R-CNN) add to each detection, in both files,
+``segmentation``: its mask as a COCO RLE (``size`` ``[H, W]`` of the image, ``counts`` a
+string), scored by ``--iou-type segm``; their drawings give each instance its own colour
+(mask filled translucent and outlined, box, class and score). Folders are searched
 recursively for image files. Without ``--out``, a checkpoint inside a run directory
 (``RUN/checkpoints/best.pt``) writes to ``RUN/predictions/``. ``--show-proposals`` (models
 that return the extra ``"proposals"``: the R-CNN family) also writes ``NAME_proposals.png``
@@ -36,6 +44,7 @@ from visionlab.errors import DataError, VisionLabError
 
 # the files one record of predictions.json names (drawn image, palette mask, proposals)
 PNG_KEYS = ("drawing", "semantic_png", "proposals_drawing")
+COCO_RESULTS = "coco_results"  # DIR/coco_results.json: detections as a COCO results list
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -200,7 +209,13 @@ def _record(
     else:
         record["detections"] = _detections(pred, classes)
         drawing = viz.draw_detections(
-            image, pred["boxes"], pred["labels"], pred["scores"], classes, pred.get("masks")
+            image,
+            pred["boxes"],
+            pred["labels"],
+            pred["scores"],
+            classes,
+            pred.get("masks"),
+            color_by="instance" if "masks" in pred else "class",
         )
         if "grid_size" in pred:  # --show-grid on a grid model: plain numbers only in JSON
             record["grid_size"] = int(pred["grid_size"])
@@ -242,14 +257,14 @@ def _proposals_sheet(image: Tensor, proposals: Tensor, model: Any) -> Any:
 
 
 def _detections(pred: dict[str, Tensor], classes: list[str]) -> list[dict[str, Any]]:
+    """One JSON entry per detection: ``box``, ``label``, ``class``, ``score`` and, with
+    ``masks`` (``[N, H, W]`` or ``[N, 1, H, W]``), ``segmentation`` (COCO RLE, text counts)."""
     rles = None
-    if "masks" in pred and len(pred["masks"]):
-        import numpy as np
-        from pycocotools import mask as mask_utils
+    if "masks" in pred:
+        from visionlab.data.records import encode_masks
 
-        masks = (pred["masks"] > 0.5) if pred["masks"].is_floating_point() else pred["masks"]
-        array = np.asfortranarray(masks.reshape(-1, *masks.shape[-2:]).permute(1, 2, 0).numpy())
-        rles = mask_utils.encode(array.astype(np.uint8))
+        masks = pred["masks"]
+        rles = encode_masks(masks.reshape(-1, *masks.shape[-2:]))
     out = []
     for i, (box, lab, score) in enumerate(
         zip(pred["boxes"].tolist(), pred["labels"].tolist(), pred["scores"].tolist())
@@ -261,9 +276,30 @@ def _detections(pred: dict[str, Tensor], classes: list[str]) -> list[dict[str, A
             "score": round(score, 5),
         }
         if rles is not None:
-            det["mask_rle"] = {"size": rles[i]["size"], "counts": rles[i]["counts"].decode()}
+            det["segmentation"] = rles[i]
         out.append(det)
     return out
+
+
+def _coco_results(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """An image's detections as COCO results (``bbox`` ``[x, y, w, h]``, ``segmentation``
+    when the model makes masks), ``image_id`` from the file name (see the module's text)."""
+    name = Path(record["file"]).name
+    stem = Path(name).stem
+    image_id: int | str = int(stem) if stem.isascii() and stem.isdigit() else name
+    results = []
+    for det in record["detections"]:
+        x1, y1, x2, y2 = det["box"]
+        result = {
+            "image_id": image_id,
+            "category_id": det["label"],
+            "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+            "score": det["score"],
+        }
+        if "segmentation" in det:
+            result["segmentation"] = det["segmentation"]
+        results.append(result)
+    return results
 
 
 def _extras(args: argparse.Namespace, model: Any) -> tuple[str, ...]:
@@ -352,8 +388,14 @@ def run(args: argparse.Namespace) -> int:
     text = json.dumps(payload, indent=2)
     json_path = _unique_path(out, "predictions", used, ".json")
     atomic_write(json_path, lambda f: f.write(text.encode("utf-8")))
+    written = str(json_path)
+    if all("detections" in r for r in records):
+        results = json.dumps([res for r in records for res in _coco_results(r)])
+        coco_path = _unique_path(out, COCO_RESULTS, used, ".json")
+        atomic_write(coco_path, lambda f: f.write(results.encode("utf-8")))
+        written += f", {coco_path.name}"
     pngs = sum(1 for r in records for key in PNG_KEYS if key in r)
-    summary = f"{len(records)} images predicted: {json_path} and {pngs} PNGs in {out}"
+    summary = f"{len(records)} images predicted: {written} and {pngs} PNGs in {out}"
     if skipped:
         summary += f"; {len(skipped)} unreadable file{'s' if len(skipped) > 1 else ''} skipped"
     print(summary)

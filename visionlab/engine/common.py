@@ -70,7 +70,7 @@ def make_transform(task: str, train: bool, size: int | None, augment: dict[str, 
 
 def model_kwargs(cfg: Config, task: Any, classes: Sequence[str], resume: bool) -> dict[str, Any]:
     """The builder's keyword arguments: recipe ``model_args`` + class count + transfer."""
-    from visionlab.models.registry import WEIGHT_SOURCE_KWARGS, model_info
+    from visionlab.models.registry import model_info
 
     info = model_info(cfg.model)
     expected = "detection" if cfg.task == "instance" else cfg.task
@@ -80,11 +80,15 @@ def model_kwargs(cfg: Config, task: Any, classes: Sequence[str], resume: bool) -
     if "num_classes" in info.args and "num_classes" not in kwargs:
         kwargs["num_classes"] = task.num_model_classes(classes)
     if cfg.transfer.pretrained and not resume:  # a resumed run has its weights already
-        # the model's own weights, or its backbone's for a detector that takes only those
-        weights_arg = next((k for k in WEIGHT_SOURCE_KWARGS if k in info.args), None)
-        if weights_arg is None:
-            raise ConfigError(f"transfer.pretrained: model {cfg.model!r} takes no weights file")
-        kwargs[weights_arg] = cfg.transfer.pretrained
+        if "pretrained" not in info.args:
+            raise ConfigError(
+                f"transfer.pretrained: model {cfg.model!r} does not start from a whole "
+                "checkpoint; its backbone's initial weights are "
+                f"model_args.pretrained_backbone={cfg.transfer.pretrained}"
+                if "pretrained_backbone" in info.args
+                else f"transfer.pretrained: model {cfg.model!r} takes no weights file"
+            )
+        kwargs["pretrained"] = cfg.transfer.pretrained
     if cfg.transfer.freeze != "none" and "freeze" in info.args:
         kwargs["freeze"] = cfg.transfer.freeze
     return kwargs

@@ -8,7 +8,6 @@ main process writes the run directory; every process builds the same model and d
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,6 @@ from visionlab.engine.logging import MetricsLogger
 from visionlab.engine.rundir import CHECKPOINT_DIR, RunFolder
 from visionlab.engine.trainer import (
     Trainer,
-    build_optimizer,
-    build_scheduler,
     evaluate,
 )
 from visionlab.errors import ConfigError, DataError
@@ -117,14 +114,11 @@ def run_training(
     locked; ``resume_state`` the loaded ``last.pt`` of a resumed run.
     """
     started = time.perf_counter()
-    from visionlab.data.loader import build_loader
-    from visionlab.engine.stages import is_multi_stage, run_stages
+    from visionlab.engine.stages import run_stages
     from visionlab.models.detector import Detector
     from visionlab.models.registry import build_model
 
     resume = resume_state is not None
-    if is_multi_stage(cfg.model):  # R-CNN, SPPNet: their stages instead of the plain loop
-        return run_stages(cfg, info, folder=folder, resume_state=resume_state)
     device = resolve_device(cfg.device, info.local_rank)
     if cfg.train.amp == "fp16" and device.type != "cuda":
         raise ConfigError("train.amp: fp16 needs CUDA; use bf16 on CPU")
@@ -143,26 +137,18 @@ def run_training(
     classes, predicates = list(train_ds.classes), list(getattr(train_ds, "predicates", []))
     if resume_state is not None:
         check_resumed(resume_state, cfg, classes, last_path)
-    per_rank = cfg.train.batch_size // info.world_size
-    loader = build_loader(
-        train_ds,
-        batch_size=per_rank,
-        shuffle=True,
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        distributed=info.enabled,
-        # full batches only (a batch of one breaks batch norm) unless the data is smaller
-        drop_last=math.ceil(len(train_ds) / info.world_size) >= per_rank,
-    )
-
     kwargs = model_kwargs(cfg, task, classes, resume)
     # Seed right before the model exists: what ran before (rendering the built-in dataset on
     # first use, say) must not change the initial weights.
     seed_everything(cfg.seed, cfg.deterministic)
     module = build_model(cfg.model, **kwargs).to(device)
     model_args = plain_build_args(module, kwargs)
+    meta = checkpoint_meta(model_args, cfg, classes, predicates)
+    if isinstance(module, Detector) and module.stages:  # R-CNN, SPPNet: trained in stages
+        return run_stages(cfg, info, module, train_ds, val_ds, meta, device, folder, resume_state)
     if isinstance(module, Detector) and info.is_main:  # e.g. Fast R-CNN's region cache
-        module.prepare_data([train_ds, val_ds], image_size=cfg.image_size)
+        eval_tf = make_transform(cfg.task, False, cfg.image_size, {})
+        module.prepare_data([train_ds, val_ds], transform=eval_tf)
     distributed.barrier()
     if cfg.transfer.freeze == "backbone" and "freeze" not in kwargs:
         if not hasattr(module, "freeze_backbone"):
@@ -170,37 +156,15 @@ def run_training(
         module.freeze_backbone()
     model: nn.Module = _wrap_ddp(module, device) if info.enabled else module
 
-    optimizer = build_optimizer(module, cfg.optim)
-    steps_per_epoch = math.ceil(len(loader) / cfg.train.accumulate)
-    max_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-    if max_steps < 1:
-        raise ConfigError("train.epochs: 0 epochs and no train.max_steps: nothing to train")
-    scheduler = build_scheduler(
-        optimizer, cfg.schedule, total_steps=max_steps, steps_per_epoch=steps_per_epoch
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
     stop = StopRequest(say=say)
-    trainer = Trainer(
-        model,
-        task,
-        loader,
-        optimizer,
-        scheduler=scheduler,
-        device=device,
-        max_steps=max_steps,
-        accumulate=cfg.train.accumulate,
-        grad_clip=cfg.train.grad_clip,
-        amp=cfg.train.amp,
-        scaler=scaler,
-        stop_at_step=cfg.train.stop_at_step,
-        stop=stop,
+    trainer = Trainer.from_recipe(
+        cfg, model, task, train_ds, device=device, stop=stop, world_size=info.world_size
     )
     if resume_state is not None:
         load_weights(module, resume_state["model"], last_path, cfg.model)
         trainer.load_state_dict(resume_state)
         say(f"resuming from {last_path} at step {trainer.step} (epoch {trainer.epoch})")
 
-    meta = checkpoint_meta(model_args, cfg, classes, predicates)
     ckpt_dir = run_dir / CHECKPOINT_DIR
 
     def save(name: str) -> Path:

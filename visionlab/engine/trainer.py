@@ -234,6 +234,68 @@ class Trainer:
         self.best_metric: dict[str, Any] | None = None
         self._iter: Any = None
 
+    @classmethod
+    def from_recipe(
+        cls,
+        cfg: Any,
+        model: nn.Module,
+        task: Task,
+        dataset: Any,
+        *,
+        device: torch.device,
+        stop: Any = None,
+        hooks: Iterable[Any] = (),
+        world_size: int = 1,
+    ) -> Trainer:
+        """The Trainer of a recipe ``cfg`` (its ``train``, ``optim``, ``schedule``, ``seed``,
+        ``num_workers``): a shuffled loader over ``dataset`` with ``batch_size /
+        world_size`` samples a batch (distributed when ``world_size > 1``), the optimizer of
+        :func:`build_optimizer` over ``model`` (unwrapped from DDP for the parameter
+        groups) and the schedule of :func:`build_scheduler` over the run's steps.
+
+        Raises:
+            ConfigError: a recipe that gives no step.
+        """
+        from visionlab.data.loader import build_loader
+        from visionlab.errors import ConfigError
+
+        module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        per_rank = cfg.train.batch_size // world_size
+        loader = build_loader(
+            dataset,
+            batch_size=per_rank,
+            shuffle=True,
+            seed=cfg.seed,
+            num_workers=cfg.num_workers,
+            distributed=world_size > 1,
+            # full batches only (a batch of one breaks batch norm) unless the data is smaller
+            drop_last=math.ceil(len(dataset) / world_size) >= per_rank,
+        )
+        optimizer = build_optimizer(module, cfg.optim)
+        steps_per_epoch = math.ceil(len(loader) / cfg.train.accumulate)
+        max_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
+        if max_steps < 1:
+            raise ConfigError("train.epochs: 0 epochs and no train.max_steps: nothing to train")
+        scheduler = build_scheduler(
+            optimizer, cfg.schedule, total_steps=max_steps, steps_per_epoch=steps_per_epoch
+        )
+        return cls(
+            model,
+            task,
+            loader,
+            optimizer,
+            scheduler=scheduler,
+            device=device,
+            max_steps=max_steps,
+            accumulate=cfg.train.accumulate,
+            grad_clip=cfg.train.grad_clip,
+            amp=cfg.train.amp,
+            scaler=torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16"),
+            stop_at_step=cfg.train.stop_at_step,
+            stop=stop,
+            hooks=hooks,
+        )
+
     def register_hook(self, hook: Any) -> None:
         hook.trainer = self
         self.hooks.append(hook)

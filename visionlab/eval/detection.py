@@ -10,17 +10,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from visionlab.data.records import encode_masks
 from visionlab.errors import VisionLabError
 from visionlab.eval.coco import coco_evaluate
-from visionlab.eval.coco_engine import CocoDetections, CocoGroundTruth, evaluate_arrays, pair_index
+from visionlab.eval.coco_engine import (
+    STAT_KEYS,
+    CocoDetections,
+    CocoGroundTruth,
+    evaluate_arrays,
+    pair_index,
+)
 
-__all__ = ["DetectionEvaluator", "coco_evaluate", "voc_ap", "voc_class_ap", "voc_map"]
+__all__ = [
+    "MASK_PREFIX",
+    "DetectionEvaluator",
+    "coco_evaluate",
+    "voc_ap",
+    "voc_class_ap",
+    "voc_map",
+]
+
+# instance segmentation reports the mask numbers beside the box numbers: mask_AP, mask_AP50, ...
+MASK_PREFIX = "mask_"
 
 
 def _np(x: Any, dtype: Any = None) -> np.ndarray:
@@ -172,29 +190,32 @@ class DetectionEvaluator:
     predictions ``boxes [N, 4]`` xyxy, ``labels [N]`` in 1..C, ``scores [N]`` and for
     ``segm`` ``masks`` (``[N, H, W]`` bool, or ``[N, 1, H, W]`` probabilities, cut at 0.5);
     targets ``boxes``, ``labels``, optional ``iscrowd``, ``difficult``, ``area``,
-    ``masks``. ``compute()`` returns the 12 COCO stats (``AP`` ... ``ARl``, equal to
-    pycocotools on the same data), ``per_class`` (class name -> AP@[.5:.95], NaN without
-    ground truth), ``voc07_mAP`` and ``voc_mAP`` (box AP@0.5, 11-point and all-point).
+    ``masks``. ``compute()`` returns the 12 COCO box stats (``AP`` ... ``ARl``, equal to
+    pycocotools' ``bbox`` on the same data), ``per_class`` (class name -> box AP@[.5:.95],
+    NaN without ground truth), ``voc07_mAP`` and ``voc_mAP`` (box AP@0.5, 11-point and
+    all-point). ``segm`` (instance segmentation) adds, from the same images, the 12 mask
+    stats (``mask_AP`` ... ``mask_ARl``, equal to pycocotools' ``segm``) and
+    ``mask_per_class``.
 
     COCO rules with two additions: ``difficult`` ground truth is ignored like a crowd
-    region (matched detections do not count, but the IoU is the plain one); the area used
-    for the area ranges is ``area`` when given, else the mask area, else the box area. For
-    VOC, crowd regions count as difficult. Images are numbered in the order they arrive.
-    ``primary = "AP"`` (AP@[.5:.95], the COCO headline number) drives best-checkpoint
-    tracking.
+    region (matched detections do not count, but the IoU is the plain one); the area of a
+    ground truth for the area ranges is ``area`` when given, else its mask area, else its box
+    area; a detection's is its box area for the box stats and its mask area for the mask
+    stats. For VOC, crowd regions count as difficult. Images are numbered in the order they
+    arrive. ``primary`` drives best-checkpoint tracking: ``"AP"`` (box AP@[.5:.95], the COCO
+    headline number) for ``bbox``, ``"mask_AP"`` for ``segm``.
 
     Args:
         class_names: the C foreground class names (label k <-> ``class_names[k - 1]``).
-        iou_type: ``"bbox"`` or ``"segm"``.
+        iou_type: ``"bbox"`` (boxes) or ``"segm"`` (boxes and masks).
     """
-
-    primary = "AP"
 
     def __init__(self, class_names: Sequence[str], iou_type: str = "bbox") -> None:
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
         self.class_names = [str(c) for c in class_names]
         self.iou_type = iou_type
+        self.primary = MASK_PREFIX + "AP" if iou_type == "segm" else "AP"
         self.reset()
 
     def reset(self) -> None:
@@ -203,20 +224,14 @@ class DetectionEvaluator:
         self._dt: list[dict[str, Any]] = []
 
     def _rles(self, masks: Any, n: int, what: str) -> list[dict]:
-        from pycocotools import mask as mask_utils
-
         if masks is None:
             raise ValueError(f"segm evaluation needs 'masks' in every {what}")
         m = masks if isinstance(masks, Tensor) else torch.as_tensor(np.asarray(masks))
-        m = m.detach().cpu()
         if m.ndim == 4 and m.shape[1] == 1:
             m = m[:, 0]
         if m.ndim != 3 or m.shape[0] != n:
             raise ValueError(f"{what} masks must be [N, H, W] with N = {n}, got {tuple(m.shape)}")
-        m = m > 0.5 if m.is_floating_point() else m.bool()
-        if n == 0:
-            return []
-        return mask_utils.encode(np.asfortranarray(m.permute(1, 2, 0).numpy().astype(np.uint8)))
+        return encode_masks(m)
 
     def _image(self, d: Mapping[str, Any], what: str, has_scores: bool) -> dict[str, Any]:
         boxes = _np(d["boxes"], np.float64).reshape(-1, 4)
@@ -241,14 +256,19 @@ class DetectionEvaluator:
         needs_masks = self.iou_type == "segm" or (not has_scores and "masks" in d)
         if needs_masks:
             out["rles"] = self._rles(d.get("masks"), n, what)
-        if "area" in d and not has_scores:
-            out["area"] = _np(d["area"], np.float64).reshape(-1)
-        elif "rles" in out:
+        box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        mask_area = None
+        if "rles" in out:
             from pycocotools import mask as mask_utils
 
-            out["area"] = mask_utils.area(out["rles"]).astype(np.float64) if n else np.zeros(0)
+            mask_area = mask_utils.area(out["rles"]).astype(np.float64) if n else np.zeros(0)
+        if has_scores:  # a detection: box area for the box stats, mask area for the masks'
+            out["area"] = box_area
+            out["mask_area"] = mask_area if mask_area is not None else box_area
+        elif "area" in d:
+            out["area"] = _np(d["area"], np.float64).reshape(-1)
         else:
-            out["area"] = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            out["area"] = mask_area if mask_area is not None else box_area
         return out
 
     def update(self, preds: Sequence[Mapping[str, Any]], targets: Sequence[Mapping[str, Any]]):
@@ -297,16 +317,28 @@ class DetectionEvaluator:
             boxes=xywh(cat(self._dt, "boxes", 4)),
             area=cat(self._dt, "area"),
             scores=cat(self._dt, "scores"),
-            rles=[r for i in self._dt for r in i["rles"]] if segm else None,
         )
         return gt, dt
 
     def compute(self) -> dict[str, Any]:
-        """The 12 COCO stats, ``per_class``, ``voc07_mAP`` and ``voc_mAP`` of every image
-        seen since the last :meth:`reset` (floats in [0, 1]; -1 / NaN without ground truth)."""
+        """The 12 COCO box stats, ``per_class``, ``voc07_mAP`` and ``voc_mAP`` of every image
+        seen since the last :meth:`reset`, and for ``segm`` the 12 ``mask_*`` stats and
+        ``mask_per_class`` (floats in [0, 1]; -1 / NaN without ground truth)."""
         gt, dt = self._arrays()
-        result = evaluate_arrays(gt, dt, self.iou_type)
+        boxes = evaluate_arrays(gt, dt, "bbox")
         dets, gts = voc_inputs(gt, dt)
         voc07, _ = voc_map(dets, gts, use_07_metric=True)
         voc, _ = voc_map(dets, gts, use_07_metric=False)
-        return {**result.stats, "per_class": result.per_class, "voc07_mAP": voc07, "voc_mAP": voc}
+        out: dict[str, Any] = dict(boxes.stats)
+        mask_per_class = {}
+        if self.iou_type == "segm":  # the same matching rules on the masks
+            dt_masks = replace(
+                dt,
+                area=np.concatenate([i["mask_area"] for i in self._dt] or [np.zeros(0)]),
+                rles=[r for i in self._dt for r in i["rles"]],
+            )
+            masks = evaluate_arrays(gt, dt_masks, "segm")
+            out.update({MASK_PREFIX + k: masks.stats[k] for k in STAT_KEYS})
+            mask_per_class = {MASK_PREFIX + "per_class": masks.per_class}
+        out.update(per_class=boxes.per_class, voc07_mAP=voc07, voc_mAP=voc)
+        return {**out, **mask_per_class}

@@ -43,7 +43,7 @@ modules keep torchvision's names, so torchvision weights load by a prefix
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -341,37 +341,16 @@ class ResNetBackbone(Backbone):
         return [self.conv1, self.bn1, layer] if stride == STRIDES[0] else [layer]
 
 
-def _alexnet() -> tuple[SequentialBackbone, nn.Module]:
-    import torchvision
-
-    net = torchvision.models.alexnet(weights=None)
+# torchvision networks whose ``features`` make a SequentialBackbone: its stage ends, (stride,
+# index of the last layer at it), and the channels at each stride.
+_SEQUENTIAL: dict[str, tuple[list[tuple[int, int]], dict[int, int]]] = {
     # features: 0 conv1 s4, 1 relu, 2 pool, 3 conv2, 4 relu, 5 pool, 6-11 conv3-5 + relu, 12 pool
-    ends = [(4, 1), (8, 4), (16, 11), (32, 12)]
-    backbone = SequentialBackbone(net.features, ends, {4: 64, 8: 192, 16: 256, 32: 256})
-    backbone.arch = "alexnet"
-    return backbone, net
-
-
-def _vgg16() -> tuple[SequentialBackbone, nn.Module]:
-    import torchvision
-
-    net = torchvision.models.vgg16(weights=None)
+    "alexnet": ([(4, 1), (8, 4), (16, 11), (32, 12)], {4: 64, 8: 192, 16: 256, 32: 256}),
     # relu3_3 (15), relu4_3 (22), relu5_3 (29), pool5 (30)
-    ends = [(4, 15), (8, 22), (16, 29), (32, 30)]
-    backbone = SequentialBackbone(net.features, ends, {4: 256, 8: 512, 16: 512, 32: 512})
-    backbone.arch = "vgg16"
-    return backbone, net
-
-
-def _mobilenet_v3_small() -> tuple[SequentialBackbone, nn.Module]:
-    import torchvision
-
-    net = torchvision.models.mobilenet_v3_small(weights=None)
+    "vgg16": ([(4, 15), (8, 22), (16, 29), (32, 30)], {4: 256, 8: 512, 16: 512, 32: 512}),
     # strides of features[i] outputs: 0:2, 1:4, 2-3:8, 4-8:16, 9-12:32 (12 = 1x1 conv, 576 ch)
-    ends = [(4, 1), (8, 3), (16, 8), (32, 12)]
-    backbone = SequentialBackbone(net.features, ends, {4: 16, 8: 24, 16: 48, 32: 576})
-    backbone.arch = "mobilenet_v3_small"
-    return backbone, net
+    "mobilenet_v3_small": ([(4, 1), (8, 3), (16, 8), (32, 12)], {4: 16, 8: 24, 16: 48, 32: 576}),
+}
 
 
 def build_backbone_and_tv_net(arch: str) -> tuple[Backbone, nn.Module | None]:
@@ -379,21 +358,19 @@ def build_backbone_and_tv_net(arch: str) -> tuple[Backbone, nn.Module | None]:
     network it was cut from (the classifier takes its head layers from it)."""
     if arch == "tiny_cnn":
         return TinyCNN(), None
-    if arch in ("resnet18", "resnet50"):
-        import torchvision
+    if arch not in ("resnet18", "resnet50") and arch not in _SEQUENTIAL:
+        raise _unknown_backbone(arch)
+    import torchvision
 
-        net = torchvision.models.get_model(arch, weights=None)
+    net = torchvision.models.get_model(arch, weights=None)
+    if arch not in _SEQUENTIAL:
         return ResNetBackbone(arch, net), net
-    if arch in _SEQUENTIAL:
-        return _SEQUENTIAL[arch]()
-    raise _unknown_backbone(arch)
+    ends, channels = _SEQUENTIAL[arch]
+    backbone = SequentialBackbone(net.features, list(ends), dict(channels))
+    backbone.arch = arch
+    return backbone, net
 
 
-_SEQUENTIAL: dict[str, Callable[[], tuple[SequentialBackbone, nn.Module]]] = {
-    "alexnet": _alexnet,
-    "vgg16": _vgg16,
-    "mobilenet_v3_small": _mobilenet_v3_small,
-}
 BACKBONES: tuple[str, ...] = (
     "tiny_cnn",
     "alexnet",

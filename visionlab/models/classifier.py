@@ -64,7 +64,6 @@ class ImageClassifier(nn.Module):
         self.num_features = num_features
         self.num_classes = num_classes
         self.fc = _new_head(num_features, num_classes)
-        self._backbone_frozen = False
 
     # -- forward ------------------------------------------------------------------------
 
@@ -91,10 +90,6 @@ class ImageClassifier(nn.Module):
 
     # -- transfer learning --------------------------------------------------------------
 
-    def get_classifier(self) -> nn.Linear:
-        """The head layer (timm's name)."""
-        return self.fc
-
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head by a new one with ``num_classes`` outputs (N(0, 0.01) weights).
 
@@ -117,10 +112,6 @@ class ImageClassifier(nn.Module):
         head = {id(p) for p in self.fc.parameters()}
         return (p for p in self.parameters() if id(p) not in head)
 
-    @property
-    def backbone_frozen(self) -> bool:
-        return self._backbone_frozen
-
     def freeze_backbone(self) -> None:
         """Train the head only: the backbone is frozen through its one freeze mechanism
         (:meth:`Backbone.freeze_to` of its last map: no gradients, batch norms in eval
@@ -128,13 +119,11 @@ class ImageClassifier(nn.Module):
         stops requiring gradients too; its dropout keeps training mode."""
         self.backbone.freeze_to(self.backbone.out_stride)
         self.pre_logits.requires_grad_(False)
-        self._backbone_frozen = True
 
     def unfreeze_backbone(self) -> None:
         """Undo :meth:`freeze_backbone`: everything trains again."""
         self.backbone.freeze_to(0)
         self.pre_logits.requires_grad_(True)
-        self._backbone_frozen = False
 
 
 def _check_num_classes(num_classes: object) -> None:

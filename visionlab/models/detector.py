@@ -13,7 +13,8 @@ The hooks have defaults here, so the engine calls them on any detector: ``prepar
 (work on the datasets before training, e.g. Fast R-CNN's selective-search cache),
 ``backbone_parameters`` / ``head_parameters`` (optimizer parameter groups), and
 ``freeze_backbone`` / ``unfreeze_backbone`` (staged training, through the one freeze
-mechanism, :meth:`~visionlab.models.backbones.Backbone.freeze_to`).
+mechanism, :meth:`~visionlab.models.backbones.Backbone.freeze_to`); ``stages`` declares a
+model trained in stages (R-CNN's).
 """
 
 from __future__ import annotations
@@ -123,9 +124,20 @@ class Detector(nn.Module):
         supported_extras: the extras :meth:`forward` can add to eval outputs (keys in
             :data:`EXTRA_KEYS`), e.g. ``{"proposals"}`` for the R-CNN family, ``{"grid"}``
             for YOLO.
+        stages: the stages of a model trained in stages, in order (R-CNN's: proposals,
+            finetune, ...); :mod:`visionlab.engine.stages` runs them, ``train_stage`` by the
+            Trainer on ``model.train_stage_data(dataset, indices, *, cache)``, the others by
+            ``model.run_stage(name, dataset, indices, *, cache, progress) -> stats``. Empty
+            (the default): one Trainer run.
+        stage_images: training images the stages use (a seeded subset; 0 = all).
+        stage_eval_images: validation images scored after the stages (0 = all, -1 = none).
     """
 
     supported_extras: ClassVar[frozenset[str]] = frozenset()
+    stages: ClassVar[tuple[str, ...]] = ()
+    train_stage: ClassVar[str] = ""
+    stage_images: int = 0
+    stage_eval_images: int = 0
 
     def forward(
         self,
@@ -176,10 +188,11 @@ class Detector(nn.Module):
 
     # ------------------------------------------------------------------------ hooks
 
-    def prepare_data(self, datasets: Iterable[Any], *, image_size: int | None = None) -> None:
+    def prepare_data(self, datasets: Iterable[Any], *, transform: Any = None) -> None:
         """Work on the training and validation ``datasets`` (None entries skipped) once
-        before training, images as evaluation resizes them to ``image_size``; the engine
-        calls it on rank 0. Default: nothing."""
+        before training, their images as ``transform`` (the evaluation transform, which the
+        engine passes; None = the datasets' own) gives them; the engine calls it on rank 0.
+        Default: nothing."""
 
     def _backbone(self) -> nn.Module | None:
         return getattr(self, "backbone", None)

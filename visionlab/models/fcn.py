@@ -34,7 +34,7 @@ Choices, where this code differs from the reference Caffe nets, and why:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -504,51 +504,35 @@ _BUILDER_DOC = """{title}: fully convolutional segmentation (Long et al., CVPR 2
     """
 
 
-@register_model("fcn32s", task="segmentation", summary="FCN-32s: stride-32 scores, 32x upsampling")
-def fcn32s(
-    *,
-    num_classes: int = 21,
-    backbone: str = "tiny_cnn",
-    upsample: str = "deconv",
-    pretrained_backbone: str | None = None,
-    fc_width: int | None = None,
-    skip_scales: Sequence[float] = (1.0, 1.0),
-    pretrained: str | None = None,
-    frozen_stride: int = 0,
-) -> FCN:
-    return build_fcn("fcn32s", **locals())
+def _register_variant(variant: str, title: str, detail: str, summary: str) -> Callable[..., FCN]:
+    """Register the builder of ``variant``: :func:`build_fcn` with its keyword arguments."""
+
+    @register_model(variant, task="segmentation", summary=summary)
+    def builder(
+        *,
+        num_classes: int = 21,
+        backbone: str = "tiny_cnn",
+        upsample: str = "deconv",
+        pretrained_backbone: str | None = None,
+        fc_width: int | None = None,
+        skip_scales: Sequence[float] = (1.0, 1.0),
+        pretrained: str | None = None,
+        frozen_stride: int = 0,
+    ) -> FCN:
+        args = {k: v for k, v in locals().items() if k != "variant"}  # from the closure
+        return build_fcn(variant, **args)
+
+    builder.__name__ = builder.__qualname__ = variant
+    builder.__doc__ = _BUILDER_DOC.format(title=title, detail=detail)
+    return builder
 
 
-@register_model("fcn16s", task="segmentation", summary="FCN-16s: FCN-32s + pool4 skip")
-def fcn16s(
-    *,
-    num_classes: int = 21,
-    backbone: str = "tiny_cnn",
-    upsample: str = "deconv",
-    pretrained_backbone: str | None = None,
-    fc_width: int | None = None,
-    skip_scales: Sequence[float] = (1.0, 1.0),
-    pretrained: str | None = None,
-    frozen_stride: int = 0,
-) -> FCN:
-    return build_fcn("fcn16s", **locals())
-
-
-@register_model("fcn8s", task="segmentation", summary="FCN-8s: FCN-16s + pool3 skip")
-def fcn8s(
-    *,
-    num_classes: int = 21,
-    backbone: str = "tiny_cnn",
-    upsample: str = "deconv",
-    pretrained_backbone: str | None = None,
-    fc_width: int | None = None,
-    skip_scales: Sequence[float] = (1.0, 1.0),
-    pretrained: str | None = None,
-    frozen_stride: int = 0,
-) -> FCN:
-    return build_fcn("fcn8s", **locals())
-
-
-fcn32s.__doc__ = _BUILDER_DOC.format(title="FCN-32s", detail=": one 32x upsampling.")
-fcn16s.__doc__ = _BUILDER_DOC.format(title="FCN-16s", detail=": + pool4 skip, 16x.")
-fcn8s.__doc__ = _BUILDER_DOC.format(title="FCN-8s", detail=": + pool4 and pool3 skips, 8x.")
+fcn32s = _register_variant(
+    "fcn32s", "FCN-32s", ": one 32x upsampling.", "FCN-32s: stride-32 scores, 32x upsampling"
+)
+fcn16s = _register_variant(
+    "fcn16s", "FCN-16s", ": + pool4 skip, 16x.", "FCN-16s: FCN-32s + pool4 skip"
+)
+fcn8s = _register_variant(
+    "fcn8s", "FCN-8s", ": + pool4 and pool3 skips, 8x.", "FCN-8s: FCN-16s + pool3 skip"
+)

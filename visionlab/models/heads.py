@@ -15,9 +15,11 @@ Fast R-CNN (Girshick, ICCV 2015) defines the parts this module holds:
 
 R-CNN, SPPNet, Fast and Faster R-CNN differ only in where regions and features come from;
 every detector ends in :func:`visionlab.models.postprocess.postprocess_detections`
-(threshold, clip, class-wise NMS), and Fast / Faster R-CNN share :class:`RoIBoxPredictor`
-(pooling + :class:`BoxHead` + sampling + loss + :func:`decode_detections`); their images
-are batched by :func:`visionlab.models.batching.batch_images`. On CPU, training pools
+(threshold, clip, class-wise NMS). Fast and Faster R-CNN's second stage is
+:class:`RoIHeads`, named heads run in order on one :class:`RoIBatch`; its box head is
+:class:`RoIBoxPredictor` (pooling by :class:`RoIPooler` + :class:`BoxHead` + sampling +
+loss + :func:`decode_detections`), and the mask and relation heads plug in beside it.
+On CPU, training pools
 with :func:`visionlab.ops.roi_align_separable` (RoI Align as one matrix product per image:
 several times faster than torchvision's CPU kernel, same numbers).
 """
@@ -25,7 +27,7 @@ several times faster than torchvision's CPU kernel, same numbers).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +48,10 @@ from visionlab.ops import (
 __all__ = [
     "BoxHead",
     "BoxHeadSettings",
+    "RoIBatch",
     "RoIBoxPredictor",
+    "RoIHeads",
+    "RoIPooler",
     "decode_detections",
     "fast_rcnn_loss",
     "sample_proposals",
@@ -295,11 +300,11 @@ def decode_detections(
     for scores, deltas, rois, size in zip(
         scores_all.split(counts), box_deltas.float().split(counts), proposals, image_sizes
     ):
-        deltas = deltas.reshape(len(rois), sets, 4)
+        deltas = deltas.reshape(-1, 4)  # [R_i * sets, 4]: set j of RoI r in row r * sets + j
 
         def decode(rows: Tensor, labels: Tensor, deltas=deltas, rois=rois) -> Tensor:
-            picked = deltas[rows, labels] if per_class else deltas[rows, 0]
-            return box_coder.decode(picked, rois[rows].float())
+            picked = deltas.index_select(0, rows * sets + labels if per_class else rows)
+            return box_coder.decode(picked, rois.index_select(0, rows).float())
 
         results.append(postprocess_detections(scores[:, 1:], decode, size, settings))
     return results
@@ -318,13 +323,113 @@ def _indexed(rois: Sequence[Tensor]) -> Tensor:
     return torch.cat([image_idx[:, None].to(boxes.dtype), boxes], dim=1)
 
 
-class RoIBoxPredictor(nn.Module):
-    """RoI pooling + :class:`BoxHead` + sampling + loss + decoding: the detector half of
-    Fast and Faster R-CNN, on one feature map.
+@dataclass(frozen=True)
+class RoIPooler:
+    """Pools per-image RoIs from the shared map, or with FPN from the level of each RoI's
+    size (Lin et al. 2017, eq. 1: ``k = floor(k0 + log2(sqrt(wh) / canonical_size))``).
 
     Args:
-        in_channels: channels of the feature map.
-        spatial_scale: feature cells per image pixel (``1 / stride``).
+        scales: feature cells per image pixel of each map, finest first (``1 / stride``).
+        canonical_level: index of the level that pools RoIs of side ``canonical_size``.
+        canonical_size: that side in pixels (smaller RoIs go one level finer per halving).
+    """
+
+    scales: tuple[float, ...]
+    canonical_level: int = 0
+    canonical_size: float = 64.0
+
+    def __call__(
+        self, features: Sequence[Tensor], rois: Sequence[Tensor], output_size: int, kind: str
+    ) -> Tensor:
+        """``Tensor[R, C, P, P]`` (``P = output_size``) of the per-image RoIs
+        ``[Tensor[R_i, 4]]`` with ``kind`` ``roi_pool`` or ``roi_align``."""
+        if len(features) == 1:
+            return _pool_level(features[0], list(rois), self.scales[0], output_size, kind)
+        indexed = _indexed(rois)  # [R, 5]
+        boxes = indexed[:, 1:]
+        side = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6).sqrt()
+        level = torch.floor(self.canonical_level + torch.log2(side / self.canonical_size))
+        level = level.clamp(0, len(features) - 1).long()
+        out = boxes.new_zeros((len(boxes), features[0].shape[1], output_size, output_size))
+        for k, (feat, scale) in enumerate(zip(features, self.scales)):
+            idx = torch.where(level == k)[0]
+            if len(idx):
+                pooled = _pool_level(feat, indexed[idx], scale, output_size, kind)
+                out[idx] = pooled.to(out.dtype)
+        return out
+
+
+def _pool_level(
+    features: Tensor, rois: Tensor | list, scale: float, size: int, kind: str
+) -> Tensor:
+    if kind == "roi_pool":
+        return roi_pool(features, rois, size, scale)
+    # training on CPU: the matrix form, whose backward is fast; torchvision's kernel
+    # is the faster forward-only pass (inference) and the GPU path
+    if features.device.type == "cpu" and torch.is_grad_enabled() and features.requires_grad:
+        if isinstance(rois, list):
+            rois = _indexed(rois).to(features.dtype)
+        return roi_align_separable(features, rois, size, scale, sampling_ratio=2)
+    return roi_align(features, rois, size, scale, sampling_ratio=2)
+
+
+@dataclass
+class RoIBatch:
+    """What the RoI heads of a two-stage detector see for one batch.
+
+    Attributes:
+        features: the shared maps ``[Tensor[B, C, h_l, w_l]]``, finest first (one without
+            FPN).
+        proposals: per image ``Tensor[P_i, 4]`` xyxy input pixels (detached).
+        image_sizes: per image ``(H_i, W_i)``.
+        pooler: the :class:`RoIPooler` of ``features``.
+        targets: training only, per image ``boxes`` / ``labels`` (and what a head needs).
+        shared: what one head leaves for the heads after it, e.g. the box head's sampled
+            RoIs and their labels in training (``"rois"``, ``"labels"``).
+    """
+
+    features: list[Tensor]
+    proposals: list[Tensor]
+    image_sizes: list[tuple[int, int]]
+    pooler: RoIPooler
+    targets: list[dict[str, Tensor]] | None = None
+    shared: dict[str, object] = field(default_factory=dict)
+
+    def pool(self, rois: Sequence[Tensor], output_size: int, kind: str = "roi_align") -> Tensor:
+        """``Tensor[R, C, P, P]`` features of per-image ``rois`` (:class:`RoIPooler`)."""
+        return self.pooler(self.features, rois, output_size, kind)
+
+
+class RoIHeads(nn.ModuleDict):
+    """The second stage of a two-stage detector: named heads run in order on one
+    :class:`RoIBatch`, the box head first.
+
+    Each head is called ``head(batch, detections) -> (detections, losses)``: in training it
+    returns ``([], {"loss_*": ...})``; in eval the box head makes the per-image detection
+    dicts and a later head adds its keys to them (a mask head its ``masks``). Adding a head is
+    one more entry here; the skeleton and the engine do not change.
+    """
+
+    def forward(self, batch: RoIBatch) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
+        """``(detections, losses)``: per-image dicts in eval, ``{}`` losses; the reverse in
+        training."""
+        detections: list[dict[str, Tensor]] = []
+        losses: dict[str, Tensor] = {}
+        for head in self.values():
+            detections, head_losses = head(batch, detections)
+            losses.update(head_losses)
+        return detections, losses
+
+
+class RoIBoxPredictor(nn.Module):
+    """The box head of :class:`RoIHeads`: RoI pooling + :class:`BoxHead` + sampling + loss +
+    decoding, the detector half of Fast and Faster R-CNN.
+
+    In training it leaves its sampled RoIs and labels in ``batch.shared`` (``"rois"``,
+    ``"labels"``) for the heads after it.
+
+    Args:
+        in_channels: channels of the feature maps.
         num_classes: classes including background.
         settings: :class:`BoxHeadSettings`.
         detection: test-time :class:`~visionlab.models.postprocess.DetectionSettings`.
@@ -334,7 +439,6 @@ class RoIBoxPredictor(nn.Module):
         self,
         *,
         in_channels: int,
-        spatial_scale: float,
         num_classes: int,
         settings: BoxHeadSettings | None = None,
         detection: DetectionSettings | None = None,
@@ -342,7 +446,6 @@ class RoIBoxPredictor(nn.Module):
         super().__init__()
         self.settings = s = settings or BoxHeadSettings()
         self.detection_settings = detection or DetectionSettings()
-        self.spatial_scale = float(spatial_scale)
         self.num_classes = int(num_classes)
         self.head = BoxHead(
             in_channels=in_channels,
@@ -353,105 +456,39 @@ class RoIBoxPredictor(nn.Module):
         self.box_coder = BoxCoder(s.box_weights)
         self.matcher = Matcher(s.fg_iou, s.bg_iou_low, allow_low_quality_matches=False)
         self.sampler = BalancedSampler(s.batch_size_per_image, s.positive_fraction)
-        # FPN level assignment (used when forward gets a list of maps): level index
-        # ``canonical_level`` pools RoIs of side ``canonical_size``
-        self.level_scales: list[float] = []
-        self.canonical_level = 0
-        self.canonical_size = 64.0
-
-    def set_levels(self, scales: Sequence[float], canonical_level: int, canonical_size: float):
-        """Pool from several maps (FPN): their scales, and which level holds RoIs of side
-        ``canonical_size`` pixels (smaller RoIs go one level finer per halving)."""
-        self.level_scales = [float(x) for x in scales]
-        self.canonical_level = int(canonical_level)
-        self.canonical_size = float(canonical_size)
-
-    def _pool_level(self, features: Tensor, rois: Tensor | list, scale: float) -> Tensor:
-        size = self.settings.pool_size
-        if self.settings.pooler == "roi_pool":
-            return roi_pool(features, rois, size, scale)
-        # training on CPU: the matrix form, whose backward is fast; torchvision's kernel
-        # is the faster forward-only pass (inference) and the GPU path
-        if features.device.type == "cpu" and torch.is_grad_enabled() and features.requires_grad:
-            if isinstance(rois, list):
-                rois = _indexed(rois).to(features.dtype)
-            return roi_align_separable(features, rois, size, scale, sampling_ratio=2)
-        return roi_align(features, rois, size, scale, sampling_ratio=2)
-
-    def pool(self, features: Tensor | Sequence[Tensor], rois: Sequence[Tensor]) -> Tensor:
-        """``Tensor[R, C, P, P]`` pooled features of the per-image RoIs.
-
-        ``features`` is one map (scale ``spatial_scale``) or, with FPN, one map per level
-        (scales ``level_scales``); a RoI then pools from the level of its size (FPN, Lin et
-        al. 2017, eq. 1: ``k = floor(k0 + log2(sqrt(wh) / canonical_size))``).
-        """
-        if isinstance(features, Tensor):
-            return self._pool_level(features, list(rois), self.spatial_scale)
-        indexed = _indexed(rois)  # [R, 5]
-        boxes = indexed[:, 1:]
-        side = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6).sqrt()
-        level = torch.floor(self.canonical_level + torch.log2(side / self.canonical_size))
-        level = level.clamp(0, len(features) - 1).long()
-        size = self.settings.pool_size
-        out = boxes.new_zeros((len(boxes), features[0].shape[1], size, size))
-        for k, (feat, scale) in enumerate(zip(features, self.level_scales)):
-            idx = torch.where(level == k)[0]
-            if len(idx):
-                out[idx] = self._pool_level(feat, indexed[idx], scale).to(out.dtype)
-        return out
 
     def forward(
-        self,
-        features: Tensor | Sequence[Tensor],
-        proposals: Sequence[Tensor],
-        image_sizes: Sequence[tuple[int, int]],
-        targets: Sequence[dict] | None = None,
+        self, batch: RoIBatch, detections: list[dict[str, Tensor]] | None = None
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
-        """Score proposals.
-
-        Args:
-            features: ``Tensor[B, C, H / s, W / s]`` shared feature map, or per FPN level
-                (see :meth:`set_levels`).
-            proposals: per image ``Tensor[P_i, 4]`` xyxy (detached).
-            image_sizes: per image ``(H, W)``.
-            targets: training only, per image ``boxes`` / ``labels``.
+        """Score the proposals of ``batch``.
 
         Returns:
             ``(detections, losses)``: in training ``([], {"loss_classifier", "loss_box_reg"})``;
-            in eval (per-image detection dicts, ``{}``).
+            in eval (per-image detection dicts, ``{}``), see :func:`decode_detections`.
         """
         s = self.settings
         if self.training:
             rois, labels, regression_targets = sample_proposals(
-                proposals,
-                targets,
+                batch.proposals,
+                batch.targets,
                 matcher=self.matcher,
                 sampler=self.sampler,
                 box_coder=self.box_coder,
                 add_gt=s.add_gt_as_proposals,
             )
-            logits, deltas = self.head(self.pool(features, rois))
+            batch.shared.update(rois=rois, labels=labels)
+            logits, deltas = self.head(batch.pool(rois, s.pool_size, s.pooler))
             losses = fast_rcnn_loss(
                 logits, deltas, labels, regression_targets, smooth_l1_beta=s.smooth_l1_beta
             )
             return [], losses
-        logits, deltas = self.head(self.pool(features, proposals))
-        return self.detect(logits, deltas, proposals, image_sizes), {}
-
-    def detect(
-        self,
-        logits: Tensor,
-        deltas: Tensor,
-        proposals: Sequence[Tensor],
-        image_sizes: Sequence[tuple[int, int]],
-    ) -> list[dict[str, Tensor]]:
-        """Decode, threshold and class-wise NMS with :attr:`detection_settings` (see
-        :func:`decode_detections`); the last step of eval-mode :meth:`forward`."""
-        return decode_detections(
+        logits, deltas = self.head(batch.pool(batch.proposals, s.pool_size, s.pooler))
+        detections = decode_detections(
             logits,
             deltas,
-            proposals,
-            image_sizes,
+            batch.proposals,
+            batch.image_sizes,
             box_coder=self.box_coder,
             settings=self.detection_settings,
         )
+        return detections, {}

@@ -143,14 +143,20 @@ def postprocess_detections(
             f"got {tuple(boxes.shape)}"
         )
     s = settings
-    rows, cols = torch.nonzero(scores >= s.score_thresh, as_tuple=True)  # row-major order
-    kept_scores = scores[rows, cols]
+    n_classes = scores.shape[1]
+    # One flat index per (row, class) pair, row-major: 1-D gathers (index_select) are the
+    # fast path on CPU, where two index tensors take the general indexing kernel.
+    flat_scores = scores.reshape(-1)
+    pairs = torch.nonzero(flat_scores >= s.score_thresh).squeeze(1)
+    kept_scores = flat_scores.index_select(0, pairs)
     if 0 < s.topk_candidates < len(kept_scores):
         best = kept_scores.topk(s.topk_candidates).indices
-        rows, cols, kept_scores = rows[best], cols[best], kept_scores[best]
-    labels = cols + 1
+        pairs, kept_scores = pairs.index_select(0, best), kept_scores.index_select(0, best)
+    rows = torch.div(pairs, n_classes, rounding_mode="floor")
+    labels = pairs - rows * n_classes + 1
     if isinstance(boxes, Tensor):
-        kept_boxes = boxes[rows] if boxes.dim() == 2 else boxes[rows, cols]
+        per_class = boxes.dim() == 3
+        kept_boxes = boxes.reshape(-1, 4).index_select(0, pairs if per_class else rows)
     elif len(rows):
         kept_boxes = boxes(rows, labels)
     else:
@@ -158,12 +164,18 @@ def postprocess_detections(
     if image_size is not None:
         kept_boxes = clip_boxes_to_image(kept_boxes, image_size)
     wh = kept_boxes[:, 2:] - kept_boxes[:, :2]
-    big = torch.where(wh.min(dim=1).values >= s.min_size)[0]
-    keep = big[batched_nms(kept_boxes[big], kept_scores[big], labels[big], s.nms_thresh)]
-    keep = keep[: s.detections_per_img]
-    out = {"boxes": kept_boxes[keep], "scores": kept_scores[keep], "labels": labels[keep]}
+    if len(wh) and not float(wh.detach().min()) >= s.min_size:  # usually none is small
+        big = (wh >= s.min_size).all(dim=1).nonzero().squeeze(1)
+        kept_boxes, kept_scores = kept_boxes.index_select(0, big), kept_scores.index_select(0, big)
+        labels, rows = labels.index_select(0, big), rows.index_select(0, big)
+    keep = batched_nms(kept_boxes, kept_scores, labels, s.nms_thresh)[: s.detections_per_img]
+    out = {
+        "boxes": kept_boxes.index_select(0, keep),
+        "scores": kept_scores.index_select(0, keep),
+        "labels": labels.index_select(0, keep),
+    }
     if return_indices:
-        out["indices"] = rows[keep]
+        out["indices"] = rows.index_select(0, keep)
     return out
 
 
@@ -193,12 +205,19 @@ def upgrade_model_args(model_name: str, args: Mapping[str, Any]) -> dict[str, An
     ``detections_per_image`` in ``test``, Fast and Faster R-CNN in ``box_head``: they become
     the model arguments ``score_thresh``, ``nms_thresh`` and ``detections_per_img`` (see
     :data:`RENAMED_KNOBS`). Old spellings at the top level are renamed too, and Faster
-    R-CNN's ``rpn.nms_threshold`` becomes ``rpn.nms_thresh``. Current
+    R-CNN's ``rpn.nms_threshold`` becomes ``rpn.nms_thresh``; arguments a builder renamed
+    (its ``renamed_args``, e.g. ``width`` -> ``backbone_width``) take their new names. Current
     arguments come back equal; ``args`` is not modified. Call it on a stored ``model_args``
     before ``build_model(model_name, **args)``; recipes are not upgraded (the builders
     refuse the old spellings with the new names).
     """
+    from visionlab.models.registry import is_registered, renamed_args
+
     out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in args.items()}
+    if is_registered(model_name):  # arguments renamed since (e.g. `width`)
+        for old, new in renamed_args(model_name).items():
+            if old in out:
+                out.setdefault(new, out.pop(old))
     home = _OLD_KNOB_HOMES.get(model_name)
     nested = out.get(home) if home else None
     moved: dict[str, Any] = {}

@@ -5,10 +5,8 @@ with SPPNet (:mod:`visionlab.models.sppnet`).
 The paper's pipeline, as this module follows it:
 
 - section 2.1 "Region proposals": selective search in fast mode, about 2000 boxes per image
-  (:func:`visionlab.ops.selective_search`, cached on disk). The scenes images are 128 px,
-  where fast mode finds ~130 boxes covering 74% of the objects; the search therefore runs on
-  the image resized to ``ProposalSettings.search_size`` (256 px: ~290 boxes, 96% recall at
-  IoU 0.5), the boxes mapped back.
+  (:func:`visionlab.ops.selective_search`, cached on disk), run on the image resized to
+  ``ProposalSettings.search_size`` (small images give few boxes), the boxes mapped back.
 - section 2.1 "Feature extraction" and appendix A: every region is dilated so that, once
   warped (anisotropically) to the CNN input size, ``context`` pixels of image surround it
   (p = 16 at 227 px in the paper), padded with the image mean where it leaves the image
@@ -16,9 +14,7 @@ The paper's pipeline, as this module follows it:
 - section 2.3 "Supervised pre-training" / "Domain-specific fine-tuning": the CNN is trained
   on warped regions as an (N + 1)-way classifier, regions with IoU >= 0.5 against a ground-
   truth box are that box's class, the rest background; each SGD step takes 128 regions,
-  32 of them foreground. (There is no ImageNet for the tiny backbone: it starts from random
-  weights, or from ``pretrained_backbone``, e.g. a ``tiny_cnn`` trained on the scenes
-  crops.)
+  32 of them foreground. The backbone starts from random weights or ``pretrained_backbone``.
 - section 2.3 "Object category classifiers": one linear SVM per class on fc7, positives
   the ground-truth boxes, negatives IoU < 0.3, hard negative mining
   (:mod:`visionlab.models.svm`).
@@ -28,23 +24,17 @@ The paper's pipeline, as this module follows it:
   non-maximum suppression per class (IoU 0.3), by the post-processor of every detector
   (:func:`visionlab.models.postprocess.postprocess_detections`).
 
-The stages (fine-tune, extract features, fit SVMs, fit box regressors) run in
-:mod:`visionlab.engine.stages`; this module holds the model and its two modes: training mode
-gives the fine-tuning loss ``{"loss_classifier"}`` (the detector contract of
-:class:`~visionlab.models.detector.Detector`), eval mode the detections. Before the SVMs are
-fitted, eval mode scores regions with the fine-tuned softmax. SVM weights and box regressors
-are buffers: a checkpoint's state dict carries them.
-
-R-CNN and SPPNet are one class, :class:`RegionDetector`, that differ in the object that
-computes region features from the backbone (composition, not a subclass each):
-:class:`WarpedRegions` here, :class:`~visionlab.models.sppnet.PyramidRegions` for SPPNet.
+The stages (:attr:`RegionDetector.stages`) run in order by :mod:`visionlab.engine.stages`,
+the fine-tuning by the engine's Trainer, the others by :mod:`visionlab.models.region_stages`.
+Before the SVMs are fitted, eval mode scores regions with the fine-tuned softmax.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -55,24 +45,23 @@ from visionlab.models.backbones import IMAGENET_MEAN, Backbone, build_backbone
 from visionlab.models.detector import Detector
 from visionlab.models.heads import sample_proposals, settings_from
 from visionlab.models.postprocess import (
+    DETECTION_KNOBS,
     DetectionSettings,
     postprocess_detections,
     reject_nested_knobs,
 )
+from visionlab.models.region_stages import STAGE_WORK, RegionTrainingSet, load_proposals
 from visionlab.models.registry import register_model
 from visionlab.models.svm import SVMSettings
 from visionlab.ops import (
     BalancedSampler,
     BoxCoder,
     Matcher,
-    clip_boxes_to_image,
     roi_align,
     selective_search,
 )
-from visionlab.ops.proposals import resize_longer
 
 __all__ = [
-    "MULTI_STAGE_MODELS",
     "RENAMED_BACKBONE_ARGS",
     "BoxRegSettings",
     "FinetuneSettings",
@@ -84,8 +73,6 @@ __all__ = [
     "warp_regions",
 ]
 
-# Registered names of models trained by the stages of visionlab.engine.stages.
-MULTI_STAGE_MODELS: set[str] = set()
 # R-CNN's box parameterisation (appendix C) without Fast R-CNN's target scaling.
 BOX_CODER_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 # The backbone arguments' old names (before they matched fast_rcnn / faster_rcnn): old
@@ -301,6 +288,8 @@ class RegionDetector(Detector):
     """
 
     supported_extras: ClassVar[frozenset[str]] = frozenset({"proposals"})
+    stages: ClassVar[tuple[str, ...]] = ("proposals", "finetune", "features", "svm", "box_reg")
+    train_stage: ClassVar[str] = "finetune"
 
     def __init__(
         self,
@@ -326,6 +315,7 @@ class RegionDetector(Detector):
         self.regions = regions
         pool_dim = self.pool_dim = int(regions.setup(backbone))
         self.num_classes = int(num_classes)
+        self.fc_width = int(fc_width)
         self.head = nn.Sequential(
             nn.Linear(pool_dim, fc_width),
             nn.ReLU(inplace=True),
@@ -363,19 +353,13 @@ class RegionDetector(Detector):
         """fc7: ``Tensor[K, pool_dim] -> Tensor[K, fc_width]``."""
         return self.head(pooled)
 
-    def finetune_parameters(self) -> list[nn.Parameter]:
-        """Parameters trained by the fine-tuning stage (conv too, unless ``train_conv`` off)."""
-        if self.finetune_settings.train_conv:
-            return [p for p in self.parameters() if p.requires_grad]
-        return [*self.head.parameters(), *self.cls_score.parameters()]
-
     @torch.no_grad()
     def propose(self, image: Tensor) -> Tensor:
         """Selective-search boxes ``Tensor[K, 4]`` xyxy of ``image [3, H, W]`` (sec. 2.1)."""
         s = self.proposal_settings
-        search, factor = resize_longer(image.detach().float().cpu(), s.search_size)
-        boxes = selective_search(search, s.mode, s.max_proposals, cache=s.cache)
-        boxes = clip_boxes_to_image(boxes / factor, tuple(image.shape[-2:]))
+        boxes = selective_search(
+            image.detach().cpu(), s.mode, s.max_proposals, cache=s.cache, search_size=s.search_size
+        )
         wh = boxes[:, 2:] - boxes[:, :2]
         boxes = boxes[(wh >= s.min_size).all(dim=1)]
         return boxes.to(image.device)
@@ -400,6 +384,34 @@ class RegionDetector(Detector):
         x = torch.cat([pooled * self.bbox_scale, pooled.new_ones(pooled.shape[0], 1)], dim=1)
         deltas = torch.einsum("kd,cdt->kct", x, self.bbox_weight)  # [K, C, 4]
         return self.box_coder.decode(deltas.reshape(len(boxes), 4 * c), boxes).view(-1, c, 4)
+
+    # ------------------------------------------------------------------ stages
+
+    @property
+    def stage_images(self) -> int:  # type: ignore[override]
+        return self.finetune_settings.images
+
+    @property
+    def stage_eval_images(self) -> int:  # type: ignore[override]
+        return self.finetune_settings.eval_images
+
+    def run_stage(
+        self, name: str, dataset: Any, indices: Sequence[int], *, cache: Path, progress: bool
+    ) -> dict[str, float]:
+        """Stage ``name`` (proposals, features, svm or box_reg) over ``dataset[i]`` for ``i``
+        in ``indices``: :mod:`visionlab.models.region_stages`."""
+        return STAGE_WORK[name](self, dataset, indices, cache, progress)
+
+    def train_stage_data(
+        self, dataset: Any, indices: Sequence[int], *, cache: Path
+    ) -> RegionTrainingSet:
+        """Fine-tuning (sec. 2.3): freeze the backbone unless ``finetune.train_conv``; the
+        samples are ``dataset[i]`` for ``i`` in ``indices`` with their cached proposals,
+        mirrored when ``finetune.hflip``."""
+        if not self.finetune_settings.train_conv:
+            self.freeze_backbone()
+        flip = self.finetune_settings.hflip
+        return RegionTrainingSet(dataset, indices, load_proposals(cache), flip=flip)
 
     # ------------------------------------------------------------------ forward
 
@@ -451,23 +463,30 @@ class RegionDetector(Detector):
         return postprocess_detections(scores, boxes, image_size, self.detection_settings)
 
 
-def region_settings(
-    proposals: dict | None,
-    finetune: dict | None,
-    svm: dict | None,
-    box_reg: dict | None,
-    test: dict | None,
-    where: str,
-) -> dict:
-    """The settings dataclasses of a :class:`RegionDetector` from plain dicts (a recipe)."""
-    reject_nested_knobs(test, f"{where} test")
-    return {
-        "proposals": settings_from(ProposalSettings, proposals, f"{where}.proposals"),
-        "finetune": settings_from(FinetuneSettings, finetune, f"{where}.finetune"),
-        "svm": settings_from(SVMSettings, svm, f"{where}.svm"),
-        "box_reg": settings_from(BoxRegSettings, box_reg, f"{where}.box_reg"),
-        "test": settings_from(TestSettings, test, f"{where}.test"),
+def build_region_detector(where: str, regions: RegionFeatures, args: dict) -> RegionDetector:
+    """A :class:`RegionDetector` with ``regions`` from the arguments ``args`` of the ``rcnn``
+    or ``sppnet`` builder (``where``): the backbone, fc6 / fc7, the settings dicts and the
+    test-time knobs."""
+    net = build_backbone(
+        args["backbone"], pretrained=args["pretrained_backbone"], width=args["backbone_width"]
+    )
+    reject_nested_knobs(args["test"], f"{where} test")
+    settings = {
+        "proposals": ProposalSettings,
+        "finetune": FinetuneSettings,
+        "svm": SVMSettings,
+        "box_reg": BoxRegSettings,
+        "test": TestSettings,
     }
+    return RegionDetector(
+        backbone=net,
+        regions=regions,
+        num_classes=args["num_classes"],
+        fc_width=args["fc_width"],
+        dropout=args["dropout"],
+        **{key: settings_from(cls, args[key], f"{where}.{key}") for key, cls in settings.items()},
+        detection=DetectionSettings(**{k: args[k] for k in DETECTION_KNOBS}),
+    )
 
 
 @register_model(
@@ -518,21 +537,5 @@ def rcnn(
 
     The old names ``width`` and ``pretrained`` still work (:data:`RENAMED_BACKBONE_ARGS`).
     """
-    net = build_backbone(backbone, pretrained=pretrained_backbone, width=backbone_width)
-    return RegionDetector(
-        backbone=net,
-        regions=WarpedRegions(input_size=input_size, context=context),
-        num_classes=num_classes,
-        fc_width=fc_width,
-        dropout=dropout,
-        **region_settings(proposals, finetune, svm, box_reg, test, "rcnn"),
-        detection=DetectionSettings(
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            detections_per_img=detections_per_img,
-            min_size=min_size,
-        ),
-    )
-
-
-MULTI_STAGE_MODELS.add("rcnn")
+    regions = WarpedRegions(input_size=input_size, context=context)
+    return build_region_detector("rcnn", regions, locals())

@@ -15,9 +15,10 @@ Every model that :func:`build_model` returns carries two attributes:
   architecture (a checkpoint stores it). Weight sources (``pretrained``) are not part of
   it: the weights travel in the checkpoint's state dict.
 
-A builder that renames an argument declares ``renamed_args={old: new}``: checkpoints keep
-the ``model_args`` they were saved with, so :func:`build_model` still takes the old name
-(with a deprecation warning) and records the new one.
+A builder that renames an argument declares ``renamed_args={old: new}``: :func:`build_model`
+refuses the old name naming the new one (no alias), and a checkpoint's stored
+``model_args`` are renamed on load (:func:`renamed_args`, read by
+:func:`visionlab.models.postprocess.upgrade_model_args`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import difflib
 import fnmatch
 import importlib
 import inspect
-import logging
 import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -83,7 +83,7 @@ def register_model(
 
     The builder takes keyword arguments only and returns an ``nn.Module``; the registry
     sets ``.task`` and ``.build_args`` on what it returns. Registering a name twice is an
-    error (two modules would silently fight over it). ``renamed_args`` maps deprecated
+    error (two modules would silently fight over it). ``renamed_args`` maps former
     argument names to the builder's current ones (see :func:`build_model`).
 
     Example::
@@ -161,22 +161,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _rename_deprecated(name: str, entry: _Entry, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` with the builder's deprecated argument names replaced by the current ones."""
-    old_names = [old for old in entry.renamed_args if old in kwargs]
-    if not old_names:
-        return kwargs
-    log = logging.getLogger(entry.builder.__module__)
-    kwargs = dict(kwargs)
-    for old in old_names:
-        new = entry.renamed_args[old]
-        if new in kwargs:
+def renamed_args(name: str) -> dict[str, str]:
+    """The former argument names of model ``name`` and their current names."""
+    return dict(_entry(name).renamed_args)
+
+
+def _refuse_old_names(name: str, entry: _Entry, kwargs: dict[str, Any]) -> None:
+    for old in kwargs:
+        if old in entry.renamed_args:
             raise VisionLabError(
-                f"model {name!r}: {old!r} is the deprecated name of {new!r}; give only {new!r}"
+                f"model {name!r} has no argument {old!r} (did you mean "
+                f"{entry.renamed_args[old]!r}? it was renamed)"
             )
-        log.warning("model %r: argument %r is deprecated, use %r", name, old, new)
-        kwargs[new] = kwargs.pop(old)
-    return kwargs
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -190,11 +186,11 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         The model, with ``.task`` and ``.build_args`` set.
 
     Raises:
-        VisionLabError: unknown model (with a did-you-mean), unknown keyword argument, or
-            an argument given under both its deprecated and its current name.
+        VisionLabError: unknown model or keyword argument (with a did-you-mean; a former
+            name of a renamed argument names the current one).
     """
     entry = _entry(name)
-    kwargs = _rename_deprecated(name, entry, kwargs)
+    _refuse_old_names(name, entry, kwargs)
     accepted = entry.info.args
     unknown = [k for k in kwargs if k not in accepted]
     if unknown:

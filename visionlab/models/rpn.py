@@ -137,17 +137,22 @@ def label_anchors(
 class RPN(nn.Module):
     """Region proposal network: :class:`RPNHead` + anchors + labelling + loss + proposals.
 
+    A proposer of :class:`~visionlab.models.two_stage.TwoStageDetector`.
+
     Args:
         in_channels: channels of the feature map(s).
-        num_levels: feature levels (1 without FPN).
+        strides: image pixels per feature cell of each level, finest first (one without
+            FPN).
         settings: :class:`RPNSettings`.
     """
 
     def __init__(
-        self, *, in_channels: int, num_levels: int = 1, settings: RPNSettings | None = None
+        self, *, in_channels: int, strides: Sequence[int], settings: RPNSettings | None = None
     ) -> None:
         super().__init__()
         self.settings = s = settings or RPNSettings()
+        self.strides = tuple(int(x) for x in strides)
+        num_levels = len(self.strides)
         if num_levels == 1:
             sizes: tuple = (s.anchor_sizes,)
         else:
@@ -169,8 +174,8 @@ class RPN(nn.Module):
 
     def forward(
         self,
+        images: Sequence[Tensor],
         features: Sequence[Tensor],
-        strides: Sequence[int],
         batch_shape: tuple[int, int],
         image_sizes: Sequence[tuple[int, int]],
         targets: Sequence[dict] | None = None,
@@ -178,8 +183,8 @@ class RPN(nn.Module):
         """Propose regions.
 
         Args:
-            features: per level ``Tensor[B, C, h, w]``.
-            strides: per level, image pixels per feature cell.
+            images: the input images (unused: the RPN reads the features).
+            features: per level ``Tensor[B, C, h, w]``, at :attr:`strides`.
             batch_shape: ``(H, W)`` of the padded batch.
             image_sizes: per image ``(H_i, W_i)`` (proposals are clipped to them).
             targets: training only, per image ``boxes``.
@@ -191,7 +196,7 @@ class RPN(nn.Module):
         objectness, deltas = self.head(features)
         grid = [tuple(f.shape[-2:]) for f in features]
         anchors_per_level = self.anchor_generator(
-            batch_shape, grid, strides, device=features[0].device, dtype=features[0].dtype
+            batch_shape, grid, self.strides, device=features[0].device, dtype=features[0].dtype
         )
         level_counts = [len(a) for a in anchors_per_level]
         anchors = torch.cat(anchors_per_level)  # [N, 4]

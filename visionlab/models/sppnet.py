@@ -17,11 +17,8 @@ whose region features come from :class:`PyramidRegions`.
   layers on ImageNet conv layers; without ImageNet for the tiny backbone the recipe trains
   the conv layers too (``finetune.train_conv``), set it to false with
   ``pretrained_backbone``.
-- Feature map: ``feature_stride`` 16 by default (the paper's conv5 is at stride 16). On the
-  128 px scenes, whose objects are 8-40 px, that is one or two cells per object even on the
-  image enlarged to 256 px, and proposals a few pixels apart pool to the same vector:
-  measured val AP50 0.11 at stride 16 against 0.44 at stride 8 (same schedule), so
-  ``configs/sppnet_scenes.yaml`` pools the stride-8 map of the image enlarged to 320 px.
+- Feature map: ``feature_stride`` 16 by default (the paper's conv5 is at stride 16);
+  ``configs/sppnet_scenes.yaml`` pools the stride-8 map (the README's recipe notes say why).
 """
 
 from __future__ import annotations
@@ -33,14 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from visionlab.errors import VisionLabError
-from visionlab.models.backbones import STRIDES, Backbone, build_backbone
-from visionlab.models.postprocess import DetectionSettings
-from visionlab.models.rcnn import (
-    MULTI_STAGE_MODELS,
-    RENAMED_BACKBONE_ARGS,
-    RegionDetector,
-    region_settings,
-)
+from visionlab.models.backbones import STRIDES, Backbone
+from visionlab.models.rcnn import RENAMED_BACKBONE_ARGS, RegionDetector, build_region_detector
 from visionlab.models.registry import register_model
 from visionlab.ops import spp_rois
 
@@ -197,23 +188,7 @@ def sppnet(
 
     The old names ``width`` and ``pretrained`` still work, as for ``rcnn``.
     """
-    net = build_backbone(backbone, pretrained=pretrained_backbone, width=backbone_width)
-    return RegionDetector(
-        backbone=net,
-        regions=PyramidRegions(
-            scales=scales, levels=levels, feature_stride=feature_stride, target_size=target_size
-        ),
-        num_classes=num_classes,
-        fc_width=fc_width,
-        dropout=dropout,
-        **region_settings(proposals, finetune, svm, box_reg, test, "sppnet"),
-        detection=DetectionSettings(
-            score_thresh=score_thresh,
-            nms_thresh=nms_thresh,
-            detections_per_img=detections_per_img,
-            min_size=min_size,
-        ),
+    regions = PyramidRegions(
+        scales=scales, levels=levels, feature_stride=feature_stride, target_size=target_size
     )
-
-
-MULTI_STAGE_MODELS.add("sppnet")
+    return build_region_detector("sppnet", regions, locals())

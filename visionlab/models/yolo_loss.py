@@ -72,15 +72,20 @@ def _cell_origin(S: int, device: torch.device, dtype: torch.dtype) -> tuple[Tens
     return col[..., None], row[..., None]
 
 
-def _origin(params: Tensor, cells: Tensor | None, S: int | None) -> tuple[Tensor, Tensor, int]:
-    """``(col, row, S)`` for a whole grid of parameters, or for gathered ones and their cells."""
+def _centres(
+    params: Tensor, image_size: tuple[int, int], cells: Tensor | None, S: int | None
+) -> tuple[Tensor, Tensor]:
+    """Box centres ``(cx, cy)`` in pixels from the cell offsets ``params[..., :2]``, for a
+    whole grid of parameters, or for gathered ones and their cells."""
     if cells is None:
         S = params.shape[-3]
         col, row = _cell_origin(S, params.device, params.dtype)
-        return col, row, S
-    if S is None or cells.shape != (*params.shape[:-1], 2):
+    elif S is None or cells.shape != (*params.shape[:-1], 2):
         raise ValueError("decoding gathered boxes needs S and cells [K, 2] (row, col) like params")
-    return cells[..., 1].to(params.dtype), cells[..., 0].to(params.dtype), S
+    else:
+        col, row = cells[..., 1].to(params.dtype), cells[..., 0].to(params.dtype)
+    h, w = image_size
+    return (col + params[..., 0]) * (w / S), (row + params[..., 1]) * (h / S)
 
 
 def _centre_size_to_xyxy(cx: Tensor, cy: Tensor, w: Tensor, h: Tensor) -> Tensor:
@@ -105,10 +110,8 @@ def decode_v1(
     Returns:
         xyxy in pixels (width = ``sqrt_w ** 2 * W``), ``params``' shape.
     """
+    cx, cy = _centres(params, image_size, cells, S)
     h, w = image_size
-    col, row, S = _origin(params, cells, S)
-    cx = (col + params[..., 0]) * (w / S)
-    cy = (row + params[..., 1]) * (h / S)
     return _centre_size_to_xyxy(cx, cy, params[..., 2] ** 2 * w, params[..., 3] ** 2 * h)
 
 
@@ -151,10 +154,7 @@ def decode_prior(
         xyxy pixels, ``params``' shape: centre ``(col + sx) W / S``, width
         ``prior_w * exp(tw)``.
     """
-    h, w = image_size
-    col, row, S = _origin(params, cells, S)
-    cx = (col + params[..., 0]) * (w / S)
-    cy = (row + params[..., 1]) * (h / S)
+    cx, cy = _centres(params, image_size, cells, S)
     # exp of a wild early prediction must not overflow to inf (inf boxes give NaN IoUs)
     bw = priors[:, 0] * params[..., 2].clamp(max=8.0).exp()
     bh = priors[:, 1] * params[..., 3].clamp(max=8.0).exp()

@@ -172,13 +172,16 @@ def selective_search(
     *,
     cache: bool = True,
     num_threads: int = 1,
+    search_size: int = 0,
+    reuse_mirror: bool = False,
 ) -> Tensor:
     """Selective search proposals (Uijlings et al., IJCV 2013) with OpenCV's ximgproc.
 
-    Results are cached on disk, keyed by a hash of the image content (as uint8), the mode and
-    the OpenCV version, so the second call for an image costs a file read. The order is
-    OpenCV's (hierarchy level times a random factor, as in the paper) made reproducible by
-    seeding that random factor; ``max_boxes`` keeps the first boxes of that order.
+    Results are cached on disk, keyed by a hash of the image content (as uint8), the mode,
+    ``search_size`` and the OpenCV version, so the second call for an image costs a file
+    read. The order is OpenCV's (hierarchy level times a random factor, as in the paper) made
+    reproducible by seeding that random factor; ``max_boxes`` keeps the first boxes of that
+    order.
 
     Args:
         image: ``Tensor[3, H, W]`` RGB, float in [0, 1] or uint8; or a numpy ``uint8
@@ -189,6 +192,13 @@ def selective_search(
         cache: set False to neither read nor write the cache.
         num_threads: OpenCV threads during the call (restored after). One is right when data
             loader workers run several searches at once; the grouping stage is serial anyway.
+        search_size: > 0: search a copy of the image resized so its longer side is this many
+            pixels (:func:`resize_longer`; small objects of a small image are found on an
+            enlarged copy) and map the boxes back, clipped to the image; 0: the image as
+            given. The cache is keyed by the image as given, whose mirror is exact.
+        reuse_mirror: on a cache miss, serve the mirrored boxes of the horizontally flipped
+            image when those are cached (a flip is the detectors' training augmentation, so
+            one pass over a dataset serves both).
 
     Returns:
         ``Tensor[K, 4]`` float32 xyxy pixel boxes inside the image, on the CPU (or the device
@@ -198,22 +208,54 @@ def selective_search(
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     if max_boxes is not None and max_boxes < 0:
         raise ValueError(f"max_boxes must be >= 0 or None, got {max_boxes}")
+    if not isinstance(search_size, int) or search_size < 0:
+        raise ValueError(f"search_size must be a length in pixels >= 0, got {search_size!r}")
     device = image.device if isinstance(image, Tensor) else torch.device("cpu")
     bgr = _to_bgr_uint8(image)
-    boxes = None
+    key_mode = mode if search_size == 0 else f"{mode}|search_size={search_size}"
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = None
+    boxes = None
     if cache:
-        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        key = _cache_key(bgr, mode)
+        key = _cache_key(bgr, key_mode)
         path = folder / key[:2] / f"{key}.npy"
         boxes = _load_cached(path)
+        if boxes is None and reuse_mirror:
+            mirror = _cache_key(np.ascontiguousarray(bgr[:, ::-1]), key_mode)
+            mirrored = _load_cached(folder / mirror[:2] / f"{mirror}.npy")
+            if mirrored is not None:
+                x1, y1, x2, y2 = mirrored.T
+                width = bgr.shape[1]
+                boxes = np.stack([width - x2, y1, width - x1, y2], axis=1).astype(np.float32)
+                path = None  # served; nothing new to write
     if boxes is None:
-        boxes = _run_opencv(bgr, mode, num_threads)
+        boxes = _search_at(image, bgr, mode, num_threads, search_size)
         if path is not None:
             _save_atomic(path, boxes)
     if max_boxes is not None:
         boxes = boxes[:max_boxes]
     return torch.from_numpy(np.ascontiguousarray(boxes)).to(device)
+
+
+def _search_at(
+    image: Tensor | np.ndarray, bgr: np.ndarray, mode: str, num_threads: int, search_size: int
+) -> np.ndarray:
+    """OpenCV's boxes of ``image`` (``bgr`` its OpenCV form), searched at ``search_size``
+    (0: as given) and mapped back. A float image is resized as given, before quantising."""
+    if search_size == 0:
+        return _run_opencv(bgr, mode, num_threads)
+    if isinstance(image, Tensor) and image.is_floating_point():
+        rgb = image.detach().float().cpu()
+    else:
+        rgb = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1) / 255
+    search, factor = resize_longer(rgb, search_size)
+    if factor == 1.0:
+        return _run_opencv(bgr, mode, num_threads)
+    found = torch.from_numpy(_run_opencv(_to_bgr_uint8(search), mode, num_threads)) / factor
+    height, width = bgr.shape[:2]
+    found[:, 0::2] = found[:, 0::2].clamp(0, width)
+    found[:, 1::2] = found[:, 1::2].clamp(0, height)
+    return found.numpy().astype(np.float32)
 
 
 def sliding_windows(

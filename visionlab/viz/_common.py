@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from functools import cache
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 from torch import Tensor
 
 from visionlab.constants import IGNORE_INDEX
@@ -190,13 +190,20 @@ def _mask_image(mask: Tensor, size: tuple[int, int]) -> Image.Image:
 
 
 def blend_masks(
-    image: Image.Image, masks: Tensor, colors: list[Color], alpha: float = 0.45
+    image: Image.Image, masks: Tensor, colors: list[Color], alpha: float = 0.45, outline: int = 0
 ) -> Image.Image:
     """Paint ``masks`` (bool ``[N, h, w]``, the image's size or an integer fraction of it)
-    translucently onto ``image``, in order (later masks on top)."""
+    translucently onto ``image``, in order (later masks on top); ``outline`` > 0 also draws
+    each mask's inner border, that many pixels wide, in its full colour."""
     for mask, color in zip(masks.bool(), colors):
-        tinted = Image.blend(image, Image.new("RGB", image.size, color), alpha)
-        image = Image.composite(tinted, image, _mask_image(mask, image.size))
+        solid = Image.new("RGB", image.size, color)
+        inside = _mask_image(mask, image.size)
+        image = Image.composite(Image.blend(image, solid, alpha), image, inside)
+        if outline > 0:  # the mask less its erosion: the pixels on its border
+            border = ImageChops.subtract(
+                inside, inside.filter(ImageFilter.MinFilter(2 * outline + 1))
+            )
+            image = Image.composite(solid, image, border)
     return image
 
 

@@ -44,9 +44,14 @@ def _prepare_detections(
     masks: Tensor | None,
     score_threshold: float,
     mask_alpha: float,
+    color_by: str = "class",
 ) -> tuple[Image.Image, list[tuple[str, Color, list[tuple[float, float]]]]]:
-    """Masks and box outlines drawn; the box labels returned as (text, colour, candidate
-    top-left positions) for a :class:`LabelPlacer`, so later labels can avoid them."""
+    """Masks (filled and outlined) and box outlines drawn; the box labels returned as (text,
+    colour, candidate top-left positions) for a :class:`LabelPlacer`, so later labels can
+    avoid them. ``color_by``: ``"class"`` (colour of the label) or ``"instance"`` (detection
+    i gets ``color_for(i)``)."""
+    if color_by not in ("class", "instance"):
+        raise VisionLabError(f"color_by must be 'class' or 'instance', got {color_by!r}")
     n = len(boxes)
     labels = torch.ones(n, dtype=torch.int64) if labels is None else torch.as_tensor(labels).cpu()
     keep = torch.ones(n, dtype=torch.bool)
@@ -56,16 +61,16 @@ def _prepare_detections(
     order = torch.nonzero(keep).flatten()
     if scores is not None:
         order = order[scores[order].argsort(descending=True)]
-    colors = [color_for(int(labels[i])) for i in order]
+    colors = [color_for(int(labels[i]) if color_by == "class" else i) for i in order.tolist()]
+    width, font_size = style_for(pil)
     if masks is not None and len(order):
         m = torch.as_tensor(masks).detach().cpu()[order.flip(0)]  # best painted last, on top
         m = m > 0.5 if m.is_floating_point() else m.bool()
         size = (round(pil.height / factor), round(pil.width / factor))
         if tuple(m.shape[-2:]) != size:
             raise VisionLabError(f"masks are {tuple(m.shape[-2:])}, image is {size}")
-        pil = blend_masks(pil, m, colors[::-1], mask_alpha)
+        pil = blend_masks(pil, m, colors[::-1], mask_alpha, outline=width)
     draw = ImageDraw.Draw(pil)
-    width, font_size = style_for(pil)
     jobs = []
     measure = LabelPlacer(draw, pil.size)
     for i, color in reversed(list(zip(order.tolist(), colors))):
@@ -93,8 +98,9 @@ def draw_detections(
     *,
     min_size: int | None = None,
     mask_alpha: float = 0.45,
+    color_by: str = "class",
 ) -> Image.Image:
-    """Boxes with "name 0.93" labels and translucent instance masks.
+    """Boxes with "name 0.93" labels and translucent, outlined instance masks.
 
     Args:
         image: float ``[3, H, W]`` in [0, 1] (or uint8, or a PIL image).
@@ -103,11 +109,14 @@ def draw_detections(
         scores: ``Tensor[N]`` in [0, 1]; boxes below ``score_threshold`` are not drawn.
         masks: bool (or probabilities, cut at 0.5) ``[N, H, W]``.
         min_size: enlarge the picture first so its shorter side is at least this many pixels.
+        color_by: ``"class"`` (a fixed colour per class) or ``"instance"`` (detection i,
+            with its mask, outline and label, in ``color_for(i)``: neighbouring instances of
+            one class stay apart).
 
     Returns:
-        An RGB image the size of ``image`` (times the ``min_size`` factor). Colours are fixed
-        per class; higher scores are drawn on top, and labels are placed so that they overlap
-        as little as possible (above the box, else inside, else below).
+        An RGB image the size of ``image`` (times the ``min_size`` factor). Higher scores are
+        drawn on top, and labels are placed so that they overlap as little as possible
+        (above the box, else inside, else below).
     """
     pil, factor = upscale(to_pil(image), min_size)
     pil, jobs = _prepare_detections(
@@ -120,6 +129,7 @@ def draw_detections(
         masks,
         score_threshold,
         mask_alpha,
+        color_by,
     )
     placer = LabelPlacer(ImageDraw.Draw(pil), pil.size)
     _, font_size = style_for(pil)
