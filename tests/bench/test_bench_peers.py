@@ -111,7 +111,8 @@ def test_infer_ms_times_each_model_on_each_image():
 @pytest.mark.slow
 def test_quick_run_writes_one_row_per_point(tmp_path: Path):
     args = _parse("--quick", "--threads", "1", "--out-dir", str(tmp_path),
-                  "model_args.pretrained_backbone=null")  # fmt: skip
+                  "model_args.pretrained_backbone=null", "image_size=64",
+                  "train.batch_size=2")  # fmt: skip
     assert bench.run(args) == 0
     text = (tmp_path / "peers.md").read_text()
     assert "| 5 |" in text and "| 10 |" in text  # inference timed after 5 and 10 steps
