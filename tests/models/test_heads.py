@@ -55,7 +55,7 @@ def test_sample_proposals_fractions_and_iou_ranges():
     jitter = (gt.repeat(100, 1) + torch.randn(200, 4, generator=g) * 2).clamp(min=0)
     proposals = torch.cat([jitter, _random_boxes(800, 128, g)])
     target = {"boxes": gt, "labels": torch.tensor([3, 5])}
-    sampled, labels, reg = sample_proposals(
+    sampled, labels, reg, _ = sample_proposals(
         [proposals, proposals],
         [target, target],
         matcher=Matcher(0.5, 0.1),
@@ -91,7 +91,7 @@ def test_sample_proposals_few_positives_and_no_objects():
     proposals = _random_boxes(300, 128, g)
     empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}
     one = {"boxes": torch.tensor([[0.0, 0.0, 30.0, 30.0]]), "labels": torch.tensor([2])}
-    sampled, labels, _ = sample_proposals(
+    sampled, labels, _, _ = sample_proposals(
         [proposals, proposals],
         [empty, one],
         matcher=Matcher(0.5, 0.1),

@@ -68,7 +68,7 @@ def test_loss_reads_the_ground_truth_class_mask_only():
     target = {"boxes": box, "labels": torch.tensor([2]), "masks": masks}
     rois = [torch.tensor([[4.0, 4, 20, 20], [0.0, 0, 30, 30]])]
     batch = RoIBatch(features, rois, [(32, 32)], RoIPooler((0.25,)), [target])
-    batch.shared.update(rois=rois, labels=torch.tensor([2, 0]))  # one fg RoI, one bg
+    batch.shared.update(rois=rois, labels=torch.tensor([2, 0]), matched_gt=[torch.tensor([0, 0])])
     loss = head.loss(batch)
     loss.backward()
     grad = head.predictor.weight.grad[:, :, 0, 0].abs().sum(dim=1)  # per class channel

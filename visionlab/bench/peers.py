@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Subset
 
 from visionlab.bench.machine import header
 from visionlab.engine.hooks import LoggingHook
-from visionlab.engine.trainer import Trainer, build_optimizer, build_scheduler, evaluate
+from visionlab.engine.trainer import Trainer, evaluate
 from visionlab.tasks import get_task
 
 CONFIG = "configs/faster_rcnn_scenes.yaml"
@@ -199,17 +199,13 @@ def fit(
     """Train ``model`` with the engine's Trainer for ``points[-1]`` steps (the recipe's
     optimizer, its schedule over those steps); returns the mean seconds of a step (its batch
     loaded included) and an eval-mode copy of the model after each of ``points`` steps."""
-    from visionlab.data.loader import build_loader
-
-    loader = build_loader(dataset, batch_size=batch_size, shuffle=True, seed=cfg.seed,
-                          drop_last=True)  # fmt: skip
-    optimizer = build_optimizer(model, cfg.optim)
+    cfg = copy.deepcopy(cfg)  # the recipe's optimizer and schedule over these steps
+    cfg.train.batch_size, cfg.train.max_steps, cfg.train.stop_at_step = batch_size, points[-1], None
     total = points[-1]
-    scheduler = build_scheduler(optimizer, cfg.schedule, total_steps=total,
-                                steps_per_epoch=len(loader))  # fmt: skip
-    trainer = Trainer(model, get_task(task), loader, optimizer, scheduler=scheduler,
-                      max_steps=total, grad_clip=cfg.train.grad_clip,
-                      hooks=[LoggingHook(None, log_every=total, progress=True)])  # fmt: skip
+    trainer = Trainer.from_recipe(
+        cfg, model, get_task(task), dataset, device=torch.device("cpu"),
+        hooks=[LoggingHook(None, log_every=total, progress=True)],
+    )  # fmt: skip
     seconds, snapshots = 0.0, {}
     for point in points:  # train() returns at stop_at_step; the next call goes on from there
         trainer.stop_at_step = point

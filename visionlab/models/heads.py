@@ -190,9 +190,11 @@ def sample_proposals(
 
     Returns:
         ``(sampled_proposals [Tensor[S_i, 4]] per image, labels Tensor[S] int64 (0 =
-        background), regression_targets Tensor[S, 4])`` with ``S = sum S_i``.
+        background), regression_targets Tensor[S, 4], matched_gt [Tensor[S_i]] per image)``
+        with ``S = sum S_i``; ``matched_gt`` indexes each sampled proposal's ground truth in
+        its image (meaningful where the label is foreground).
     """
-    labels_per_image, matched_per_image, props = [], [], []
+    labels_per_image, matched_per_image, index_per_image, props = [], [], [], []
     for boxes, target in zip(proposals, targets):
         gt_boxes = target["boxes"].to(boxes.dtype)
         if add_gt and gt_boxes.numel():
@@ -201,6 +203,7 @@ def sample_proposals(
         if gt_boxes.numel() == 0:
             labels_per_image.append(torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device))
             matched_per_image.append(boxes)  # no regression target is used
+            index_per_image.append(torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device))
             continue
         matches = matcher(box_iou(gt_boxes, boxes))  # [P]
         labels = target["labels"].to(boxes.device)[matches.clamp(min=0)]
@@ -208,18 +211,20 @@ def sample_proposals(
         labels = labels.masked_fill(matches == Matcher.BELOW_LOW_THRESHOLD, -1)
         labels_per_image.append(labels)
         matched_per_image.append(gt_boxes[matches.clamp(min=0)])
+        index_per_image.append(matches.clamp(min=0))
     pos_masks, neg_masks = sampler(labels_per_image, generator=generator)
-    sampled, labels, matched = [], [], []
-    for boxes, lab, gt, pos, neg in zip(
-        props, labels_per_image, matched_per_image, pos_masks, neg_masks
+    sampled, labels, matched, indices = [], [], [], []
+    for boxes, lab, gt, index, pos, neg in zip(
+        props, labels_per_image, matched_per_image, index_per_image, pos_masks, neg_masks
     ):
         keep = torch.where(pos | neg)[0]
         sampled.append(boxes[keep])
         labels.append(lab[keep].clamp(min=0))
         matched.append(gt[keep])
+        indices.append(index[keep])
     all_boxes = torch.cat(sampled)
     regression_targets = box_coder.encode(torch.cat(matched), all_boxes)
-    return sampled, torch.cat(labels), regression_targets
+    return sampled, torch.cat(labels), regression_targets, indices
 
 
 def fast_rcnn_loss(
@@ -385,7 +390,8 @@ class RoIBatch:
         pooler: the :class:`RoIPooler` of ``features``.
         targets: training only, per image ``boxes`` / ``labels`` (and what a head needs).
         shared: what one head leaves for the heads after it, e.g. the box head's sampled
-            RoIs and their labels in training (``"rois"``, ``"labels"``).
+            RoIs, their labels and matched ground truth in training (``"rois"``,
+            ``"labels"``, ``"matched_gt"``).
     """
 
     features: list[Tensor]
@@ -425,8 +431,8 @@ class RoIBoxPredictor(nn.Module):
     """The box head of :class:`RoIHeads`: RoI pooling + :class:`BoxHead` + sampling + loss +
     decoding, the detector half of Fast and Faster R-CNN.
 
-    In training it leaves its sampled RoIs and labels in ``batch.shared`` (``"rois"``,
-    ``"labels"``) for the heads after it.
+    In training it leaves its sampled RoIs, their labels and matched ground-truth indices in
+    ``batch.shared`` (``"rois"``, ``"labels"``, ``"matched_gt"``) for the heads after it.
 
     Args:
         in_channels: channels of the feature maps.
@@ -468,7 +474,7 @@ class RoIBoxPredictor(nn.Module):
         """
         s = self.settings
         if self.training:
-            rois, labels, regression_targets = sample_proposals(
+            rois, labels, regression_targets, matched_gt = sample_proposals(
                 batch.proposals,
                 batch.targets,
                 matcher=self.matcher,
@@ -476,7 +482,7 @@ class RoIBoxPredictor(nn.Module):
                 box_coder=self.box_coder,
                 add_gt=s.add_gt_as_proposals,
             )
-            batch.shared.update(rois=rois, labels=labels)
+            batch.shared.update(rois=rois, labels=labels, matched_gt=matched_gt)
             logits, deltas = self.head(batch.pool(rois, s.pool_size, s.pooler))
             losses = fast_rcnn_loss(
                 logits, deltas, labels, regression_targets, smooth_l1_beta=s.smooth_l1_beta

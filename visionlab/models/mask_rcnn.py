@@ -38,7 +38,7 @@ from visionlab.models.faster_rcnn import faster_rcnn
 from visionlab.models.heads import POOLERS, RoIBatch, settings_from
 from visionlab.models.registry import register_model
 from visionlab.models.two_stage import TwoStageDetector
-from visionlab.ops import box_iou, roi_align
+from visionlab.ops import roi_align
 
 __all__ = ["MaskHead", "MaskHeadSettings", "mask_rcnn", "mask_targets", "paste_masks"]
 
@@ -199,8 +199,11 @@ class MaskHead(nn.Module):
         rois_all: list[Tensor] = batch.shared["rois"]  # per image, sampled by the box head
         labels_all: Tensor = batch.shared["labels"]
         fg_rois, fg_labels, targets = [], [], []
-        for rois, labels, target in zip(
-            rois_all, labels_all.split([len(r) for r in rois_all]), batch.targets
+        for rois, labels, matched, target in zip(
+            rois_all,
+            labels_all.split([len(r) for r in rois_all]),
+            batch.shared["matched_gt"],
+            batch.targets,
         ):
             keep = torch.where(labels > 0)[0]
             rois, labels = rois[keep], labels[keep]
@@ -208,9 +211,7 @@ class MaskHead(nn.Module):
             fg_labels.append(labels)
             if len(rois) == 0:
                 continue
-            gt_boxes = target["boxes"].to(rois)
-            matched = box_iou(gt_boxes, rois).argmax(dim=0)  # the box head's match (max IoU)
-            gt_masks = target["masks"].to(rois.device)[matched]
+            gt_masks = target["masks"].to(rois.device)[matched[keep]]
             targets.append(mask_targets(gt_masks, rois, 2 * self.settings.pool_size))
         labels = torch.cat(fg_labels)
         if len(labels) == 0:  # no foreground RoI: a zero that keeps the graph

@@ -422,7 +422,7 @@ class RegionDetector(Detector):
             t["proposals"] if "proposals" in t else self.propose(img)
             for img, t in zip(images, targets)
         ]
-        sampled, labels, _ = sample_proposals(
+        sampled, labels, _, _ = sample_proposals(
             proposals,
             targets,
             matcher=self._matcher,

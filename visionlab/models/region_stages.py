@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from visionlab.engine.checkpoint import atomic_write
 from visionlab.errors import VisionLabError
 from visionlab.models.svm import fit_ridge, mine_hard_negatives
 from visionlab.ops import box_iou
@@ -35,11 +36,8 @@ def _bar(iterable: Any, desc: str, progress: bool) -> Any:
 
 
 def _save(path: Path, data: Any) -> None:
-    """``torch.save`` through a temporary file, so a killed stage leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
+    """``torch.save`` through the one atomic writer: a killed stage leaves no half file."""
+    atomic_write(path, lambda f: torch.save(data, f))
 
 
 def _load(path: Path, stage: str) -> Any:
