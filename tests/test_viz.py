@@ -19,6 +19,7 @@ from visionlab.viz import (
     draw_grid,
     draw_proposals,
     draw_relations,
+    draw_scene_graph,
     draw_semantic,
     image_grid,
     plot_curves,
@@ -253,3 +254,124 @@ def test_draw_detections_colours_instances_apart_and_outlines_masks():
     assert not _changed(out, image)[60, 5]  # background untouched
     with pytest.raises(VisionLabError, match="color_by"):
         draw_detections(image, boxes, labels, scores, CLASSES, masks, color_by="rainbow")
+
+
+def _where(px: torch.Tensor, color: tuple[int, int, int]) -> torch.Tensor:
+    """[H, W] bool: the pixels of exactly ``color``."""
+    return (px == torch.tensor(color)).all(-1)
+
+
+def _bbox(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """(x1, y1, x2, y2), inclusive, of the True pixels."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    return int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+
+
+def test_draw_scene_graph_nodes_on_a_circle_and_arrows_between_them():
+    size = 384
+    labels = torch.tensor([1, 2, 3, 4])  # node k in color_for(k + 1)
+    predicate = 5  # drawn in color_for(8): no node has that colour
+    rel = torch.tensor([[0, predicate, 1], [2, predicate, 3]])
+    out = draw_scene_graph(labels, rel, class_names=CLASSES, size=size)
+    assert out.size == (size, size) and out.mode == "RGB"
+    px = _pixels(out)
+    assert tuple(px[size - 2, 2].tolist()) == (255, 255, 255)  # a white canvas
+    boxes = [_bbox(_where(px, color_for(k + 1))) for k in range(4)]
+    for k, (x1, y1, x2, y2) in enumerate(boxes):  # filled nodes in their class colour
+        assert x2 - x1 > 20 and y2 - y1 > 8
+        inside = _where(px[y1 : y2 + 1, x1 : x2 + 1], color_for(k + 1))
+        assert inside.float().mean() > 0.5
+    centres = torch.tensor([[(x1 + x2) / 2, (y1 + y2) / 2] for x1, y1, x2, y2 in boxes])
+    # the first node on the left, then clockwise: top, right, bottom, all as far from the middle
+    left, top, right, bottom = centres.tolist()
+    assert left[0] < top[0] < right[0] and top[1] < left[1] < bottom[1]
+    middle = (centres[0] + centres[2]) / 2
+    assert abs(left[1] - right[1]) <= 1 and abs(top[0] - bottom[0]) <= 1
+    assert abs(float(middle[0]) - size / 2) <= 1 and abs(top[0] - size / 2) <= 1
+    radii = (centres - middle).norm(dim=1)
+    assert float(radii.max() - radii.min()) <= 2
+    # an arrow of the predicate colour from node 0 to node 1 (half-way along the diagonal)
+    x, y = ((centres[0] + centres[1]) / 2).round().long().tolist()
+    assert _where(px[y - 4 : y + 5, x - 4 : x + 5], color_for(predicate + 3)).any()
+    # only objects in a drawn relation become nodes
+    two = _pixels(draw_scene_graph(labels, rel[:1], class_names=CLASSES, size=size))
+    assert _where(two, color_for(1)).any() and not _where(two, color_for(3)).any()
+
+
+def test_draw_scene_graph_labels_opposite_edges_apart():
+    size = 384
+    labels = torch.tensor([1, 2])
+    rel = torch.tensor([[0, 0, 1], [1, 1, 0]])  # "0 left of 1" and "1 right of 0"
+    px = _pixels(draw_scene_graph(labels, rel, predicate_names=PREDICATES, size=size))
+    a, b = _bbox(_where(px, color_for(1))), _bbox(_where(px, color_for(2)))
+    assert a[2] < size / 2 < b[0] and abs((a[1] + a[3]) - (b[1] + b[3])) <= 1  # left, right
+    start, end = a[2], b[0]  # the arrows run between the node borders
+    row = (a[1] + a[3]) // 2
+    for p in (0, 1):  # both arrows run side by side along the middle row (bar under a label)
+        lane = _where(px[row - 8 : row + 9, start + 2 : end - 1], color_for(p + 3)).any(0)
+        assert lane.float().mean() > 0.6
+
+    def label_box(color: tuple[int, int, int]) -> tuple[int, int]:
+        # columns with more of the colour than a 3-pixel line: the filled label box
+        tall = _where(px[:, start + 20 : end - 20], color).sum(0) > 5
+        cols = torch.nonzero(tall).flatten() + start + 20
+        return int(cols.min()), int(cols.max())
+
+    forward, backward = label_box(color_for(3)), label_box(color_for(4))
+    assert forward[1] < backward[0]  # two separate boxes
+    # each label 40% of the way from its subject: "left of" near node 0, "right of" near 1
+    assert abs(sum(forward) / 2 - (start + 0.4 * (end - start))) <= 3
+    assert abs(sum(backward) / 2 - (end - 0.4 * (end - start))) <= 3
+
+
+def test_draw_scene_graph_empty_scores_and_errors():
+    labels = torch.tensor([1, 2, 3])
+    empty = draw_scene_graph(labels, torch.zeros(0, 3, dtype=torch.long), size=200)
+    px = _pixels(empty)
+    assert empty.size == (200, 200)
+    ink = (px < 128).all(-1)
+    assert ink[90:110, 40:160].any() and ink[:20].any()  # "no relations" and the title
+    assert not ink[30:85].any() and not ink[115:].any()
+    assert not any(_where(px, color_for(k)).any() for k in (1, 2, 3))  # no nodes
+    rel = torch.tensor([[0, 2, 1], [1, 2, 0], [2, 2, 2]])
+    scores = torch.tensor([0.9, 0.6, 0.1])
+    # nothing above the threshold is the empty picture, not an error
+    none = draw_scene_graph(labels, rel, relation_scores=scores, score_threshold=0.95, size=200)
+    assert _pixels(none).equal(px)
+    # the same selection as draw_relations: one per pair keeps the best of 0->1 and 1->0
+    kw = {"score_threshold": 0.5, "predicate_names": PREDICATES}
+    one = draw_scene_graph(labels, rel, relation_scores=scores, one_per_pair=True, **kw)
+    first = draw_scene_graph(labels, rel[:1], relation_scores=scores[:1], **kw)
+    assert _pixels(one).equal(_pixels(first))
+    both = draw_scene_graph(labels, rel, relation_scores=scores, **kw)
+    assert not _pixels(one).equal(_pixels(both))
+    best = draw_scene_graph(labels, rel[[1, 0]], relation_scores=scores[[1, 0]], max_relations=1)
+    assert _pixels(best).equal(
+        _pixels(draw_scene_graph(labels, rel[:1], relation_scores=scores[:1]))
+    )
+    # a self-relation: one node in the middle with a loop of the predicate colour above it
+    loop = _pixels(draw_scene_graph(labels, rel[2:], size=200))
+    x1, y1, x2, _ = _bbox(_where(loop, color_for(3)))
+    assert abs((x1 + x2) / 2 - 100) <= 1
+    assert _where(loop[y1 - 12 : y1, x1:x2], color_for(2 + 3)).any()
+    for bad in ([[0, 0, 3]], [[-1, 0, 1]]):
+        with pytest.raises(VisionLabError, match="outside"):
+            draw_scene_graph(labels, torch.tensor(bad))
+
+
+def test_draw_relations_numbers_boxes_to_match_the_graph():
+    image = _image()
+    boxes = torch.tensor([[10.0, 20.0, 40.0, 50.0], [60.0, 20.0, 90.0, 50.0]])
+    rel, labels = torch.tensor([[0, 0, 1]]), torch.tensor([1, 2])
+    plain = draw_relations(image, boxes, rel, PREDICATES, labels=labels, class_names=CLASSES)
+    same = draw_relations(
+        image, boxes, rel, PREDICATES, labels=labels, class_names=CLASSES, number_boxes=False
+    )
+    numbered = draw_relations(
+        image, boxes, rel, PREDICATES, labels=labels, class_names=CLASSES, number_boxes=True
+    )
+    assert _pixels(same).equal(_pixels(plain))
+    # "0: circle" is a wider label than "circle": more of the class colour above box 0
+    above = slice(0, 20)
+    wide = _where(_pixels(numbered)[above], color_for(1)).sum()
+    assert wide > _where(_pixels(plain)[above], color_for(1)).sum()

@@ -57,8 +57,10 @@ class Task:
     def loss(self, model: nn.Module, images: Any, targets: Any) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def eval_outputs(self, model: nn.Module, images: Any) -> Any:
-        """What this task's evaluator ``update`` takes as predictions (model in eval mode)."""
+    def eval_outputs(self, model: nn.Module, images: Any, targets: Any = None) -> Any:
+        """What this task's evaluator ``update`` takes as predictions (model in eval mode;
+        ``targets``, on the images' device, for a task whose model is also run on given
+        boxes)."""
         return self.predict(model, images)
 
     def eval_targets(self, targets: Any) -> Any:
@@ -68,7 +70,8 @@ class Task:
     def predict(self, model: nn.Module, images: Any, **kwargs: Any) -> list[dict[str, Tensor]]:
         raise NotImplementedError
 
-    def evaluator(self, classes: Sequence[str]) -> Any:
+    def evaluator(self, classes: Sequence[str], predicates: Sequence[str] = ()) -> Any:
+        """The evaluator of this task for a dataset's ``classes`` (and ``predicates``)."""
         raise NotImplementedError
 
 
@@ -82,7 +85,7 @@ class ClassificationTask(Task):
         )
         return {"loss_classifier": loss}
 
-    def eval_outputs(self, model: nn.Module, images: Tensor) -> Tensor:
+    def eval_outputs(self, model: nn.Module, images: Tensor, targets: Any = None) -> Tensor:
         return model(images).float()  # logits [B, C]
 
     def eval_targets(self, targets: dict[str, Any]) -> Tensor:
@@ -96,7 +99,7 @@ class ClassificationTask(Task):
         scores, labels = probs.topk(min(topk, probs.shape[1]), dim=1)
         return [{"labels": lab, "scores": sc} for lab, sc in zip(labels, scores)]
 
-    def evaluator(self, classes: Sequence[str]) -> Any:
+    def evaluator(self, classes: Sequence[str], predicates: Sequence[str] = ()) -> Any:
         from visionlab.eval.classification import ClassificationEvaluator
 
         return ClassificationEvaluator(len(classes), list(classes))
@@ -128,7 +131,7 @@ class SegmentationTask(Task):
             return {"loss_seg": logits.sum() * 0.0}
         return {"loss_seg": F.cross_entropy(logits, semantic, ignore_index=IGNORE_INDEX)}
 
-    def eval_outputs(self, model: nn.Module, images: Tensor) -> Tensor:
+    def eval_outputs(self, model: nn.Module, images: Tensor, targets: Any = None) -> Tensor:
         return self._logits(model, images).argmax(dim=1)  # [B, H, W] int64
 
     def eval_targets(self, targets: dict[str, Any]) -> Tensor:
@@ -140,7 +143,7 @@ class SegmentationTask(Task):
         scores, semantic = probs.max(dim=1)
         return [{"semantic": sem, "scores": sc} for sem, sc in zip(semantic, scores)]
 
-    def evaluator(self, classes: Sequence[str]) -> Any:
+    def evaluator(self, classes: Sequence[str], predicates: Sequence[str] = ()) -> Any:
         from visionlab.eval.segmentation import SegmentationEvaluator
 
         return SegmentationEvaluator(len(classes) + 1, ["background", *classes])
@@ -180,32 +183,90 @@ class DetectionTask(Task):
         passed to the model, which adds their keys (per-image extras such as ``proposals``
         are kept whole, per-detection ones such as ``cells`` filtered with the boxes)."""
         outputs = model(list(images), extras=tuple(extras)) if extras else model(list(images))
-        if score_threshold <= 0:
-            return outputs
-        kept = []
-        for out in outputs:
-            keep = out["scores"] >= score_threshold
-            n = keep.numel()
-            kept.append(
-                {
-                    k: v[keep] if isinstance(v, Tensor) and v.ndim and v.shape[0] == n else v
-                    for k, v in out.items()
-                    # relations are re-indexed below; proposals are not detections
-                    if k not in ("relations", "relation_scores", "proposals")
-                }
-            )
-            if "proposals" in out:
-                kept[-1]["proposals"] = out["proposals"]
-            if "relations" in out:  # relation indices refer to the kept boxes only
-                kept[-1].update(_keep_relations(out, keep))
-        return kept
+        return [_threshold(out, score_threshold) for out in outputs]
 
-    def evaluator(self, classes: Sequence[str]) -> Any:
+    def evaluator(self, classes: Sequence[str], predicates: Sequence[str] = ()) -> Any:
         from visionlab.eval.detection import DetectionEvaluator
 
         return DetectionEvaluator(
             list(classes), iou_type="segm" if self.name == "instance" else "bbox"
         )
+
+
+class RelationTask(DetectionTask):
+    """Detection with relationships (``relation_rcnn``, ``relation_freq``): trained as a
+    detector (the targets carry ``relations``); evaluated in the three modes of
+    :data:`visionlab.eval.relations.MODES` (the model run on the image alone, on the given
+    boxes, and on the given boxes and labels) by
+    :class:`~visionlab.eval.relations.SceneGraphEvaluator`."""
+
+    def eval_outputs(
+        self, model: nn.Module, images: list[Tensor], targets: Any = None
+    ) -> dict[str, list[dict[str, Tensor]]]:
+        extras = ("relation_pairs",)
+        outputs = {"sgdet": model(list(images), extras=extras)}
+        if targets is not None:
+            targets = to_device(targets, images[0].device)
+            boxes = [{"boxes": t["boxes"]} for t in targets]
+            labelled = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+            outputs["sgcls"] = model(list(images), extras=extras, given=boxes)
+            outputs["predcls"] = model(list(images), extras=extras, given=labelled)
+        return outputs
+
+    def predict(
+        self,
+        model: nn.Module,
+        images: list[Tensor],
+        *,
+        score_threshold: float = 0.0,
+        extras: Collection[str] = (),
+        graph_constraint: bool = True,
+        **_: Any,
+    ) -> list[dict[str, Tensor]]:
+        """As :meth:`DetectionTask.predict`; ``graph_constraint=False`` ranks every (pair,
+        predicate) instead of each pair's best predicate (Lu et al.'s "no graph constraint"),
+        from the pair scores of the ``relation_pairs`` extra, dropped again unless asked."""
+        wanted = tuple(extras)
+        asked = wanted if graph_constraint else tuple({*wanted, "relation_pairs"})
+        outputs = model(list(images), extras=asked) if asked else model(list(images))
+        for out in outputs:
+            if not graph_constraint:
+                from visionlab.eval.relations import rank_triplets
+
+                k = max(len(out["relations"]), 1)
+                out["relations"], out["relation_scores"] = rank_triplets(
+                    out["pairs"], out["predicate_scores"], k, graph_constraint=False
+                )
+            if "relation_pairs" not in wanted:
+                out.pop("pairs", None)
+                out.pop("predicate_scores", None)
+        return [_threshold(out, score_threshold) for out in outputs]
+
+    def evaluator(self, classes: Sequence[str], predicates: Sequence[str] = ()) -> Any:
+        from visionlab.eval.relations import SceneGraphEvaluator
+
+        return SceneGraphEvaluator(list(classes), list(predicates))
+
+
+def _threshold(out: dict[str, Tensor], score_threshold: float) -> dict[str, Tensor]:
+    """One image's prediction without the detections scoring below ``score_threshold``:
+    per-detection values filtered, relations re-indexed into the kept detections (and
+    dropped with a detection), per-image extras (``proposals``, ``grid_size``) kept whole."""
+    if score_threshold <= 0:
+        return out
+    keep = out["scores"] >= score_threshold
+    n = keep.numel()
+    whole = ("relations", "relation_scores", "pairs", "predicate_scores", "proposals")
+    kept = {
+        k: v[keep] if isinstance(v, Tensor) and v.ndim and v.shape[0] == n else v
+        for k, v in out.items()
+        if k not in whole
+    }
+    if "proposals" in out:
+        kept["proposals"] = out["proposals"]
+    if "relations" in out:  # relation indices refer to the kept boxes only
+        kept.update(_keep_relations(out, keep))
+    return kept
 
 
 def _keep_relations(out: dict[str, Tensor], keep: Tensor) -> dict[str, Tensor]:
@@ -225,12 +286,13 @@ _TASKS: dict[str, type[Task]] = {
     # Mask R-CNN: detection with `masks` in targets and outputs, scored by box AP (`AP`, ...)
     # and mask AP (`mask_AP`, ...) in one pass; `mask_AP` picks the best checkpoint
     "instance": DetectionTask,
+    "relation": RelationTask,
 }
 
 
 def get_task(name: str, **options: Any) -> Task:
     """The adapter of task ``name`` ("classification", "segmentation", "detection",
-    "instance"); ``options`` set its attributes (e.g. ``label_smoothing=0.1``)."""
+    "instance", "relation"); ``options`` set its attributes (e.g. ``label_smoothing=0.1``)."""
     if name not in _TASKS:
         from visionlab.errors import ConfigError
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from visionlab.bench import rcnn as bench
+from visionlab.bench.machine import comma_list
 from visionlab.errors import VisionLabError
 
 
@@ -60,10 +61,11 @@ def test_time_windows_gives_both_models_the_same_windows():
 
 
 def test_window_counts_are_checked_and_reported():
-    assert bench._counts("100, 2000") == [100, 2000] and bench._counts("") == []
+    assert comma_list("100, 2000", "--windows", int) == [100, 2000]
+    assert comma_list("", "--windows", int) == []
     for bad in ("10,x", "0"):
         with pytest.raises(VisionLabError, match="--windows"):
-            bench._counts(bad)
+            comma_list(bad, "--windows", int)
     metrics = {"AP50": 0.5, "AP": 0.3, "voc07_mAP": 0.4, "voc_mAP": 0.5}
     res = {
         "images": 2,

@@ -12,6 +12,7 @@ import torch
 
 from visionlab.bench import yolo as bench
 from visionlab.bench.runs import recorded_metrics, recorded_training
+from visionlab.bench.sizes import cell
 from visionlab.errors import VisionLabError
 
 
@@ -29,7 +30,7 @@ def test_reused_run_reports_its_recorded_training_time(tmp_path: Path) -> None:
     assert recorded_metrics(tmp_path) is None  # no metrics recorded
     (tmp_path / "eval.json").write_text(json.dumps({**record, "metrics": {"mIoU": 0.74}}))
     assert recorded_metrics(tmp_path) == {"mIoU": 0.74}
-    assert bench._seconds(float("nan")) == "-" and bench._seconds(498.2) == "498"
+    assert cell(float("nan"), 0) == "-" and cell(498.2, 0) == "498"
 
 
 def test_recipes_of_different_image_sizes_are_refused() -> None:

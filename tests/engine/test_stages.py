@@ -10,7 +10,6 @@ import torch
 
 from visionlab.config import from_dict
 from visionlab.engine.api import train
-from visionlab.engine.stages import limited_loader
 from visionlab.models.rcnn import RegionDetector
 from visionlab.models.svm import SVMSettings, fit_linear_svm, fit_ridge, mine_hard_negatives
 
@@ -116,7 +115,7 @@ def test_initial_weights_have_one_knob(tmp_path: Path) -> None:
 def test_overfit_a_few_images(tiny_scenes: Path, tmp_path: Path) -> None:
     from visionlab.data.datasets import load_dataset
     from visionlab.engine.api import load, make_transform
-    from visionlab.engine.trainer import evaluate
+    from visionlab.engine.trainer import eval_loader, evaluate
     from visionlab.tasks import get_task
 
     cfg = _cfg(tiny_scenes, tmp_path / "run", "sppnet")
@@ -131,7 +130,7 @@ def test_overfit_a_few_images(tiny_scenes: Path, tmp_path: Path) -> None:
         transforms=make_transform("detection", False, 64, {}),
     )
     task = get_task("detection")
-    metrics = evaluate(model, task, limited_loader(data, 0, 0), task.evaluator(data.classes))
+    metrics = evaluate(model, task, eval_loader(data, batch_size=8), task.evaluator(data.classes))
     assert metrics["AP50"] > 0.7, metrics
 
 

@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from visionlab.eval.relations import RelationEvaluator, relation_recall, relation_triplets
+from visionlab.eval.relations import (
+    RelationEvaluator,
+    SceneGraphEvaluator,
+    rank_triplets,
+    relation_recall,
+    relation_triplets,
+)
 
 PERSON, DOG = [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 100.0, 100.0]
 
@@ -45,9 +51,17 @@ def test_relationship_phrase_and_predicate_protocols():
     assert relation_recall(preds, gts, k=(1, 50), protocol="relationship") == {
         "R@1": pytest.approx(1 / 3),
         "R@50": pytest.approx(1 / 3),  # the duplicate does not count twice
+        # predicate 0: 1 of 2 found, predicate 1: 0 of 1 -> mean 0.25
+        "mR@1": pytest.approx(0.25),
+        "mR@50": pytest.approx(0.25),
     }
     phrase = relation_recall(preds, gts, k=(1, 50), protocol="phrase")
-    assert phrase == {"R@1": pytest.approx(1 / 3), "R@50": pytest.approx(2 / 3)}
+    assert phrase == {
+        "R@1": pytest.approx(1 / 3),
+        "R@50": pytest.approx(2 / 3),
+        "mR@1": pytest.approx(0.25),
+        "mR@50": pytest.approx(0.75),  # predicate 1 now found: (1/2 + 1) / 2
+    }
     # predicate detection on ground-truth boxes: the pair with the right predicate
     assert relation_recall(preds, gts, k=(50,), protocol="predicate")["R@50"] == pytest.approx(
         1 / 3
@@ -59,7 +73,7 @@ def test_score_order_and_top_k():
     # order now: misplaced subject, wrong predicate, the copy, the exact one
     preds[0]["scores"] = [0.1, 0.2, 0.9, 0.3]
     r = relation_recall(preds, gts, k=(1, 2, 3, 4))
-    assert r["R@1"] == 0.0 and r["R@2"] == 0.0
+    assert r["R@1"] == 0.0 and r["R@2"] == 0.0 and r["mR@2"] == 0.0
     assert r["R@3"] == pytest.approx(1 / 3) and r["R@4"] == pytest.approx(1 / 3)
 
 
@@ -75,3 +89,75 @@ def test_evaluator_and_forms():
     assert math.isnan(relation_recall([preds[1]], [{k: [] for k in gts[1]}])["R@50"])
     with pytest.raises(ValueError, match="protocol"):
         relation_recall(preds, gts, protocol="scene")
+
+
+def test_rank_triplets_with_and_without_graph_constraint():
+    pairs = torch.tensor([[0, 1], [1, 0], [0, 2]])
+    scores = torch.tensor([[0.5, 0.4, 0.0], [0.1, 0.2, 0.3], [0.05, 0.0, 0.45]])
+    rel, s = rank_triplets(pairs, scores, 3, graph_constraint=True)
+    # one predicate per pair, its best: (0 p0 1) 0.5, (0 p2 2) 0.45, (1 p2 0) 0.3
+    assert rel.tolist() == [[0, 0, 1], [0, 2, 2], [1, 2, 0]]
+    assert s.tolist() == pytest.approx([0.5, 0.45, 0.3])
+    rel, s = rank_triplets(pairs, scores, 3, graph_constraint=False)
+    # any (pair, predicate): pair (0, 1) comes twice
+    assert rel.tolist() == [[0, 0, 1], [0, 2, 2], [0, 1, 1]]
+    assert s.tolist() == pytest.approx([0.5, 0.45, 0.4])
+    empty, none = rank_triplets(torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 3), 5)
+    assert empty.shape == (0, 3) and none.shape == (0,)
+
+
+def test_recall_with_and_without_graph_constraint_on_a_hand_made_case():
+    # two objects, two true triplets on the same pair: (0 p0 1) and (0 p1 1)
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 30, 30]])
+    gt = {
+        "boxes": boxes,
+        "labels": torch.tensor([1, 2]),
+        "relations": torch.tensor([[0, 0, 1], [0, 1, 1]]),
+    }
+    out = {
+        "boxes": boxes,
+        "labels": torch.tensor([1, 2]),
+        "scores": torch.tensor([1.0, 1.0]),
+        "pairs": torch.tensor([[0, 1], [1, 0]]),
+        "predicate_scores": torch.tensor([[0.6, 0.3], [0.4, 0.1]]),
+    }
+    ev = SceneGraphEvaluator(["a", "b"], ["p0", "p1"], ks=(1, 2, 3, 50))
+    ev.update({"predcls": [out]}, [gt])
+    m = ev.compute()
+    # graph constraint: the pair gives one triplet, so at most 1 of the 2 true ones
+    assert m["predicate_R@50"] == pytest.approx(0.5) and m["predicate_R@1"] == pytest.approx(0.5)
+    # without: both predicates of the pair, ranked 0.6, 0.3 (0.4 of the reversed pair between)
+    assert m["predicate_R@1_ng"] == pytest.approx(0.5)
+    assert m["predicate_R@2_ng"] == pytest.approx(0.5)
+    assert m["predicate_R@3_ng"] == pytest.approx(1.0)
+    assert m["predicate_R@50_ng"] == pytest.approx(1.0)
+    assert m["predicate_mR@50"] == pytest.approx(0.5) and m["predicate_mR@50_ng"] == 1.0
+    assert m["predicate_per_predicate"] == {"p0": 1.0, "p1": 0.0}
+    assert "relationship_R@50" not in m and "AP" not in m  # no sgdet outputs seen
+
+
+def test_scene_graph_evaluator_detection_mode_bound_and_box_ap():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 30, 30], [40.0, 0, 50, 10]])
+    gt = {
+        "boxes": boxes,
+        "labels": torch.tensor([1, 2, 1]),
+        "relations": torch.tensor([[0, 0, 1], [2, 1, 1]]),
+    }
+    # the detector finds objects 0 and 1 (object 2 with the wrong class)
+    out = {
+        "boxes": boxes,
+        "labels": torch.tensor([1, 2, 2]),
+        "scores": torch.tensor([0.9, 0.8, 0.7]),
+        "pairs": torch.tensor([[0, 1], [2, 1]]),
+        "predicate_scores": torch.tensor([[0.5, 0.1], [0.1, 0.4]]),
+    }
+    ev = SceneGraphEvaluator(["a", "b"], ["p0", "p1"])
+    ev.update({"sgdet": [out]}, [gt])
+    m = ev.compute()
+    assert m["relationship_bound"] == pytest.approx(0.5)  # object 2 is never found as "a"
+    assert m["relationship_R@50"] == pytest.approx(0.5)
+    assert m["phrase_R@50"] == pytest.approx(0.5)
+    assert 0 < m["AP50"] < 1  # box AP of the sgdet detections beside the recalls
+    assert ev.primary == "relationship_R@50"
+    with pytest.raises(ValueError, match="unknown relation modes"):
+        ev.update({"sgdett": [out]}, [gt])

@@ -29,10 +29,27 @@ LOSS_KEYS = {
         "loss_box_reg",
         "loss_mask",
     },
+    "relation_rcnn": {
+        "loss_objectness",
+        "loss_rpn_box_reg",
+        "loss_classifier",
+        "loss_box_reg",
+        "loss_relation",
+    },
+    # the frequency baseline counts its predicates; only its detector learns
+    "relation_freq": {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"},
 }
 DETECTION_KEYS = {"boxes", "labels", "scores"}
-OUTPUT_KEYS = {"mask_rcnn": DETECTION_KEYS | {"masks"}}  # instance segmentation adds masks
-CASES = sorted(set(list_models(task="detection")) | set(list_models(task="instance")) | set(TINY))
+RELATION_KEYS = DETECTION_KEYS | {"relations", "relation_scores"}
+OUTPUT_KEYS = {  # instance segmentation adds masks, relation models their triplets
+    "mask_rcnn": DETECTION_KEYS | {"masks"},
+    "relation_rcnn": RELATION_KEYS,
+    "relation_freq": RELATION_KEYS,
+}
+CASES = sorted(
+    {name for task in ("detection", "instance", "relation") for name in list_models(task=task)}
+    | set(TINY)
+)
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +65,28 @@ def _build(case: str) -> Detector:
     return build_model(
         case.removesuffix("_fpn"), num_classes=NUM_CLASSES, score_thresh=1e-3, **TINY[case][0]
     )
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_given_boxes_replace_the_detections_where_the_model_takes_them(case):
+    model = _build(case).eval()
+    given = [{"boxes": t["boxes"], "labels": t["labels"]} for t in _targets()]
+    if not model.takes_given:
+        with pytest.raises(VisionLabError, match="cannot run on given boxes"):
+            model(_images(), given=given)
+        return
+    with torch.no_grad():
+        labelled = model(_images(), given=given)
+        classified = model(_images(), given=[{"boxes": g["boxes"]} for g in given])
+    for out, g, cls in zip(labelled, given, classified):
+        assert set(out) == OUTPUT_KEYS.get(case, DETECTION_KEYS)
+        assert torch.equal(out["boxes"], g["boxes"]) and torch.equal(out["labels"], g["labels"])
+        assert torch.equal(out["scores"], torch.ones(len(g["boxes"])))
+        assert torch.equal(cls["boxes"], g["boxes"])  # the given order, labels from the model
+        assert bool(((cls["labels"] >= 1) & (cls["labels"] < NUM_CLASSES)).all())
+        assert bool(((cls["scores"] > 0) & (cls["scores"] <= 1)).all())
+    with pytest.raises(ValueError, match="given"):
+        model(_images(), given=given[:1])
 
 
 def _images() -> list[torch.Tensor]:
@@ -72,6 +111,7 @@ def _targets(empty: bool = False) -> list[dict[str, torch.Tensor]]:
                     "boxes": torch.zeros(0, 4),
                     "labels": torch.zeros(0, dtype=torch.int64),
                     "masks": torch.zeros(0, h, w, dtype=torch.bool),
+                    "relations": torch.zeros(0, 3, dtype=torch.int64),
                 }
             )
             continue
@@ -79,7 +119,13 @@ def _targets(empty: bool = False) -> list[dict[str, torch.Tensor]]:
         masks = torch.zeros(1, h, w, dtype=torch.bool)
         masks[0, y0:y1, x0:x1] = True
         targets.append(
-            {"boxes": torch.tensor([box]), "labels": torch.tensor([label]), "masks": masks}
+            {
+                "boxes": torch.tensor([box, [0.0, 0, 6, 6]]),
+                "labels": torch.tensor([label, 1]),
+                "masks": torch.cat([masks, torch.zeros(1, h, w, dtype=torch.bool)]),
+                # the square is "predicate 1" of the corner box (relation models only)
+                "relations": torch.tensor([[0, 1, 1]]),
+            }
         )
     return targets
 

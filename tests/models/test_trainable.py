@@ -26,10 +26,19 @@ def _batch() -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
         image = torch.full((3, 64, 64), 0.5)
         image[:, y : y + 24, x : x + 24] = torch.tensor([1.0, 0.2, 0.1])[:, None, None]
         images.append(image)
-        box = torch.tensor([[x, y, x + 24, y + 24]], dtype=torch.float32)
-        masks = torch.zeros(1, 64, 64, dtype=torch.bool)  # for the instance models
+        # the square, and a corner box it relates to (for the relation models)
+        box = torch.tensor([[x, y, x + 24, y + 24], [56, 56, 64, 64]], dtype=torch.float32)
+        masks = torch.zeros(2, 64, 64, dtype=torch.bool)  # for the instance models
         masks[0, y : y + 24, x : x + 24] = True
-        targets.append({"boxes": box, "labels": torch.tensor([i + 1]), "masks": masks})
+        masks[1, 56:, 56:] = True
+        targets.append(
+            {
+                "boxes": box,
+                "labels": torch.tensor([i + 1, 1]),
+                "masks": masks,
+                "relations": torch.tensor([[0, 1, 1]]),
+            }
+        )
     return images, targets
 
 
@@ -39,7 +48,7 @@ def _stage_parameter_names(backbone, strides) -> set[str]:
 
 
 def test_every_detector_has_tiny_settings():
-    detectors = set(list_models(task="detection")) | set(list_models(task="instance"))
+    detectors = {n for t in ("detection", "instance", "relation") for n in list_models(task=t)}
     assert detectors <= {n.removesuffix("_fpn") for n in TINY}
 
 

@@ -23,6 +23,16 @@ TINY: dict[str, tuple[dict, int]] = {
         {"backbone_width": 4, "box_head": {"fc_width": 16}, "mask_head": {"width": 8}},
         16,
     ),
+    "relation_rcnn": (
+        {
+            "backbone_width": 4,
+            "box_head": {"fc_width": 16},
+            "num_predicates": 2,
+            "relation_head": {"width": 8, "embed_dim": 4},
+        },
+        16,
+    ),
+    "relation_freq": ({"backbone_width": 4, "box_head": {"fc_width": 16}, "num_predicates": 2}, 16),
     "rcnn": ({"backbone_width": 4, "input_size": 32, "fc_width": 16}, 32),
     "sppnet": ({"backbone_width": 4, "scales": [64], "feature_stride": 8, "fc_width": 16}, 8),
     "yolo": (

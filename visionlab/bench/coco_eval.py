@@ -1,11 +1,8 @@
 """COCO evaluation benchmark: our vectorised engine against pycocotools on a synthetic set.
 
-:func:`coco_eval_section` builds a synthetic COCO ground truth (several categories, crowd
-regions, a range of areas, empty images) and a result set (noisy copies of the ground truth,
-duplicates, false positives, tied scores, images with more than 100 detections), times
-pycocotools (``COCO`` index + ``loadRes`` + ``evaluate`` + ``accumulate`` + ``summarize``)
-and :func:`visionlab.eval.coco.coco_evaluate` on the same input, interleaved, best of a
-few runs, and checks that all 12 numbers agree. Used by ``visionlab bench ops``.
+:func:`coco_eval_section` times both on the same synthetic ground truth and results (crowd
+regions, empty images, duplicates, tied scores, more than 100 detections an image),
+interleaved, and checks that the 12 stats agree. Used by ``visionlab bench ops``.
 """
 
 from __future__ import annotations
@@ -142,13 +139,13 @@ def pycocotools_eval(gt: dict, dt: list[dict], iou_type: str = "bbox") -> Any:
 
 def coco_eval_section(n_images: int = 5000, seed: int = 0, repeats: int = 3) -> str:
     """Markdown section: pycocotools vs our COCO evaluation (time ratio, equality of stats)."""
+    from tqdm import tqdm
+
     from visionlab.eval.coco import STAT_KEYS, coco_evaluate
 
     gt, dt = synthetic_coco(n_images, seed=seed)
     times: dict[str, list[float]] = {"pycocotools": [], "visionlab": []}
     ref = ours = None
-    from tqdm import tqdm
-
     for _ in tqdm(range(repeats), desc="coco eval: pycocotools vs visionlab", leave=False):
         # interleaved, so that both see the same machine load
         copies = [dict(d) for d in dt]

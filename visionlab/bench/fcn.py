@@ -1,34 +1,40 @@
 """FCN-32s vs 16s vs 8s and deconv vs bilinear on scenes; our FCN-ResNet50 vs torchvision's.
 
-Part 1 trains each FCN variant (``--variants``) with each upsampling (``--upsample``) on the
-scenes dataset with one schedule, the recipe ``--config`` (``configs/fcn8s_scenes.yaml``)
-with only ``model`` and ``model_args.upsample`` changed, and reports validation mIoU, pixel
-accuracy, training time and inference ms/image. Part 2 times our FCN with a ResNet50
-backbone against torchvision's ``fcn_resnet50`` (``weights=None, weights_backbone=None``,
-same input size, eval mode, no grad), repetitions interleaved, as a ratio measured in the
-same run. Writes ``OUT_DIR/fcn.md`` and ``OUT_DIR/fcn_samples.png`` (predictions of the
-variants on a few validation images).
+Trains each variant and upsampling from one recipe (only ``model`` and
+``model_args.upsample`` change), scores it, sets it against the resolution ceilings of its
+stride and times our ResNet50 FCN against torchvision's ``fcn_resnet50``. Writes
+``OUT_DIR/fcn.md`` and its pictures.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import statistics
 import tempfile
-import time
-import timeit
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from visionlab.bench.machine import header
-from visionlab.bench.runs import recorded_metrics, recorded_training
-from visionlab.bench.sizes import SIZE_BUCKETS, bucket_names, cell, shares, size_bucket
+from visionlab.bench.machine import (
+    comma_list,
+    header,
+    load_average,
+    load_line,
+    row,
+    take_turns,
+    write_markdown,
+)
+from visionlab.bench.runs import (
+    add_training_arguments,
+    recorded_metrics,
+    recorded_training,
+    schedule_overrides,
+    timed_train,
+)
+from visionlab.bench.sizes import SIZE_BUCKETS, bucket_names, cell, shares, size_bucket, size_head
 from visionlab.constants import IGNORE_INDEX
 from visionlab.errors import VisionLabError
 
@@ -62,13 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, help="dataset (default: the recipe's, scenes)")
     parser.add_argument("--variants", default="fcn32s,fcn16s,fcn8s", help="models to train")
     parser.add_argument("--upsample", default="deconv,bilinear", help="upsampling modes")
-    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    add_training_arguments(parser)
     parser.add_argument("--timing-size", type=int, default=224, help="ResNet50 input side (px)")
     parser.add_argument("--repeats", type=int, default=10, help="timed forward passes per model")
     parser.add_argument("--samples", type=int, default=4, help="images in fcn_samples.png")
-    parser.add_argument("--runs-dir", default=None, help="keep the runs here (default: temp)")
     parser.add_argument(
         "--reuse",
         action="store_true",
@@ -78,20 +81,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: 20 steps, 2 repeats")
 
 
-def _list(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    bad = [t for t in items if t not in allowed]
-    if bad or not items:
-        raise VisionLabError(f"{flag}: {text!r}; choose from {', '.join(allowed)}")
-    return items
-
-
 @torch.no_grad()
 def _ms_per_image(model: nn.Module, size: int, repeats: int) -> float:
     """Median ms of ``model`` (eval mode) on one random ``size`` x ``size`` image."""
     x = torch.rand(1, 3, size, size)
     model.eval()(x)  # warm-up
-    return 1000 * statistics.median(timeit.repeat(partial(model, x), number=1, repeat=repeats))
+    return statistics.median(take_turns({"model": model}, [x] * repeats)["model"])
+
+
+def _evaluators(dataset: Any, keys: Any) -> dict[Any, Any]:
+    """One segmentation evaluator per key, over background and ``dataset``'s classes."""
+    from visionlab.eval.segmentation import SegmentationEvaluator
+
+    names = ["background", *dataset.classes]
+    return {k: SegmentationEvaluator(len(names), names) for k in keys}
+
+
+def _mious(evaluators: dict[Any, Any]) -> dict[Any, float]:
+    return {k: float(ev.compute()["mIoU"]) for k, ev in evaluators.items()}
 
 
 @torch.no_grad()
@@ -99,12 +106,7 @@ def _diagnostic_mious(model: nn.Module, dataset: Any, count: int) -> dict[str, f
     """mIoU over the first ``count`` images, plain (``all``) and with the ground-truth pixels
     within 1 and 2 px of a label change ignored (``band1``, ``band2``): how much of the
     error sits on object boundaries."""
-    import torch.nn.functional as F
-
-    from visionlab.eval.segmentation import SegmentationEvaluator
-
-    names = ["background", *dataset.classes]
-    evaluators = {k: SegmentationEvaluator(len(names), names) for k in ("all", "band1", "band2")}
+    evaluators = _evaluators(dataset, ("all", "band1", "band2"))
     model.eval()
     for index in range(min(count, len(dataset))):
         image, target = dataset[index]
@@ -116,13 +118,11 @@ def _diagnostic_mious(model: nn.Module, dataset: Any, count: int) -> dict[str, f
             k = 2 * width + 1
             band = F.max_pool2d(labels, k, 1, width) != -F.max_pool2d(-labels, k, 1, width)
             evaluators[f"band{width}"].update(pred, semantic.masked_fill(band[0, 0], IGNORE_INDEX))
-    return {k: float(ev.compute()["mIoU"]) for k, ev in evaluators.items()}
+    return _mious(evaluators)
 
 
 def _one_hot(labels: Tensor, classes: int) -> Tensor:
     """``[N, H, W]`` labels -> ``[N, C, H, W]`` float one-hot; ignored pixels (255) all zero."""
-    import torch.nn.functional as F
-
     valid = labels != IGNORE_INDEX
     onehot = F.one_hot(labels.masked_fill(~valid, 0), classes).permute(0, 3, 1, 2)
     return onehot.float() * valid[:, None]
@@ -133,29 +133,21 @@ def resolution_ceiling(
 ) -> dict[int, float]:
     """mIoU of a predictor that knows the ground truth but only at stride ``s``.
 
-    Each image's one-hot label map (ignored pixels, 255, count for no class) is
-    average-pooled over ``s x s`` cells and upsampled back bilinearly, and the argmax is
-    scored against the full-resolution labels: what a score map at stride ``s`` followed by
-    a bilinear upsampling reaches when its scores are class frequencies per cell. A learned
-    network can place edges more precisely than that (larger logits move the crossing point
-    inside a cell: :func:`fitted_ceiling`), so it is a yardstick, not a bound.
+    Each image's one-hot label map (ignored pixels count for no class) is average-pooled over
+    ``s x s`` cells, upsampled back bilinearly, and its argmax scored: a yardstick, not a
+    bound (larger logits move an edge inside a cell: :func:`fitted_ceiling`).
     """
-    import torch.nn.functional as F
-
-    from visionlab.eval.segmentation import SegmentationEvaluator
-
-    names = ["background", *dataset.classes]
-    evaluators = {s: SegmentationEvaluator(len(names), names) for s in strides}
+    evaluators = _evaluators(dataset, strides)
     for index in range(min(count, len(dataset))):
         semantic = dataset[index][1]["semantic"]
         h, w = semantic.shape
-        onehot = _one_hot(semantic[None], len(names))  # [1, C, H, W]
+        onehot = _one_hot(semantic[None], len(dataset.classes) + 1)  # [1, C, H, W]
         for stride, evaluator in evaluators.items():
             padded = F.pad(onehot, (0, -w % stride, 0, -h % stride))
             cells = F.avg_pool2d(padded, stride)
             up = F.interpolate(cells, scale_factor=stride, mode="bilinear", align_corners=False)
             evaluator.update(up[0, :, :h, :w].argmax(0), semantic)
-    return {s: float(ev.compute()["mIoU"]) for s, ev in evaluators.items()}
+    return _mious(evaluators)
 
 
 def fitted_ceiling(
@@ -168,30 +160,21 @@ def fitted_ceiling(
     """mIoU of the best score map at stride ``s`` that a bilinear upsampling can turn into
     each image's ground truth: a ceiling for a network scoring at that stride.
 
-    For each of the first ``count`` images, a logit map of ``C x ceil(H/s) x ceil(W/s)``
-    cells starts from the log of the average-pooled one-hot labels (the yardstick of
-    :func:`resolution_ceiling`) and is fitted by Adam (``steps`` steps at ``lr``) to the
-    full-resolution labels through ``F.interpolate(..., mode="bilinear",
-    align_corners=False)`` and a pixel-wise cross-entropy (255 ignored), as an FCN's scores
-    are trained; the argmax of the upsampled map is then scored. Large logits can move a
-    boundary anywhere inside a cell, so this is far above the pooled yardstick; being a
-    finite fit, it is a lower estimate of the true ceiling (a learned deconvolution, which
-    mixes classes, could do a little more).
+    For each of the first ``count`` images, a ``C x ceil(H/s) x ceil(W/s)`` logit map starts
+    from the log of :func:`resolution_ceiling`'s pooled labels and is fitted by Adam through
+    the bilinear upsampling and a pixel-wise cross-entropy (255 ignored), as an FCN's scores
+    are trained; the argmax of the upsampled fit is scored. Being a finite fit, it is a lower
+    estimate of the true ceiling.
 
     Returns:
         ``{stride: mIoU}`` over the images together.
     """
-    import torch.nn.functional as F
-
-    from visionlab.eval.segmentation import SegmentationEvaluator
-
-    names = ["background", *dataset.classes]
-    classes = len(names)
+    classes = len(dataset.classes) + 1
     groups: dict[tuple[int, int], list[Tensor]] = {}
     for index in range(min(count, len(dataset))):
         semantic = dataset[index][1]["semantic"]
         groups.setdefault(tuple(semantic.shape), []).append(semantic)
-    evaluators = {s: SegmentationEvaluator(classes, names) for s in strides}
+    evaluators = _evaluators(dataset, strides)
     with torch.enable_grad():
         for (h, w), maps in groups.items():
             for start in range(0, len(maps), 50):
@@ -213,7 +196,7 @@ def fitted_ceiling(
                         optimizer.zero_grad()
                         loss.backward()
                         optimizer.step()
-    return {s: float(ev.compute()["mIoU"]) for s, ev in evaluators.items()}
+    return _mious(evaluators)
 
 
 def _ceiling_section(
@@ -225,12 +208,7 @@ def _ceiling_section(
     val = load_dataset(data, "val", task="segmentation")
     resize = bool(size) and tuple(val[0][0].shape[1:]) != (size, size)
     if resize:
-        val = load_dataset(
-            data,
-            "val",
-            task="segmentation",
-            transforms=build_transforms("segmentation", False, size),
-        )
+        val.transforms = build_transforms("segmentation", False, size)
     pooled = resolution_ceiling(val, count=count)
     fitted = fitted_ceiling(val, count=fit_count)
     where = f"resized to {size} px (the recipe's `image_size`)" if resize else "at their own size"
@@ -248,8 +226,8 @@ def _ceiling_section(
         "",
         "| score map | stride 4 | stride 8 | stride 16 | stride 32 |",
         "|:------|-----:|-----:|-----:|-----:|",
-        "| pooled | " + " | ".join(f"{pooled[s]:.3f}" for s in sorted(pooled)) + " |",
-        "| fitted | " + " | ".join(f"{fitted[s]:.3f}" for s in sorted(fitted)) + " |",
+        row("pooled", *(f"{pooled[s]:.3f}" for s in sorted(pooled))),
+        row("fitted", *(f"{fitted[s]:.3f}" for s in sorted(fitted))),
         "",
     ]
     from visionlab.models.fcn import VARIANT_STRIDES as stride_of
@@ -283,13 +261,10 @@ def naming_by_size(
     ``dataset`` is an instance-level view (``masks``, ``boxes`` xyxy, ``labels`` 1..C). An
     object counts as named by the segmenter when the most frequent foreground label its
     pixels get is its class (``[objects, named, pixels, pixels labelled right]``); by the
-    classifier when the square crop around its box (the scenes classification view's rule:
-    1.25 x the longer side, resized to ``crop_size`` px) is classified as its class
-    (``[objects, named]``). Objects are bucketed by their box's longer side
-    (:data:`SIZE_BUCKETS`) in the stored image's pixels (a target's ``orig_size`` undoes a
-    resize). The classifier sees each object enlarged to fill its input; the
-    segmenter sees it at the image's scale: the difference between them is resolution,
-    not information.
+    classifier when the square crop around its box (as the scenes classification view crops,
+    resized to ``crop_size`` px) is classified as its class (``[objects, named]``). Objects
+    are bucketed by their box's longer side (:data:`SIZE_BUCKETS`) in the stored image's
+    pixels (a target's ``orig_size`` undoes a resize).
     """
     import numpy as np
 
@@ -313,8 +288,8 @@ def naming_by_size(
             scale = float(target["orig_size"][1]) / float(image.shape[-1])
         if segmenter is not None:
             pred = segmenter(image[None])[0].argmax(0)
-            for mask, (x1, y1, x2, y2), label in zip(target["masks"].bool(), boxes, labels):
-                row = out["segmenter"][size_bucket(max(x2 - x1, y2 - y1) * scale)]
+            for mask, box, label in zip(target["masks"].bool(), boxes, labels):
+                row = out["segmenter"][size_bucket(box, scale)]
                 inside = pred[mask]
                 found = inside[inside > 0]
                 row[0] += 1
@@ -329,8 +304,8 @@ def naming_by_size(
                 crops.append(torch.from_numpy(np.array(crop)).permute(2, 0, 1))
                 wanted.append(index_of.get(dataset.classes[label - 1], -1))
             guess = classifier(torch.stack(crops).float() / 255).argmax(1).tolist()
-            for (x1, y1, x2, y2), want, got in zip(boxes, wanted, guess):
-                row = out["classifier"][size_bucket(max(x2 - x1, y2 - y1) * scale)]
+            for box, want, got in zip(boxes, wanted, guess):
+                row = out["classifier"][size_bucket(box, scale)]
                 row[0] += 1
                 row[1] += int(want == got)
     return out
@@ -348,10 +323,8 @@ def _naming_section(
     fcn8s = [r for r in rows if r["variant"] == "fcn8s"]
     if not fcn8s:
         return []
-    first = load(fcn8s[0]["run_dir"] / "checkpoints" / "last.pt")
-    data = (first.meta.get("config") or {}).get("data", "scenes")
     try:
-        dataset = load_dataset(data, "val", task="instance")
+        dataset = load_dataset(fcn8s[0]["data"], "val", task="instance")
     except VisionLabError:
         return []  # no instance masks (e.g. VOC SegmentationClass): nothing to bucket
     count = fcn8s[0]["diag_images"]
@@ -360,7 +333,6 @@ def _naming_section(
         classifier = load(classifier_path)
         if classifier.task != "classification":
             classifier = None
-    header_cells = bucket_names()
     lines = [
         "## Which objects are named wrong? By size",
         "",
@@ -374,31 +346,25 @@ def _naming_section(
             "from): the same objects cropped as the scenes classification view crops them "
             "(1.25 x the box, enlarged to 64 px)."
         )
-    lines += [
-        "",
-        "| model | " + " | ".join(header_cells) + " |",
-        "|:--|" + "--:|" * len(SIZE_BUCKETS),
-    ]
+    lines += ["", *size_head("model")]
     counts = None
     bars: dict[str, list[float]] = {}
     for i, r in enumerate(fcn8s):
-        model = first if i == 0 else load(r["run_dir"] / "checkpoints" / "last.pt")
-        stats = naming_by_size(model, classifier if i == 0 else None, dataset, count)
+        stats = naming_by_size(r["model"], classifier if i == 0 else None, dataset, count)
         seg = stats["segmenter"]
         counts = counts or [b[0] for b in seg]
         named = shares(seg)
         pixels = shares([(b[2], b[3]) for b in seg])
         cells = [f"{cell(n)} / {cell(p)}" if b[0] else "-" for n, p, b in zip(named, pixels, seg)]
-        lines.append(f"| fcn8s {r['upsample']} | " + " | ".join(cells) + " |")
+        lines.append(row(f"fcn8s {r['upsample']}", *cells))
         bars[f"fcn8s {r['upsample']}"] = named
         if "classifier" in stats:
             by_classifier = shares(stats["classifier"])
-            row = " | ".join(cell(v) for v in by_classifier)
-            lines.append(f"| classifier, enlarged crops | {row} |")
+            lines.append(row("classifier, enlarged crops", *map(cell, by_classifier)))
             bars["classifier, enlarged crops"] = by_classifier
     if counts is not None:
-        lines.append("| objects | " + " | ".join(str(c) for c in counts) + " |")
-    plot_grouped_bars(header_cells, bars, out_png, ylabel="objects named right (%)",
+        lines.append(row("objects", *counts))
+    plot_grouped_bars(bucket_names(), bars, out_png, ylabel="objects named right (%)",
                       title="FCN-8s vs the classifier, by object size")  # fmt: skip
     lines += [
         "",
@@ -416,48 +382,44 @@ def _train_variants(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]
 
     from visionlab.data.datasets import load_dataset
     from visionlab.data.transforms import build_transforms
-    from visionlab.engine.api import load, train
+    from visionlab.engine.api import load
 
-    variants = _list(args.variants, ("fcn32s", "fcn16s", "fcn8s"), "--variants")
-    modes = _list(args.upsample, ("deconv", "bilinear"), "--upsample")
+    variants = comma_list(args.variants, "--variants", choices=("fcn32s", "fcn16s", "fcn8s"))
+    modes = comma_list(args.upsample, "--upsample", choices=("deconv", "bilinear"))
+    if not variants or not modes:
+        raise VisionLabError("--variants and --upsample need at least one item each")
     rows = []
     jobs = [(v, m) for m in modes for v in variants]
     for variant, mode in tqdm(jobs, desc="bench fcn", unit="run"):
-        overrides = [
-            f"model={variant}",
-            f"model_args.upsample={mode}",
-            f"out={runs / f'{variant}-{mode}'}",
-            "train.progress=false",
-        ]
+        run_dir = runs / f"{variant}-{mode}"
+        overrides = [f"model={variant}", f"model_args.upsample={mode}", f"out={run_dir}"]
+        overrides += ["train.progress=false", *schedule_overrides(args)]
         if args.data:
             overrides.append(f"data={args.data}")
-        if args.epochs is not None:
-            overrides.append(f"train.epochs={args.epochs}")
-        if args.max_steps is not None or args.quick:
-            overrides.append(f"train.max_steps={20 if args.quick else args.max_steps}")
-        run_dir = runs / f"{variant}-{mode}"
         last = run_dir / "checkpoints" / "last.pt"
         metrics = recorded_metrics(run_dir) if args.reuse and last.is_file() else None
         if metrics is not None:  # a finished run: its recorded metrics and training time
             seconds, steps = recorded_training(run_dir)
         else:
-            start = time.perf_counter()
-            result = train(args.config, overrides, overwrite=True)  # the bench's own runs
-            seconds = time.perf_counter() - start
+            result, seconds = timed_train(args.config, overrides)
             metrics, steps = result.metrics or {}, result.step
         model = load(last)
         size = model.image_size or 128
         data = args.data or (model.meta.get("config") or {}).get("data", "scenes")
         transform = build_transforms("segmentation", False, model.image_size)
-        n = 20 if args.quick else 500
-        val = _diagnostic_mious(model, load_dataset(data, "val", task=model.task,
-                                                    transforms=transform), n)  # fmt: skip
-        train_split = _diagnostic_mious(model, load_dataset(data, "train", task=model.task,
-                                                            transforms=transform), n)  # fmt: skip
+        n = 20 if args.quick else 500  # images of the diagnostics
+        val, train_split = (
+            _diagnostic_mious(
+                model, load_dataset(data, split, task=model.task, transforms=transform), n
+            )
+            for split in ("val", "train")
+        )
         rows.append(
             {
                 "variant": variant,
                 "upsample": mode,
+                "model": model,
+                "data": data,
                 "mIoU": float(metrics.get("mIoU", float("nan"))),
                 "pixel_acc": float(metrics.get("pixel_acc", float("nan"))),
                 "per_class": metrics.get("per_class", {}),
@@ -467,10 +429,9 @@ def _train_variants(args: argparse.Namespace, runs: Path) -> list[dict[str, Any]
                 "diag_images": n,
                 "seconds": seconds,
                 "steps": steps,
-                "ms": _ms_per_image(model, size, 2 if args.quick else args.repeats),
+                "ms": _ms_per_image(model, size, args.repeats),
                 "size": size,
                 "params": sum(p.numel() for p in model.parameters()),
-                "run_dir": run_dir,
             }
         )
     return rows
@@ -493,16 +454,12 @@ def _resnet50_timing(args: argparse.Namespace) -> list[tuple[str, float, float, 
             for v in ("fcn32s", "fcn8s")
         },
     }
-    repeats = 2 if args.quick else args.repeats
-    size = 64 if args.quick else args.timing_size
+    size = args.timing_size
     x = torch.rand(1, 3, size, size)
-    times: dict[str, list[float]] = {name: [] for name in models}
     with torch.no_grad():
         for fn in models.values():
             assert fn(x).shape[-2:] == (size, size)  # warm-up, and same output size
-        for _ in range(repeats):
-            for name, fn in models.items():
-                times[name].append(1000 * timeit.timeit(partial(fn, x), number=1))
+        times = take_turns(models, [x] * args.repeats)
     base = statistics.median(next(iter(times.values())))
     rows = []
     for name, fn in models.items():
@@ -515,15 +472,12 @@ def _resnet50_timing(args: argparse.Namespace) -> list[tuple[str, float, float, 
 def _samples_picture(rows: list[dict[str, Any]], path: Path, count: int) -> None:
     """Rows: a validation image, its ground truth, then each variant's prediction."""
     from visionlab.data.datasets import load_dataset
-    from visionlab.engine.api import load, predict
+    from visionlab.engine.api import predict
     from visionlab.viz import draw_semantic, image_grid, to_pil, upscale
 
-    first = load(rows[0]["run_dir"] / "checkpoints" / "last.pt")
-    data = (first.meta.get("config") or {}).get("data", "scenes")
-    dataset = load_dataset(data, "val", task="segmentation")
+    dataset = load_dataset(rows[0]["data"], "val", task="segmentation")
     tiles, titles = [], []
-    models = [(f"{r['variant']} {r['upsample']}", r["run_dir"]) for r in rows]
-    loaded = [(name, load(run / "checkpoints" / "last.pt")) for name, run in models]
+    loaded = [(f"{r['variant']} {r['upsample']}", r["model"]) for r in rows]
     for index in range(min(count, len(dataset))):
         image, target = dataset[index]
         tiles += [upscale(to_pil(image), 192)[0]]
@@ -551,29 +505,26 @@ def _ordering_text(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _recipe_backbone_source(config: str) -> str | None:
+def run(args: argparse.Namespace) -> int:
     from visionlab.config import load_config
 
-    source = (load_config(config).model_args or {}).get("pretrained_backbone")
-    return str(source) if source else None
-
-
-def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.threads < 1 or args.repeats < 1 or args.samples < 0:
         raise VisionLabError("--threads and --repeats must be >= 1, --samples >= 0")
+    if args.quick:  # smoke-test sizes
+        args.max_steps, args.repeats, args.timing_size = 20, 2, 64
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load_before = load_average()
     lines = [header("FCN-32s / 16s / 8s (Long, Shelhamer and Darrell, CVPR 2015)"), ""]
-    rows: list[dict[str, Any]] = []
     if not args.skip_train:
+        recipe = load_config(args.config)
         with tempfile.TemporaryDirectory(prefix="visionlab-bench-fcn-") as tmp:
             runs = Path(args.runs_dir) if args.runs_dir else Path(tmp)
             rows = _train_variants(args, runs)
             lines += _variant_section(args, rows)
-            backbone_source = _recipe_backbone_source(args.config)
-            lines += _naming_section(rows, backbone_source, out_dir / "fcn_by_size.png")
+            backbone = (recipe.model_args or {}).get("pretrained_backbone")
+            lines += _naming_section(rows, backbone, out_dir / "fcn_by_size.png")
             if args.samples and rows:
                 _samples_picture(rows, out_dir / "fcn_samples.png", args.samples)
                 lines += [
@@ -581,31 +532,21 @@ def run(args: argparse.Namespace) -> int:
                     "prediction.",
                     "",
                 ]
-    if not args.skip_train:
-        from visionlab.config import load_config
-
-        recipe = load_config(args.config)
-        lines += _ceiling_section(
-            args.data or recipe.data,
-            recipe.image_size,
-            20 if args.quick else 500,
-            5 if args.quick else 100,
-            rows,
-        )
+        counts = (20, 5) if args.quick else (500, 100)
+        lines += _ceiling_section(args.data or recipe.data, recipe.image_size, *counts, rows)
     timing = _resnet50_timing(args)
-    size = 64 if args.quick else args.timing_size
+    size = args.timing_size
     lines += [
         "## ResNet50 backbone: our FCN vs torchvision `fcn_resnet50`",
         "",
         f"One {size} x {size} image, batch 1, eval mode, `torch.no_grad()`, 21 classes, "
         f"random weights (`weights=None, weights_backbone=None`), median of "
-        f"{2 if args.quick else args.repeats} interleaved runs, {args.threads} threads.",
+        f"{args.repeats} interleaved runs, {args.threads} threads.",
         "",
         "| model | ms/image | ratio to torchvision | parameters |",
         "|:------|---------:|---------------------:|-----------:|",
     ]
     lines += [f"| {n} | {ms:.1f} | {r:.2f} | {p / 1e6:.1f}M |" for n, ms, r, p in timing]
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines += [
         "",
         "torchvision's model is not the paper's FCN: it replaces ResNet50's last two strides "
@@ -615,17 +556,11 @@ def run(args: argparse.Namespace) -> int:
         "where the speed difference comes from; it is the architecture, not an "
         "implementation trick.",
         "",
-        f"Load average (1 min) before / after: {load_before:.1f} / {load_after:.1f} on "
-        f"{os.cpu_count()} logical cores.",
+        load_line(load_before, load_average()),
         "",
     ]
-    (out_dir / "fcn.md").write_text("\n".join(lines), encoding="utf-8")
-    print(f"wrote {out_dir / 'fcn.md'}")
+    write_markdown(out_dir, "fcn.md", lines)
     return 0
-
-
-def _secs(seconds: float) -> str:
-    return "-" if math.isnan(seconds) else f"{seconds:.0f}"
 
 
 def _variant_section(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[str]:
@@ -636,7 +571,7 @@ def _variant_section(args: argparse.Namespace, rows: list[dict[str, Any]]) -> li
         f"Recipe `{args.config}` for every run (only `model` and `model_args.upsample` "
         f"change; {first['steps']} optimizer steps each), evaluated on the validation split. "
         f"ms/image: one {first['size']} x {first['size']} image, eval mode, no grad, median "
-        f"of {2 if args.quick else args.repeats}, {args.threads} threads."
+        f"of {args.repeats}, {args.threads} threads."
         + (
             " train s: the whole `visionlab train` call; for runs reused (`--reuse`), "
             "the training time their `eval.json` recorded."
@@ -657,16 +592,15 @@ def _variant_section(args: argparse.Namespace, rows: list[dict[str, Any]]) -> li
         lines.append(
             f"| {r['variant']} | {r['upsample']} | {r['mIoU']:.3f} | {r['pixel_acc']:.3f} | "
             f"{r['band1']:.3f} / {r['band2']:.3f} | {r['train_mIoU']:.3f} | "
-            f"{_secs(r['seconds'])} | {r['ms']:.1f} | {r['params'] / 1e6:.2f}M |"
+            f"{cell(r['seconds'], 0)} | {r['ms']:.1f} | {r['params'] / 1e6:.2f}M |"
         )
     classes = list(first["per_class"])
     if classes:
         lines += ["", "Per-class IoU:", ""]
-        lines.append("| model | upsample | " + " | ".join(classes) + " |")
-        lines.append("|:--|:--|" + "--:|" * len(classes))
+        lines += [row("model", "upsample", *classes), "|:--|:--|" + "--:|" * len(classes)]
         for r in rows:
-            values = " | ".join(f"{r['per_class'].get(c, float('nan')):.3f}" for c in classes)
-            lines.append(f"| {r['variant']} | {r['upsample']} | {values} |")
+            values = (f"{r['per_class'].get(c, float('nan')):.3f}" for c in classes)
+            lines.append(row(r["variant"], r["upsample"], *values))
     lines += ["", *_ordering_text(rows), "", *NOTES, ""]
     best8 = [r for r in rows if r["variant"] == "fcn8s"]
     for r in best8:
@@ -675,6 +609,6 @@ def _variant_section(args: argparse.Namespace, rows: list[dict[str, Any]]) -> li
             f"Target (FCN-8s, tiny backbone, mIoU >= {TARGET_MIOU} within "
             f"{TARGET_SECONDS // 60} minutes on 2 cores), {r['upsample']}: "
             + ("met" if met else "**not met**")
-            + f" (mIoU {r['mIoU']:.3f} in {_secs(r['seconds'])} s)."
+            + f" (mIoU {r['mIoU']:.3f} in {cell(r['seconds'], 0)} s)."
         )
     return [*lines, ""]

@@ -1,31 +1,20 @@
 """Our Mask R-CNN against torchvision's ``MaskRCNN`` on scenes, the paper's mask-head
 ablations, and masks beside boxes.
 
-Part 1 trains ours and torchvision's ``MaskRCNN`` (:func:`~visionlab.bench.peers.torchvision_peer`
-with ``masks=True``: a copy of our backbone's initialisation, our RPN and box settings, and
-``MaskRCNNHeads`` of our mask head's width and convolution count, ``MaskRCNNPredictor``,
-``MultiScaleRoIAlign`` at our pool size) with the engine's Trainer on the same data order,
-augmentation and schedule, then reports mask AP and box AP (one pass of the ``instance``
-task's evaluator), the mean training step time and the inference time per image (batch of
-one, no grad) as ours / torchvision ratios measured in the same run.
-
-Part 2 retrains ours with the same seed and steps twice more: RoI pooling instead of RoI
-align for the mask head (He et al. 2017, Table 2c: mask AP and AP75) and one class-agnostic
-mask instead of one per class (Table 2b: mask AP).
-
-Part 3 sets each model's mask AP50 beside its box AP50, and both by object size (COCO's
-small / medium / large). Writes ``OUT_DIR/mask_rcnn.md``.
+Trains ours and torchvision's peer (:func:`~visionlab.bench.peers.torchvision_peer`) alike,
+then ours again with RoI pooling for the mask head (He et al. 2017, Table 2c) and with
+class-agnostic masks (Table 2b), and reports mask and box AP, by size too, step and inference
+time. Writes ``OUT_DIR/mask_rcnn.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from visionlab.bench.machine import header
+from visionlab.bench.machine import header, row, write_markdown
 from visionlab.bench.peers import (
     add_peer_arguments,
     fit,
@@ -64,12 +53,10 @@ def build(cfg: Any, num_classes: int, mask_head: dict[str, Any], peer: bool) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from visionlab.engine.checkpoint import atomic_write
     from visionlab.engine.common import seed_everything
 
     task = "instance"
     cfg, train_ds, val_ds, classes, steps, n_val, timing_images = prepare(args, task)
-    n_timed = len(timing_images)
 
     results: dict[str, dict[str, Any]] = {}
     for name, (mask_head, peer) in TRAININGS.items():
@@ -85,11 +72,8 @@ def run(args: argparse.Namespace) -> int:
     infer = infer_ms(models, timing_images)
     print("ms/image:", infer, flush=True)
 
-    text = _markdown(args, cfg, steps, n_val, n_timed, results, infer)
-    out = Path(args.out_dir) / "mask_rcnn.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda f: f.write(text.encode("utf-8")))
-    print(f"wrote {out}")
+    text = _markdown(args, cfg, steps, n_val, len(timing_images), results, infer)
+    write_markdown(args.out_dir, "mask_rcnn.md", text)
     return 0
 
 
@@ -170,14 +154,10 @@ def _markdown(args, cfg, steps, n_val, n_timed, results, infer) -> str:
         "",
         "All box and mask stats (COCO, IoU 0.50:0.95 unless named):",
         "",
-        "| model | " + " | ".join(KEYS) + " | " + " | ".join("mask " + k for k in KEYS) + " |",
+        row("model", *KEYS, *("mask " + k for k in KEYS)),
         "|---|" + "---:|" * (2 * len(KEYS)),
         *(
-            f"| {name} | "
-            + " | ".join(_ap(r[k]) for k in KEYS)
-            + " | "
-            + " | ".join(_ap(r["mask_" + k]) for k in KEYS)
-            + " |"
+            row(name, *(_ap(r[k]) for k in (*KEYS, *("mask_" + k for k in KEYS))))
             for name, r in results.items()
         ),
         "",

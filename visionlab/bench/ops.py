@@ -1,9 +1,8 @@
 """Ops against torchvision: box IoU, NMS, anchors, box coding, matching, RoI pooling; COCO eval.
 
-Times each visionlab op and its torchvision peer on the same inputs in the same run
-(repetitions interleaved, medians), checks that the numbers agree (max abs difference),
-times the ops torchvision has no peer for, and appends the COCO-evaluation comparison of
-:mod:`visionlab.bench.coco_eval`. Writes ``OUT_DIR/ops.md``.
+Times each op against its torchvision peer on the same inputs (interleaved, medians), checks
+that the outputs agree, times the peerless ops, and appends :mod:`visionlab.bench.coco_eval`'s
+section. Writes ``OUT_DIR/ops.md``.
 """
 
 from __future__ import annotations
@@ -11,17 +10,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from visionlab.bench.machine import header, load_average, row, write_markdown
 from visionlab.errors import VisionLabError
 
 
@@ -108,6 +107,12 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any], int], float]:
     return measure
 
 
+def _calls_per_sample(measure: Callable[[Callable[[], Any], int], float], *fns: Any) -> int:
+    """Calls per timed sample so that a sample lasts about 20 ms (1 to 1000)."""
+    once = max(*(measure(fn, 1) for fn in fns), 1e-6)
+    return max(1, min(1000, int(0.02 / once)))
+
+
 def time_cases(
     cases: list[Case], repeats: int, device: torch.device, progress: bool = True
 ) -> list[dict[str, Any]]:
@@ -118,25 +123,14 @@ def time_cases(
     rows = []
     for case in tqdm(cases, desc="ops vs torchvision", disable=not progress):
         diff = max_abs_diff(case.ours(), case.theirs())  # also the warm-up
-        once = max(measure(case.ours, 1), measure(case.theirs, 1), 1e-6)
-        inner = max(1, min(1000, int(0.02 / once)))  # samples of >= ~20 ms
+        inner = _calls_per_sample(measure, case.ours, case.theirs)
         ours, theirs = [], []
         for r in range(repeats):
             pair = [(case.ours, ours), (case.theirs, theirs)]
             for fn, samples in pair if r % 2 == 0 else pair[::-1]:
                 samples.append(measure(fn, inner))
-        t_ours, t_theirs = statistics.median(ours), statistics.median(theirs)
-        rows.append(
-            {
-                "name": case.name,
-                "size": case.size,
-                "ours": t_ours,
-                "theirs": t_theirs,
-                "ratio": t_ours / t_theirs,
-                "diff": diff,
-                "note": case.note,
-            }
-        )
+        t = {"ours": statistics.median(ours), "theirs": statistics.median(theirs)}
+        rows.append({**vars(case), **t, "ratio": t["ours"] / t["theirs"], "diff": diff})
     return rows
 
 
@@ -144,9 +138,8 @@ def time_solos(solos: list[Solo], repeats: int, device: torch.device) -> list[di
     measure = _timer(device)
     rows = []
     for solo in solos:
-        solo.ours()
-        once = max(measure(solo.ours, 1), 1e-6)
-        inner = max(1, min(1000, int(0.02 / once)))
+        solo.ours()  # warm-up
+        inner = _calls_per_sample(measure, solo.ours)
         samples = [measure(solo.ours, inner) for _ in range(max(3, repeats // 3))]
         rows.append({"name": solo.name, "size": solo.size, "ours": statistics.median(samples)})
     return rows
@@ -194,7 +187,7 @@ def build_cases(device: torch.device, quick: bool) -> tuple[list[Case], list[Sol
     sizes = ((32,), (64,), (128,), (256,), (512,))
     ratios = ((0.5, 1.0, 2.0),) * 5
     ours_ag = ops.AnchorGenerator(sizes, ratios)
-    ours_ag_nocache = ops.AnchorGenerator(sizes, ratios, cache=False)
+    ours_ag_off = ops.AnchorGenerator(sizes, ratios, cache=False)
     tv_ag = TVAnchorGenerator(sizes, ratios)
     strides = (4, 8, 16, 32, 64)
     feats = [torch.zeros(1, 1, img // s, img // s, device=device) for s in strides]
@@ -204,12 +197,13 @@ def build_cases(device: torch.device, quick: bool) -> tuple[list[Case], list[Sol
     def ours_anchors(gen_: ops.AnchorGenerator) -> Tensor:
         return torch.cat(gen_((img, img), grid, device=device))
 
+    def tv_anchors() -> Tensor:
+        return tv_ag(image_list, feats)[0]
+
     gt_boxes = _random_boxes(n_code, 800, device, gen)
     proposals = _random_boxes(n_code, 800, device, gen)
-    coder, tv_coder = (
-        ops.BoxCoder((10.0, 10.0, 5.0, 5.0)),
-        det_utils.BoxCoder((10.0, 10.0, 5.0, 5.0)),
-    )
+    weights = (10.0, 10.0, 5.0, 5.0)
+    coder, tv_coder = ops.BoxCoder(weights), det_utils.BoxCoder(weights)
 
     anchors = _random_boxes(n_anchor, 800, device, gen)
     # every gt overlaps some anchor: where one overlaps none, torchvision's low-quality rule
@@ -221,57 +215,29 @@ def build_cases(device: torch.device, quick: bool) -> tuple[list[Case], list[Sol
     rois_xyxy = _random_boxes(n_rois, fmap * 16, device, gen)
     rois = torch.cat([torch.randint(0, 2, (n_rois, 1), generator=gen).to(rois_xyxy), rois_xyxy], 1)
 
+    def same(op: str, size: str, args: tuple, note: str = "", name: str = "") -> Case:
+        """``op`` of both libraries on the same arguments."""
+        ours, theirs = partial(getattr(ops, op), *args), partial(getattr(tvo, op), *args)
+        return Case(name or op, size, ours, theirs, note)
+
+    iou_size, boxes = f"{n_iou}x{n_iou}", f"{n_elem} boxes"
+    anchors_on = f"{img}x{img}, 5 levels x 3 ratios"
+    rois_on = f"{n_rois} RoIs on [2,{chans},{fmap},{fmap}]"
+    nms_in, roi_in = (nms_boxes, nms_scores), (features, rois, 7, 1 / 16)
     cases = [
-        Case("box_iou", f"{n_iou}x{n_iou}", lambda: ops.box_iou(a, b), lambda: tvo.box_iou(a, b)),
-        Case(
-            "generalized_box_iou",
-            f"{n_iou}x{n_iou}",
-            lambda: ops.generalized_box_iou(a, b),
-            lambda: tvo.generalized_box_iou(a, b),
-        ),
-        Case(
-            "box_convert cxcywh->xyxy",
-            f"{n_elem} boxes",
-            lambda: ops.box_convert(cxcywh, "cxcywh", "xyxy"),
-            lambda: tvo.box_convert(cxcywh, "cxcywh", "xyxy"),
-        ),
-        Case(
-            "clip_boxes_to_image",
-            f"{n_elem} boxes",
-            lambda: ops.clip_boxes_to_image(many, (600, 600)),
-            lambda: tvo.clip_boxes_to_image(many, (600, 600)),
-        ),
-        Case(
-            "remove_small_boxes",
-            f"{n_elem} boxes",
-            lambda: ops.remove_small_boxes(many, 20.0),
-            lambda: tvo.remove_small_boxes(many, 20.0),
-        ),
-        Case(
-            "nms",
-            f"{n_nms} boxes",
-            lambda: ops.nms(nms_boxes, nms_scores, 0.5),
-            lambda: tvo.nms(nms_boxes, nms_scores, 0.5),
-            note=WRAPPER,
-        ),
-        Case(
-            "batched_nms",
-            f"{n_nms} boxes, 80 classes",
-            lambda: ops.batched_nms(nms_boxes, nms_scores, nms_classes, 0.5),
-            lambda: tvo.batched_nms(nms_boxes, nms_scores, nms_classes, 0.5),
-            note=WRAPPER,
-        ),
-        Case(
-            "AnchorGenerator (cached)",
-            f"{img}x{img}, 5 levels x 3 ratios",
-            lambda: ours_anchors(ours_ag),
-            lambda: tv_ag(image_list, feats)[0],
-        ),
+        same("box_iou", iou_size, (a, b)),
+        same("generalized_box_iou", iou_size, (a, b)),
+        same("box_convert", boxes, (cxcywh, "cxcywh", "xyxy"), name="box_convert cxcywh->xyxy"),
+        same("clip_boxes_to_image", boxes, (many, (600, 600))),
+        same("remove_small_boxes", boxes, (many, 20.0)),
+        same("nms", f"{n_nms} boxes", (*nms_in, 0.5), WRAPPER),
+        same("batched_nms", f"{n_nms} boxes, 80 classes", (*nms_in, nms_classes, 0.5), WRAPPER),
+        Case("AnchorGenerator (cached)", anchors_on, partial(ours_anchors, ours_ag), tv_anchors),
         Case(
             "AnchorGenerator (cache off)",
-            f"{img}x{img}, 5 levels x 3 ratios",
-            lambda: ours_anchors(ours_ag_nocache),
-            lambda: tv_ag(image_list, feats)[0],
+            anchors_on,
+            partial(ours_anchors, ours_ag_off),
+            tv_anchors,
         ),
         Case(
             "BoxCoder encode+decode",
@@ -282,47 +248,29 @@ def build_cases(device: torch.device, quick: bool) -> tuple[list[Case], list[Sol
         Case(
             "Matcher (low-quality matches)",
             f"{n_gt} gt x {n_anchor} anchors",
-            lambda: matcher(iou),
-            lambda: tv_matcher(iou),
+            partial(matcher, iou),
+            partial(tv_matcher, iou),
         ),
-        Case(
-            "roi_align 7x7, sampling 2",
-            f"{n_rois} RoIs on [2,{chans},{fmap},{fmap}]",
-            lambda: ops.roi_align(features, rois, 7, 1 / 16, 2),
-            lambda: tvo.roi_align(features, rois, 7, 1 / 16, 2),
-            note=WRAPPER,
-        ),
-        Case(
-            "roi_pool 7x7",
-            f"{n_rois} RoIs on [2,{chans},{fmap},{fmap}]",
-            lambda: ops.roi_pool(features, rois, 7, 1 / 16),
-            lambda: tvo.roi_pool(features, rois, 7, 1 / 16),
-            note=WRAPPER,
-        ),
+        same("roi_align", rois_on, (*roi_in, 2), WRAPPER, "roi_align 7x7, sampling 2"),
+        same("roi_pool", rois_on, roi_in, WRAPPER, "roi_pool 7x7"),
     ]
     n_soft = 200 if quick else 1000
     soft_boxes, soft_scores = nms_boxes[:n_soft], nms_scores[:n_soft]
     ss_image = _scene_image(*((60, 80) if quick else (240, 320)), gen)
     solos = [
         Solo(
-            "soft_nms (linear)",
+            f"soft_nms ({kind})",
             f"{n_soft} boxes",
-            lambda: ops.soft_nms(soft_boxes, soft_scores, "linear"),
-        ),
-        Solo(
-            "soft_nms (gaussian)",
-            f"{n_soft} boxes",
-            lambda: ops.soft_nms(soft_boxes, soft_scores, "gaussian"),
-        ),
-        Solo(
-            "spp_rois levels (6,3,2,1)",
-            f"{n_rois} RoIs on [2,{chans},{fmap},{fmap}]",
-            lambda: ops.spp_rois(features, rois, 1 / 16),
-        ),
+            partial(ops.soft_nms, soft_boxes, soft_scores, kind),
+        )
+        for kind in ("linear", "gaussian")
+    ]
+    solos += [
+        Solo("spp_rois levels (6,3,2,1)", rois_on, partial(ops.spp_rois, features, rois, 1 / 16)),
         Solo(
             "selective_search fast, uncached",
             f"{ss_image.shape[1]}x{ss_image.shape[2]} image",
-            lambda: selective_search(ss_image, "fast", cache=False),
+            partial(selective_search, ss_image, "fast", cache=False),
         ),
     ]
     return cases, solos
@@ -332,18 +280,11 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
 
-def _load_average() -> float | None:
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):  # not on every platform
-        return None
-
-
 def render(
     rows: list[dict[str, Any]],
     solos: list[dict[str, Any]],
     repeats: int,
-    load: tuple[float | None, float | None] = (None, None),
+    load: tuple[float, float] = (math.nan, math.nan),
 ) -> str:
     """The Markdown body (after the header) for the comparison rows and the solo rows."""
     lines = [
@@ -351,7 +292,7 @@ def render(
         f"Median of {repeats} interleaved samples per op; `ours/theirs` < 1 means visionlab",
         "is faster. `equal` is the largest absolute difference between the two outputs.",
     ]
-    if None not in load:
+    if not any(math.isnan(x) for x in load):
         lines.append(
             f"Load average (1 min) {load[0]:.1f} before and {load[1]:.1f} after the timings: "
             "other jobs sharing the CPU make absolute times noisy; ratios are measured "
@@ -363,10 +304,8 @@ def render(
         "|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['name']} | {r['size']} | {_ms(r['ours'])} | {_ms(r['theirs'])} | "
-            f"{r['ratio']:.2f} | {r['diff']:.3g} |"
-        )
+        ms = (_ms(r["ours"]), _ms(r["theirs"]))
+        lines.append(row(r["name"], r["size"], *ms, f"{r['ratio']:.2f}", f"{r['diff']:.3g}"))
     slow = [r for r in rows if r["ratio"] > 1.0]
     lines.append("")
     if slow:
@@ -384,7 +323,7 @@ def render(
         "| op | size | ours (ms) |",
         "|---|---|---:|",
     ]
-    lines += [f"| {r['name']} | {r['size']} | {_ms(r['ours'])} |" for r in solos]
+    lines += [row(r["name"], r["size"], _ms(r["ours"])) for r in solos]
     return "\n".join(lines) + "\n"
 
 
@@ -401,28 +340,21 @@ def run(args: argparse.Namespace) -> int:
         raise VisionLabError("--device cuda asked for, but no CUDA device is available")
     if args.repeats < 1:
         raise VisionLabError(f"--repeats must be >= 1, got {args.repeats}")
-    from visionlab.bench.machine import header
-
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, args.threads))
-    load_before = _load_average()
+    load_before = load_average()
     try:
         cases, solos = build_cases(device, args.quick)
         rows = time_cases(cases, args.repeats, device)
         solo_rows = time_solos(solos, args.repeats, device)
     finally:
         torch.set_num_threads(threads)
-    load = (load_before, _load_average())
+    load = (load_before, load_average())
     coco = coco_eval.coco_eval_section(n_images=args.coco_images, seed=0)
     text = header("Ops against torchvision") + render(rows, solo_rows, args.repeats, load)
     text += "\n" + coco.rstrip() + "\n"
-    out = Path(args.out_dir) / "ops.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
     print(text)
-    print(f"wrote {out}")
+    write_markdown(args.out_dir, "ops.md", text)
     mismatched = [r["name"] for r in rows if r["diff"] > 1e-4]
     if mismatched:
         print(f"outputs differ from torchvision for: {', '.join(mismatched)}")

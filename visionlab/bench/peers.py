@@ -1,18 +1,10 @@
 """Our Faster R-CNN against torchvision's ``FasterRCNN`` on scenes, and where test time goes.
 
-Part 1 trains both detectors with the same backbone (one ``tiny_cnn``-family initialisation
-copied into both), the same settings (anchors, sampling, top-N, thresholds, RoI align 7x7,
-FC width), image size, data order, augmentation and schedule (AdamW, warm-up + cosine), in
-one process with the engine's Trainer, then reports validation AP50 / AP (the shared
-:class:`visionlab.eval.detection.DetectionEvaluator`), the mean training step time and the
-inference time per image (batch of one, no grad) after each of ``--checkpoints`` steps, as
-ours / torchvision ratios measured in the same run. torchvision's own transform is kept
-(resize to the same size, which is then the identity, with mean 0 / std 1 because the
-backbone normalises). The settings come from ``configs/faster_rcnn_scenes.yaml``; the one
-difference is the box head's smooth-L1 beta (ours 1, Fast R-CNN's; torchvision 1/9).
-
-Part 2 splits the test time per image of Fast R-CNN (selective search, uncached) and
-Faster R-CNN (the RPN) into proposals / backbone / heads / NMS. Writes ``OUT_DIR/peers.md``.
+Trains both detectors through the engine's Trainer from the same backbone initialisation,
+settings, data and schedule, and reports AP, step time and inference time as ratios measured
+in the same run; then splits the test time per image of Fast and Faster R-CNN into
+proposals / backbone / heads / NMS. The one setting that differs is the box head's smooth-L1
+beta (ours 1, Fast R-CNN's; torchvision 1/9). Writes ``OUT_DIR/peers.md``.
 """
 
 from __future__ import annotations
@@ -25,14 +17,14 @@ import time
 import timeit
 from collections import OrderedDict
 from functools import partial
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
-from visionlab.bench.machine import header
+from visionlab.bench.machine import header, row, take_turns, write_markdown
+from visionlab.bench.runs import add_overrides
 from visionlab.engine.hooks import LoggingHook
 from visionlab.engine.trainer import Trainer, evaluate
 from visionlab.tasks import get_task
@@ -61,12 +53,7 @@ def add_peer_arguments(parser: argparse.ArgumentParser, config: str, model: str)
     parser.add_argument("--timing-images", type=int, default=50, help="val images timed")
     parser.add_argument("--val-images", type=int, default=None, help="val images scored")
     parser.add_argument("--quick", action="store_true", help="smoke test: 10 steps, 8 images")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="recipe overrides, e.g. model_args.pretrained_backbone=RUN/checkpoints/best.pt",
-    )
+    add_overrides(parser, "recipe overrides")
 
 
 class PeerSetup(NamedTuple):
@@ -82,10 +69,9 @@ class PeerSetup(NamedTuple):
 
 
 def prepare(args: argparse.Namespace, task: str) -> PeerSetup:
-    """Set the thread count and read the recipe (with its overrides) and its data for
-    ``task``: the training split with the recipe's augmentation, the validation split, the
-    steps (``--steps``, else the recipe's), the number of val images scored and the images
-    timed (``--quick``: 10 steps, 8 images scored, at most 4 timed)."""
+    """Set the thread count; read the recipe (with its overrides), its data for ``task`` (the
+    training split augmented), the steps and the val images scored and timed (``--quick``:
+    10 steps, 8 images scored, at most 4 timed)."""
     from visionlab.config import load_config
     from visionlab.data.datasets import load_dataset
     from visionlab.engine.common import make_transform
@@ -231,13 +217,10 @@ def infer_ms(models: dict[str, nn.Module], images: list[Tensor], repeats: int = 
     """Mean ms per image (batch of one, eval mode) of each model: each image's fastest of
     ``repeats`` runs, the models taking turns image by image (a load on the machine then
     falls on both)."""
-    times: dict[str, list[float]] = {name: [] for name in models}
     for model in models.values():
         model.eval()([images[0]])  # warm-up
-    for im in images:
-        for name, model in models.items():
-            times[name].append(min(timeit.repeat(partial(model, [im]), repeat=repeats, number=1)))
-    return {name: 1000 * statistics.mean(values) for name, values in times.items()}
+    times = take_turns(models, [[im] for im in images], repeats)
+    return {name: statistics.mean(values) for name, values in times.items()}
 
 
 @torch.no_grad()
@@ -286,7 +269,6 @@ def split_times(model: nn.Module, images: list[Tensor], peer: Any = None) -> dic
 
 
 def run(args: argparse.Namespace) -> int:
-    from visionlab.engine.checkpoint import atomic_write
     from visionlab.engine.common import seed_everything
     from visionlab.models.registry import build_model
 
@@ -324,10 +306,7 @@ def run(args: argparse.Namespace) -> int:
         "Faster R-CNN": infer[steps],
     }
     text = _markdown(args, cfg, steps, fast_steps, n_val, results, infer, splits, fast_ap)
-    out = Path(args.out_dir) / "peers.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda f: f.write(text.encode("utf-8")))
-    print(f"wrote {out}")
+    write_markdown(args.out_dir, "peers.md", text)
     return 0
 
 
@@ -384,11 +363,8 @@ def _markdown(args, cfg, steps, fast_steps, n_val, results, infer, splits, fast_
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, parts in splits.items():
-        total = sum(parts[k] for k in ("proposals", "backbone", "heads", "NMS"))
-        lines.append(
-            f"| {name} | {parts['proposals']:.1f} | {parts['backbone']:.1f} | "
-            f"{parts['heads']:.1f} | {parts['NMS']:.1f} | {total:.1f} |"
-        )
+        ms = [parts[k] for k in ("proposals", "backbone", "heads", "NMS")]
+        lines.append(row(name, *(f"{v:.1f}" for v in (*ms, sum(ms)))))
     lines += [
         "",
         "Fast R-CNN here: selective search (fast mode, uncached) proposals, RoI pooling, "

@@ -1,20 +1,10 @@
 """R-CNN against SPPNet on scenes: mAP with and without box regression, and test time per
 image split into proposals / features / classification / NMS.
 
-Takes two trained checkpoints (``visionlab train configs/rcnn_scenes.yaml`` and
-``configs/sppnet_scenes.yaml``), scores the first ``--limit`` validation images with each
-(COCO AP50 and AP, VOC07 and VOC mAP from the shared :class:`DetectionEvaluator`), once with
-the box regressors and once without, from the same features, and times each step per image.
-Proposals are the same selective-search boxes for both models (their recipes share the
-proposal settings; the timing column is selective search without the disk cache, measured
-on ``--timing-images`` images). The SPPNet paper's 24-102x is the speed-up of feature
-computation (conv layers) over R-CNN, proposals excluded; the table gives the ratio without
-proposals (the paper's) and with them. That ratio depends on how many windows there are:
-R-CNN runs the CNN once per window, SPPNet once per image, and selective search finds far
-fewer windows in a 128 px scene (the mean is in ``rcnn.md``) than the papers' ~2000 in a
-500 px photo. So the features step is also timed on ``--windows`` random windows per image
-(sizes log-uniform from 8 px to half the image, seeded; the same windows for both models).
-Writes ``OUT_DIR/rcnn.md``.
+Scores two trained checkpoints on the same selective-search proposals, with and without
+their box regressors, times each step per image, and times the features step on growing
+numbers of random windows (the speed-up depends on how many windows there are). Writes
+``OUT_DIR/rcnn.md``.
 """
 
 from __future__ import annotations
@@ -22,13 +12,14 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from visionlab.bench.machine import header
+from visionlab.bench.machine import comma_list, elapsed_ms, header, row, write_markdown
 from visionlab.errors import VisionLabError
 
 DEFAULTS = {
@@ -68,14 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @torch.no_grad()
 def score_model(model: Any, dataset: Any, limit: int, classes: list[str]) -> dict[str, Any]:
     """AP with and without box regression, and seconds per step, over ``limit`` images."""
+    from tqdm.auto import tqdm
+
     from visionlab.eval.detection import DetectionEvaluator
     from visionlab.ops import clip_boxes_to_image
 
     evaluators = {True: DetectionEvaluator(classes), False: DetectionEvaluator(classes)}
     seconds = dict.fromkeys(STEPS[1:], 0.0)
     n = len(dataset) if limit <= 0 else min(limit, len(dataset))
-    from tqdm.auto import tqdm
-
     num_props = 0
     for i in tqdm(range(n), desc=model.build_args.get("name", type(model).__name__), leave=False):
         image, target = dataset[i]
@@ -112,14 +103,10 @@ def time_proposals(model: Any, dataset: Any, n: int) -> float:
     from visionlab.ops import selective_search
 
     s = model.proposal_settings
+    search = partial(selective_search, cache=False, search_size=s.search_size)
     n = min(n, len(dataset))
-    total = 0.0
-    for i in range(n):
-        image, _ = dataset[i]
-        t0 = time.perf_counter()
-        selective_search(image, s.mode, s.max_proposals, cache=False, search_size=s.search_size)
-        total += time.perf_counter() - t0
-    return 1000 * total / max(1, n)
+    total = sum(elapsed_ms(search, dataset[i][0], s.mode, s.max_proposals) for i in range(n))
+    return total / max(1, n)
 
 
 def random_windows(size: tuple[int, int], count: int, generator: torch.Generator) -> Tensor:
@@ -156,22 +143,12 @@ def time_windows(
     return out
 
 
-def _counts(text: str) -> list[int]:
-    try:
-        counts = [int(c) for c in text.split(",") if c.strip()]
-    except ValueError:
-        raise VisionLabError(f"--windows {text!r}: expected comma-separated integers") from None
-    if any(c < 1 for c in counts):
-        raise VisionLabError(f"--windows {text!r}: counts must be >= 1")
-    return counts
-
-
 def run(args: argparse.Namespace) -> int:
     from visionlab.data.datasets import load_dataset
     from visionlab.engine.api import load, make_transform
 
     torch.set_num_threads(args.threads)
-    counts = _counts(args.windows)
+    counts = comma_list(args.windows, "--windows", int)
     for name in DEFAULTS:
         if not Path(getattr(args, name)).is_file():
             raise VisionLabError(
@@ -190,11 +167,8 @@ def run(args: argparse.Namespace) -> int:
     prop_ms = time_proposals(first, dataset, args.timing_images)
     sweep = time_windows(models, dataset, counts, args.window_images) if counts else {}
     text = report(results, prop_ms, args, models, sweep)
-    out = Path(args.out_dir) / "rcnn.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
     print(text)
-    print(f"wrote {out}")
+    write_markdown(args.out_dir, "rcnn.md", text)
     return 0
 
 
@@ -223,11 +197,8 @@ def report(
     ]
     for name, res in results.items():
         for key, label in (("without_reg", "no"), ("with_reg", "yes")):
-            m = res[key]
-            lines.append(
-                f"| {name} | {label} | {m['AP50']:.3f} | {m['AP']:.3f} | "
-                f"{m['voc07_mAP']:.3f} | {m['voc_mAP']:.3f} |"
-            )
+            aps = (f"{res[key][k]:.3f}" for k in ("AP50", "AP", "voc07_mAP", "voc_mAP"))
+            lines.append(row(name, label, *aps))
     lines += [
         "",
         f"Target: AP50 >= {TARGET_AP50} for both (with box regression): "
@@ -277,11 +248,9 @@ def report(
             "|--:|" + "--:|" * (len(sweep) + 1),
         ]
         for count in counts:
-            ms = [sweep[name][count] for name in sweep]
+            ms = (f"{sweep[name][count]:.1f}" for name in sweep)
             ratio = sweep["rcnn"][count] / max(1e-9, sweep["sppnet"][count])
-            lines.append(
-                f"| {count} | " + " | ".join(f"{m:.1f}" for m in ms) + f" | {ratio:.1f}x |"
-            )
+            lines.append(row(count, *ms, f"{ratio:.1f}x"))
         lines += [
             "",
             "R-CNN's time grows with the windows (one CNN pass each); SPPNet's stays near its "

@@ -1,10 +1,43 @@
-"""What a finished training run recorded, for benchmarks that reuse it (``--reuse``)."""
+"""The training runs of benchmarks: their options, starting one, and reading what a finished
+one recorded (``--reuse``)."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--epochs`` / ``--max-steps`` over every recipe, ``--threads``, ``--runs-dir``."""
+    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--runs-dir", default=None, help="keep the runs here (default: temp)")
+
+
+def add_overrides(parser: argparse.ArgumentParser, what: str) -> None:
+    """Positional ``KEY=VALUE`` recipe overrides; ``what`` starts their help."""
+    example = "model_args.pretrained_backbone=RUN/checkpoints/best.pt"
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"{what}, e.g. {example}")
+
+
+def schedule_overrides(args: argparse.Namespace) -> list[str]:
+    """The recipe overrides ``--epochs`` and ``--max-steps`` ask for."""
+    names = {"epochs": args.epochs, "max_steps": args.max_steps}
+    return [f"train.{k}={v}" for k, v in names.items() if v is not None]
+
+
+def timed_train(config: str | Path, overrides: list[str]) -> tuple[Any, float]:
+    """:func:`visionlab.engine.api.train` into the bench's own run folder (overwritten): its
+    result and wall seconds."""
+    from visionlab.engine.api import train
+
+    start = time.perf_counter()
+    result = train(config, list(overrides), overwrite=True)
+    return result, time.perf_counter() - start
 
 
 def _record(run_dir: Path) -> dict[str, Any] | None:

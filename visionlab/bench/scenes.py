@@ -1,15 +1,10 @@
-"""Scenes rendering speed: images/s of the built-in dataset generator, by worker count.
-
-For each worker count it renders ``--n`` training images twice: in memory only (drawing,
-masks, RLE, relationships) and as files (PNGs, crops, COCO JSON, as ``render_scenes``
-writes them). Writes ``benchmarks/scenes.md`` and a picture of a few scenes with their
-annotations, ``benchmarks/scenes_samples.png``.
+"""Scenes rendering speed: images/s of the built-in dataset generator, by worker count,
+in memory and writing the files. Writes ``OUT_DIR/scenes.md`` and ``OUT_DIR/scenes_samples.png``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -18,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from visionlab.bench.machine import header
+from visionlab.bench.machine import comma_list, header, load_average, load_line, row, write_markdown
 from visionlab.data.scenes import PREDICATES, SCENE_CLASSES, render_scenes, render_split
 from visionlab.data.scenes_draw import render_scene
 from visionlab.errors import VisionLabError
@@ -64,6 +59,7 @@ def _sample_picture(path: Path, count: int, size: int, seed: int) -> None:
     scale = max(1, 256 // size)
     tiles_top, tiles_bottom = [], []
     palette = np.random.default_rng(1).integers(60, 256, (16, 3)).astype(np.uint8)
+    white_on_black = {"fill": (255, 255, 255), "stroke_width": 1, "stroke_fill": (0, 0, 0)}
     for index in range(count):
         scene = render_scene(size, seed, "train", index)
         ids = scene.instance_map
@@ -77,17 +73,9 @@ def _sample_picture(path: Path, count: int, size: int, seed: int) -> None:
             x1, y1, x2, y2 = (v * scale for v in obj.box)
             draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=(255, 255, 255))
             label = f"{SCENE_CLASSES[obj.category]} {obj.color}"
-            draw.text(
-                (x1 + 2, y1 + 1), label, fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0)
-            )
-        n_rel = len(scene.relations)
-        draw.text(
-            (4, size * scale - 14),
-            f"{len(scene.objects)} objects, {n_rel} relations",
-            fill=(255, 255, 255),
-            stroke_width=1,
-            stroke_fill=(0, 0, 0),
-        )
+            draw.text((x1 + 2, y1 + 1), label, **white_on_black)
+        counts = f"{len(scene.objects)} objects, {len(scene.relations)} relations"
+        draw.text((4, size * scale - 14), counts, **white_on_black)
         plain = Image.fromarray(scene.image).resize((size * scale,) * 2, Image.Resampling.NEAREST)
         tiles_top.append(np.asarray(plain))
         tiles_bottom.append(np.asarray(big))
@@ -98,16 +86,13 @@ def _sample_picture(path: Path, count: int, size: int, seed: int) -> None:
 def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        worker_counts = [int(w) for w in str(args.workers).split(",") if w.strip()]
-    except ValueError:
-        raise VisionLabError(f"--workers: expected counts like 1,2, got {args.workers!r}") from None
-    if not worker_counts or min(worker_counts) < 1 or args.n < 1 or args.samples < 1:
+    worker_counts = comma_list(args.workers, "--workers", int)
+    if not worker_counts or args.n < 1 or args.samples < 1:
         raise VisionLabError("--n, --samples and every --workers count must be at least 1")
     scratch = Path(args.tmp_dir) if args.tmp_dir else Path(tempfile.gettempdir())
     if not scratch.is_dir():
         raise VisionLabError(f"--tmp-dir: {scratch} is not a folder")
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load_before = load_average()
     rows = []
     for workers in worker_counts:
         for files in (False, True):
@@ -115,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             cpu_ms = 1000 * cpu / args.n if workers == 1 else None
             rows.append((workers, files, args.n, seconds, args.n / seconds, cpu_ms))
             print(f"workers={workers} files={files}: {args.n / seconds:.0f} images/s")
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_line(load_before, load_average())
     lines = [
         header("Scenes rendering"),
         f"Rendering {args.n} training images of {args.size} x {args.size} px (seed "
@@ -128,18 +113,15 @@ def run(args: argparse.Namespace) -> int:
         "file system calls): it depends much less than wall time on other work sharing "
         "the machine.",
         "",
-        f"Load average (1 min) before / after: {load_before:.1f} / {load_after:.1f} "
-        f"on {os.cpu_count()} logical cores.",
+        load,
         "",
         "| workers | files | images | seconds | images/s | CPU ms/image |",
         "|--------:|:-----:|-------:|--------:|---------:|-------------:|",
     ]
     for workers, files, n, seconds, rate, cpu_ms in rows:
         cpu_text = "" if cpu_ms is None else f"{cpu_ms:.2f}"
-        lines.append(
-            f"| {workers} | {'yes' if files else 'no'} | {n} | {seconds:.2f} | {rate:.0f} "
-            f"| {cpu_text} |"
-        )
+        yes = "yes" if files else "no"
+        lines.append(row(workers, yes, n, f"{seconds:.2f}", f"{rate:.0f}", cpu_text))
     single = [cpu for workers, files, _, _, _, cpu in rows if workers == 1 and files]
     lines.append("")
     if single:
@@ -165,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         "the load average above)."
     )
     lines += ["", "Samples: `scenes_samples.png` (top: images; bottom: masks, boxes, classes).", ""]
-    (out_dir / "scenes.md").write_text("\n".join(lines), encoding="utf-8")
-    _sample_picture(out_dir / "scenes_samples.png", args.samples, args.size, args.seed)
-    print(f"wrote {out_dir / 'scenes.md'} and {out_dir / 'scenes_samples.png'}")
+    png = out_dir / "scenes_samples.png"
+    _sample_picture(png, args.samples, args.size, args.seed)
+    write_markdown(out_dir, "scenes.md", lines, png)
     return 0

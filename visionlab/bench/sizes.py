@@ -1,19 +1,19 @@
-"""Object size buckets shared by the benchmarks' "by size" tables.
-
-The scenes objects are 8 to 64 px (longer side of the box at 128 px); the buckets split them
-where naming gets hard: under 12 px (the scenes classification view crops nothing smaller),
-12-20, 20-32 and from 32 px.
-"""
+"""Object size buckets shared by the benchmarks' "by size" tables: the longer side of the
+box in the stored image's pixels, split where naming gets hard (the scenes classification
+view crops nothing under 12 px)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 SIZE_BUCKETS: tuple[tuple[int, int | None], ...] = ((0, 12), (12, 20), (20, 32), (32, None))
 
 
-def size_bucket(side: float) -> int:
-    """Index in :data:`SIZE_BUCKETS` of an object whose box's longer side is ``side`` px."""
+def size_bucket(box: Sequence[float], scale: float = 1.0) -> int:
+    """Index in :data:`SIZE_BUCKETS` of an xyxy ``box`` whose longer side, times ``scale``,
+    is its size."""
+    side = max(box[2] - box[0], box[3] - box[1]) * scale
     return next(i for i, (_, high) in enumerate(SIZE_BUCKETS) if high is None or side < high)
 
 
@@ -22,6 +22,14 @@ def bucket_names() -> list[str]:
     return [
         f"< {hi} px" if lo == 0 else f">= {lo} px" if hi is None else f"{lo}-{hi} px"
         for lo, hi in SIZE_BUCKETS
+    ]
+
+
+def size_head(first: str) -> list[str]:
+    """The two header lines of a by-size table whose first column is ``first``."""
+    return [
+        f"| {first} | " + " | ".join(bucket_names()) + " |",
+        "|:--|" + "--:|" * len(SIZE_BUCKETS),
     ]
 
 

@@ -1,20 +1,9 @@
 """Transfer learning: pretrain tiny_cnn on the scenes shapes, fine-tune it on another label set.
 
-The experiment, run through the real training pipeline (:func:`visionlab.engine.api.train`):
-
-1. *Pretrain* tiny_cnn on the scenes crops labelled by shape (``configs/classify_scenes.yaml``,
-   all training crops), or take ``--pretrained CKPT``.
-2. Relabel the same crops for a *target* task (``--labels``): ``color`` (8 colours, from
-   :func:`visionlab.data.scenes.write_crops`) and/or ``shape_color`` (the 56 colour-shape
-   pairs, "red circle" ...), and keep a stratified ``--fraction`` (10%) of the training
-   crops; the validation split stays whole.
-3. Train ``configs/transfer_finetune.yaml`` on the target for ``--steps`` optimizer steps,
-   three times, changing only the start: from scratch, fine-tuning the pretrained network
-   (new head), and a linear probe (pretrained backbone frozen, head only). Same seed, same
-   data order, same schedule.
-
-Writes ``benchmarks/transfer.md`` (tables of final and best validation top-1) and
-``benchmarks/transfer_curves.png`` (validation top-1 against step, one panel per label set).
+Pretrains on the shape crops (or takes ``--pretrained``), relabels the crops by colour or
+colour-shape pair keeping a stratified ``--fraction`` of the training labels, and trains the
+target three times from the same seed and schedule: from scratch, fine-tuned, and as a linear
+probe. Writes ``OUT_DIR/transfer.md`` and ``OUT_DIR/transfer_curves.png``.
 """
 
 from __future__ import annotations
@@ -22,13 +11,12 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visionlab.bench.machine import header
+from visionlab.bench.machine import header, row, write_markdown
+from visionlab.bench.runs import timed_train
 from visionlab.errors import VisionLabError
 
 LABEL_SETS = ("color", "shape_color")
@@ -90,9 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="subset, init and data order seed")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-
-
-# ----------------------------------------------------------------------------- data
 
 
 def _relabel(root: Path, work: Path, label_set: str, split: str) -> Path:
@@ -158,9 +143,6 @@ def build_target(
     return data, stats
 
 
-# ----------------------------------------------------------------------------- runs
-
-
 def _eval_curve(run_dir: Path) -> list[tuple[int, float]]:
     from visionlab.engine.logging import read_metrics
 
@@ -169,14 +151,6 @@ def _eval_curve(run_dir: Path) -> list[tuple[int, float]]:
         if record.get("type") == "eval" and isinstance(record.get("val/top1"), int | float):
             points[int(record["step"])] = float(record["val/top1"])
     return sorted(points.items())
-
-
-def _train(config: Path, overrides: Sequence[str]) -> tuple[Any, float]:
-    from visionlab.engine.api import train
-
-    start = time.perf_counter()
-    result = train(config, list(overrides), overwrite=True)  # the bench's own runs
-    return result, time.perf_counter() - start
 
 
 def result_config(run_dir: Path) -> dict[str, Any]:
@@ -194,7 +168,7 @@ def pretrain(work: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]
         overrides.append(f"train.epochs={args.pretrain_epochs}")
     if args.no_progress:
         overrides.append("train.progress=false")
-    result, seconds = _train(CONFIG_DIR / PRETRAIN_CONFIG, overrides)
+    result, seconds = timed_train(CONFIG_DIR / PRETRAIN_CONFIG, overrides)
     best = result.checkpoints.get("best") or result.run_dir / "checkpoints" / "best.pt"
     curve = _eval_curve(result.run_dir)
     return Path(best), {
@@ -202,7 +176,6 @@ def pretrain(work: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]
         "steps": result.step,
         "best_top1": max((v for _, v in curve), default=float("nan")),
         "augment": result_config(result.run_dir).get("augment", {}),
-        "overrides": overrides,
     }
 
 
@@ -223,16 +196,13 @@ def run_label_set(
     ]
     for arm in arms:
         out = work / f"{label_set}-{arm.name.replace(' ', '_')}"
-        result, arm.seconds = _train(
+        result, arm.seconds = timed_train(
             CONFIG_DIR / TARGET_CONFIG, [*common, *arm.overrides, f"out={out}"]
         )
         arm.curve = _eval_curve(result.run_dir)
         if not arm.curve:
             raise VisionLabError(f"{out}: the run wrote no evaluation records")
     return arms
-
-
-# ----------------------------------------------------------------------------- report
 
 
 def plot(results: dict[str, list[Arm]], out_png: Path) -> Path:
@@ -258,7 +228,6 @@ def plot(results: dict[str, list[Arm]], out_png: Path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
     return out_png
 
@@ -271,12 +240,9 @@ def _reading(label_set: str, arms: list[Arm]) -> str:
     by = {a.name: a for a in arms}
     scratch, tuned, probe = by["scratch"], by["fine-tune"], by["linear probe"]
     gain = 100 * (tuned.final - scratch.final)
+    helps = "helps" if gain >= 1 else "does not help" if gain <= -1 else ""
     verdict = f"fine-tuning ends {gain:+.1f} points from training from scratch" + (
-        " (transfer helps)"
-        if gain >= 1
-        else " (transfer does not help)"
-        if gain <= -1
-        else " (no real difference)"
+        f" (transfer {helps})" if helps else " (no real difference)"
     )
     # first evaluated step at which each run is within 1 point of the scratch run's best
     target = scratch.best[1] - 0.01
@@ -338,10 +304,8 @@ def write_report(
         ]
         for arm in arms:
             step, best = arm.best
-            lines.append(
-                f"| {arm.name} | {arm.start} | {_pct(arm.final)} | {_pct(best)} @ {step} | "
-                f"{arm.seconds:.0f} |"
-            )
+            cells = (_pct(arm.final), f"{_pct(best)} @ {step}", f"{arm.seconds:.0f}")
+            lines.append(row(arm.name, arm.start, *cells))
         lines.append("")
     lines += ["## Reading", ""]
     lines += [_reading(label_set, arms) for label_set, arms in results.items()]
@@ -352,9 +316,7 @@ def write_report(
         "Wall times are on a shared machine and only roughly comparable between rows.",
         "",
     ]
-    path = out_dir / "transfer.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_markdown(out_dir, "transfer.md", lines, png)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -390,6 +352,5 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     png = plot(results, out_dir / "transfer_curves.png")
-    report = write_report(out_dir, results, stats, pre, checkpoint, args, png)
-    print(f"wrote {report} and {png}")
+    write_report(out_dir, results, stats, pre, checkpoint, args, png)
     return 0

@@ -1,35 +1,39 @@
 """YOLO v1 vs its anchor-prior option vs our Faster R-CNN, same backbone and image size.
 
-Trains each recipe (``--configs``: ``configs/yolo_scenes.yaml``,
-``configs/yolo_anchors_scenes.yaml``, ``configs/faster_rcnn_scenes.yaml``; all tiny_cnn at
-128 px on the built-in scenes), or reuses ``RUNS/<name>/checkpoints/best.pt`` with
-``--reuse``, then measures in this one run: validation AP50 / AP / AP75 / APs (the shared
-:class:`~visionlab.eval.detection.DetectionEvaluator`), inference ms/image (batch 1, eval
-mode, no grad, batch norms folded into the convolutions as ``visionlab predict`` runs them,
-the same validation images for every model, in blocks of 10 images per model, the models
-alternating; image-by-image interleaved times reported beside) and the ratio to Faster R-CNN,
-and an error breakdown in the manner of the YOLO paper's Sec. 4.2 (Hoiem et al.): for each
-class the top N detections (N = its objects) are correct, localisation errors, confusions
-with another class, or background. Writes ``OUT_DIR/yolo.md`` and ``OUT_DIR/yolo_samples.png``
-(YOLO's grid and Faster R-CNN's boxes on a few validation images).
+Trains (or reuses) each recipe, then measures in one run: validation AP, inference ms/image
+(batch norms folded, as ``visionlab predict`` runs them) and the speed-up over Faster R-CNN,
+the error breakdown of the YOLO paper's Sec. 4.2, and objects found by size. Writes
+``OUT_DIR/yolo.md`` and its pictures.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from visionlab.bench.machine import header
-from visionlab.bench.runs import recorded_training
-from visionlab.bench.sizes import SIZE_BUCKETS, bucket_names, cell, shares, size_bucket
+from visionlab.bench.machine import (
+    comma_list,
+    elapsed_ms,
+    header,
+    load_average,
+    load_line,
+    row,
+    take_turns,
+    write_markdown,
+)
+from visionlab.bench.runs import (
+    add_overrides,
+    add_training_arguments,
+    recorded_training,
+    schedule_overrides,
+    timed_train,
+)
+from visionlab.bench.sizes import SIZE_BUCKETS, bucket_names, cell, shares, size_bucket, size_head
 from visionlab.errors import VisionLabError
 
 DEFAULT_CONFIGS = (
@@ -42,56 +46,32 @@ TARGET_SPEEDUP = 3.0  # inference vs our Faster R-CNN, same backbone and image s
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated recipes")
-    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    add_training_arguments(parser)
     parser.add_argument("--timing-images", type=int, default=50, help="val images timed")
     parser.add_argument("--repeats", type=int, default=5, help="passes over the timed images")
     parser.add_argument("--samples", type=int, default=4, help="images in yolo_samples.png")
-    parser.add_argument("--runs-dir", default=None, help="keep the runs here (default: temp)")
     parser.add_argument(
         "--reuse", action="store_true", help="use RUNS/<name>/checkpoints/best.pt when present"
     )
     parser.add_argument("--quick", action="store_true", help="smoke test: 20 steps, 5 images")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="overrides for every recipe, e.g. "
-        "model_args.pretrained_backbone=RUN/checkpoints/best.pt",
-    )
-
-
-def _name(config: str) -> str:
-    return Path(config).stem
+    add_overrides(parser, "overrides for every recipe")
 
 
 def _train_or_reuse(args: argparse.Namespace, config: str, runs: Path) -> dict[str, Any]:
     from visionlab.config import load_config
-    from visionlab.engine.api import train
     from visionlab.models.registry import is_registered
 
     cfg = load_config(config, list(args.overrides))
     if not is_registered(cfg.model):
         raise VisionLabError(f"{config}: model {cfg.model!r} is not registered in this checkout")
-    run_dir = runs / _name(config)
-    best = run_dir / "checkpoints" / "best.pt"
-    if args.reuse and best.is_file():
+    run_dir = runs / Path(config).stem
+    if args.reuse and (run_dir / "checkpoints" / "best.pt").is_file():
         seconds, steps = recorded_training(run_dir)
-        return {"config": config, "run_dir": run_dir, "seconds": seconds, "steps": steps}
-    overrides = [*args.overrides, f"out={run_dir}", "train.progress=false"]
-    if args.epochs is not None:
-        overrides.append(f"train.epochs={args.epochs}")
-    if args.max_steps is not None or args.quick:
-        overrides.append(f"train.max_steps={20 if args.quick else args.max_steps}")
-    start = time.perf_counter()
-    result = train(config, overrides, overwrite=True)  # the bench's own run folder
-    return {
-        "config": config,
-        "run_dir": run_dir,
-        "seconds": time.perf_counter() - start,
-        "steps": result.step,
-    }
+    else:
+        overrides = [*args.overrides, f"out={run_dir}", "train.progress=false"]
+        result, seconds = timed_train(config, [*overrides, *schedule_overrides(args)])
+        steps = result.step
+    return {"config": config, "run_dir": run_dir, "seconds": seconds, "steps": steps}
 
 
 def check_one_size(rows: list[dict[str, Any]]) -> None:
@@ -104,7 +84,7 @@ def check_one_size(rows: list[dict[str, Any]]) -> None:
         )
 
 
-def _val_set(model: Any, quick: bool) -> Any:
+def _val_set(model: Any) -> Any:
     from visionlab.data.datasets import load_dataset
     from visionlab.engine.api import make_transform
 
@@ -193,8 +173,8 @@ def found_by_size(targets: list[dict], found: set[tuple[int, int]]) -> list[tupl
         scale = 1.0
         if "orig_size" in t and "input_size" in t:
             scale = float(t["orig_size"][1]) / float(t["input_size"][1])
-        for j, (x1, y1, x2, y2) in enumerate(t["boxes"].tolist()):
-            row = rows[size_bucket(max(x2 - x1, y2 - y1) * scale)]
+        for j, box in enumerate(t["boxes"].tolist()):
+            row = rows[size_bucket(box, scale)]
             row[0] += 1
             row[1] += int((i, j) in found)
     return [(n, k) for n, k in rows]
@@ -206,13 +186,10 @@ def _timings(
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Median ms per image of each model at batch 1, measured two ways in one run.
 
-    Returns ``(blocked, interleaved)``. ``blocked``: the images go in blocks of ``block``;
-    each model predicts a whole block in a row (after one warm-up image), then the next
-    model the same block: the steady state of a process that runs one model on a stream
-    of images, as ``visionlab predict`` and a deployment do (and as ``torch.utils.benchmark``
-    times a statement), with models alternating every few milliseconds so that the
-    machine's drift hits them alike. ``interleaved``: the models take turns image by image,
-    so each starts with caches the others filled; reported beside, not used for the ratio.
+    Returns ``(blocked, interleaved)``. ``blocked``: each model predicts a block of ``block``
+    images in a row (after one warm-up image), then the next model the same block: one
+    model's steady state, the models alternating so that the machine's drift hits them
+    alike. ``interleaved``: the models take turns image by image.
     """
     blocked: dict[str, list[float]] = {name: [] for name in models}
     interleaved: dict[str, list[float]] = {name: [] for name in models}
@@ -221,20 +198,11 @@ def _timings(
             chunk = images[first : first + block]
             for name, model in models.items():
                 model([chunk[0]])  # warm-up: the previous block was another model's
-                for image in chunk:
-                    start = time.perf_counter()
-                    model([image])
-                    blocked[name].append(1000 * (time.perf_counter() - start))
-        for image in images:
-            for name, model in models.items():
-                start = time.perf_counter()
-                model([image])
-                interleaved[name].append(1000 * (time.perf_counter() - start))
-    median = statistics.median
-    return (
-        {name: median(t) for name, t in blocked.items()},
-        {name: median(t) for name, t in interleaved.items()},
-    )
+                blocked[name] += [elapsed_ms(model, [image]) for image in chunk]
+        for name, times in take_turns(models, [[image] for image in images]).items():
+            interleaved[name] += times
+    medians = [{k: statistics.median(t) for k, t in d.items()} for d in (blocked, interleaved)]
+    return medians[0], medians[1]
 
 
 def _samples_picture(loaded: dict[str, Any], dataset: Any, path: Path, count: int) -> None:
@@ -258,19 +226,13 @@ def _samples_picture(loaded: dict[str, Any], dataset: Any, path: Path, count: in
             with torch.no_grad():
                 pred = model([image], extras=extras)[0]
             keep = pred["scores"] >= 0.3
+            boxes, labels, scores = (pred[k][keep] for k in ("boxes", "labels", "scores"))
             if "grid_size" in pred:
                 tile = draw_grid(image, pred["grid_size"], pred["cells"][keep],
-                                 boxes=pred["boxes"][keep], labels=pred["labels"][keep],
-                                 class_names=dataset.classes, min_size=256)  # fmt: skip
+                                 boxes=boxes, labels=labels, class_names=dataset.classes,
+                                 min_size=256)  # fmt: skip
             else:
-                tile = draw_detections(
-                    image,
-                    pred["boxes"][keep],
-                    pred["labels"][keep],
-                    pred["scores"][keep],
-                    dataset.classes,
-                    min_size=256,
-                )
+                tile = draw_detections(image, boxes, labels, scores, dataset.classes, min_size=256)
             tiles.append(tile)
             titles.append(name)
     image_grid(tiles, cols=1 + len(loaded), titles=titles).save(path)
@@ -285,8 +247,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 1 or args.repeats < 1 or args.timing_images < 1:
         raise VisionLabError("--threads, --repeats and --timing-images must be >= 1")
     torch.set_num_threads(args.threads)
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    if args.quick:  # smoke-test sizes
+        args.max_steps, args.repeats, args.timing_images = 20, 1, 5
+    configs = comma_list(args.configs, "--configs")
+    load_before = load_average()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="visionlab-bench-yolo-") as tmp:
         runs = Path(args.runs_dir) if args.runs_dir else Path(tmp)
@@ -296,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         for row in rows:
             model = load(row["run_dir"] / "checkpoints" / "best.pt")
             torch.set_num_threads(args.threads)
-            row["name"] = _name(row["config"])
+            row["name"] = Path(row["config"]).stem
             row["model"] = model.meta["model_name"]
             row["args"] = model.meta.get("model_args") or {}
             row["size"] = model.image_size
@@ -304,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
             row["params"] = sum(p.numel() for p in model.parameters())
             loaded[row["name"]] = model
         check_one_size(rows)
-        dataset = _val_set(next(iter(loaded.values())), args.quick)
+        dataset = _val_set(next(iter(loaded.values())))
         count = 5 if args.quick else len(dataset)
         for row in rows:
             metrics, preds, targets = _evaluate(loaded[row["name"]], dataset, count)
@@ -312,23 +276,19 @@ def run(args: argparse.Namespace) -> int:
             counts, found = judge_top_detections(preds, targets, len(dataset.classes))
             row["errors"] = _shares(counts)
             row["by_size"] = found_by_size(targets, found)
-        n_time = 5 if args.quick else min(args.timing_images, len(dataset))
+        n_time = min(args.timing_images, len(dataset))
         images = [dataset[i][0] for i in range(n_time)]
         for model in loaded.values():  # as deployed (and as `visionlab predict` runs them)
             fuse_conv_bn(model)
-        ms, ms_interleaved = _timings(loaded, images, 1 if args.quick else args.repeats)
+        ms, ms_interleaved = _timings(loaded, images, args.repeats)
         if args.samples:
             _samples_picture(loaded, dataset, out_dir / "yolo_samples.png", args.samples)
-    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_line(load_before, load_average())
     _by_size_picture(rows, out_dir / "yolo_by_size.png")
-    lines = _markdown(args, rows, (ms, ms_interleaved), count, n_time, (load_before, load_after))
-    (out_dir / "yolo.md").write_text("\n".join(lines), encoding="utf-8")
-    print(f"wrote {out_dir / 'yolo.md'}")
+    write_markdown(
+        out_dir, "yolo.md", _markdown(args, rows, (ms, ms_interleaved), count, n_time, load)
+    )
     return 0
-
-
-def _seconds(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.0f}"
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -355,7 +315,7 @@ def _markdown(
     times: tuple[dict[str, float], dict[str, float]],
     count: int,
     n_time: int,
-    loads: tuple[float, float],
+    load: str,
 ) -> list[str]:
     ms, ms_inter = times
     base = next((r for r in rows if r["model"] == "faster_rcnn"), None)
@@ -366,7 +326,7 @@ def _markdown(
         f"{count} scenes validation images. ms/image: batch 1, eval mode, no grad, "
         f"batch norms folded into the convolutions (every model), postprocessing (thresholds, "
         f"NMS) included, {args.threads} threads; median over {n_time} validation images x "
-        f"{1 if args.quick else args.repeats} passes. ms/image: each model predicts a block of 10 "
+        f"{args.repeats} passes. ms/image: each model predicts a block of 10 "
         "images in a row, then the next model the same block (the steady state of a process "
         "running one model, as `visionlab predict` does, with the models alternating every "
         "few milliseconds against the machine's drift; the speed-up is from these). "
@@ -385,7 +345,7 @@ def _markdown(
         )
         lines.append(
             f"| `{r['config']}` | {_describe(r)} | {r['size']} | {m['AP50']:.3f} | "
-            f"{m['AP']:.3f} | {m['AP75']:.3f} | {m['APs']:.3f} | {_seconds(r['seconds'])} | "
+            f"{m['AP']:.3f} | {m['AP75']:.3f} | {m['APs']:.3f} | {cell(r['seconds'], 0)} | "
             f"{r['steps'] if r['steps'] is not None else '-'} | {ms[r['name']]:.1f} | {speed} | "
             f"{inter} | {r['params'] / 1e6:.2f}M |"
         )
@@ -398,12 +358,8 @@ def _markdown(
         "| recipe | correct | localization | other class | background |",
         "|:--|--:|--:|--:|--:|",
     ]
-    for r in rows:
-        e = r["errors"]
-        lines.append(
-            f"| `{r['config']}` | {e['correct']:.3f} | {e['localization']:.3f} | "
-            f"{e['other']:.3f} | {e['background']:.3f} |"
-        )
+    verdicts = ("correct", "localization", "other", "background")
+    lines += [row(f"`{r['config']}`", *(f"{r['errors'][k]:.3f}" for k in verdicts)) for r in rows]
     lines += [
         "",
         "Objects found by size (longer side of the box in the stored images): the share of "
@@ -411,13 +367,10 @@ def _markdown(
         "(the `correct` column above, per object). About a quarter of the scenes objects are "
         "under 12 px, where a box 1.5 px off on each side is already below IoU 0.5.",
         "",
-        "| recipe | " + " | ".join(bucket_names()) + " |",
-        "|:--|" + "--:|" * len(SIZE_BUCKETS),
+        *size_head("recipe"),
     ]
-    for r in rows:
-        cells = " | ".join(cell(v, 3) for v in shares(r["by_size"]))
-        lines.append(f"| `{r['config']}` | {cells} |")
-    lines.append("| objects | " + " | ".join(str(n) for n, _ in rows[0]["by_size"]) + " |")
+    lines += [row(f"`{r['config']}`", *(cell(v, 3) for v in shares(r["by_size"]))) for r in rows]
+    lines.append(row("objects", *(n for n, _ in rows[0]["by_size"])))
     lines += ["", "`yolo_by_size.png`: the same shares as bars."]
     lines += ["", "`yolo_samples.png`: ground truth, then each model's detections (score >= 0.3);"
               " YOLO's tiles shade the cells the detections came from.", ""]  # fmt: skip
@@ -439,10 +392,4 @@ def _markdown(
                 + ("met" if speed >= TARGET_SPEEDUP else "**not met**")
                 + f" ({speed:.1f}x)."
             )
-    lines += [
-        "",
-        f"Load average (1 min) before / after: {loads[0]:.1f} / {loads[1]:.1f} on "
-        f"{os.cpu_count()} logical cores.",
-        "",
-    ]
-    return lines
+    return [*lines, "", load, ""]

@@ -1,6 +1,7 @@
 """The ``visionlab data check`` report: every split of a dataset read in collecting mode
 (:class:`~visionlab.data.problems.Problems` with ``strict=False``), with images, objects per
-class, empty images and every problem found.
+class, empty images, relationships per predicate (datasets with predicates) and every
+problem found.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class SplitReport:
     objects: int = 0
     empty_images: int = 0
     per_class: dict[str, int] = field(default_factory=dict)
+    relationships: int = 0
+    per_predicate: dict[str, int] = field(default_factory=dict)  # empty without predicates
     read: bool = True  # False when the split's annotations could not be read at all
 
 
@@ -89,16 +92,22 @@ def check_dataset(
 def _count(dataset: Any, report: SplitReport) -> None:
     report.images = len(dataset)
     counts: Counter[int] = Counter()
+    predicates: Counter[int] = Counter()
     for i in range(len(dataset)):
-        labels = dataset.annotations(i)["labels"].reshape(-1).tolist()
+        target = dataset.annotations(i)
+        labels = target["labels"].reshape(-1).tolist()
         counts.update(labels)
         report.objects += len(labels)
         report.empty_images += not labels
+        if "relations" in target:
+            predicates.update(target["relations"][:, 1].tolist())
     if dataset.task == "classification":
         report.objects, report.empty_images = 0, 0
         report.per_class = {name: counts[k] for k, name in enumerate(dataset.classes)}
     else:
         report.per_class = {name: counts[k + 1] for k, name in enumerate(dataset.classes)}
+    report.relationships = sum(predicates.values())
+    report.per_predicate = {name: predicates[k] for k, name in enumerate(dataset.predicates)}
 
 
 def _decode_all(dataset: Any, problems: Problems, *, progress: bool) -> None:
@@ -141,6 +150,9 @@ def format_report(report: CheckReport) -> str:
             f"{split.empty_images} empty images"
         )
         lines.append("  objects per class: " + _counts(split.per_class))
+        if split.per_predicate:
+            lines.append(f"  relationships: {split.relationships}")
+            lines.append("  relationships per predicate: " + _counts(split.per_predicate))
     for title, items in (("errors", report.errors), ("warnings", report.warnings)):
         lines.append(f"{title}: {len(items)}")
         lines += [f"  {item}" for item in items]

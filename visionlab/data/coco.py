@@ -92,13 +92,16 @@ def _split_word(stem: str) -> str | None:
 
 
 def _looks_like_coco_json(path: Path) -> bool:
-    """Not hidden, and mentions a COCO key early (a cheap sniff, no full parse)."""
+    """Not hidden, an object (Visual Genome's and VRD's name lists are arrays), and mentions
+    a COCO key early (a cheap sniff, no full parse)."""
     if path.name.startswith("."):
         return False
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
     except OSError:
+        return False
+    if not head.lstrip().startswith(b"{"):
         return False
     return b'"images"' in head or b'"categories"' in head
 
@@ -192,12 +195,12 @@ def read_split(
         where = f"relationships[{idx}]"
         try:
             image_id = int(rel["image_id"])
-            predicate = pred_to_index[int(rel["predicate_id"])]
+            predicate = int(rel["predicate_id"])  # checked with the rest by the builder
             triple = (int(rel["subject_id"]), predicate, int(rel["object_id"]), where)
         except (KeyError, TypeError, ValueError):
             problems.error(
                 ann_file,
-                "needs image_id, subject_id, predicate_id (a known predicate id) and object_id",
+                "needs integer image_id, subject_id, predicate_id and object_id",
                 field=where,
             )
             continue
@@ -211,7 +214,7 @@ def read_split(
             path=entry["path"],
             source=str(ann_file),
         )
-        record.relations = builder.relations(triples.pop(image_id, []))
+        record.relations = builder.relations(triples.pop(image_id, []), pred_to_index)
         records.append(record)
     for image_id in triples:
         problems.error(

@@ -5,8 +5,9 @@
   visionlab data check DATASET [--split S] [--no-decode]
   visionlab data show DATASET --out DIR [-n 8] [--split S] [--task T]
 
-DATASET is a COCO, VOC, YOLO or image-folder dataset (detected from its layout), a COCO
-json file (with --images DIR), a YOLO data yaml, or "scenes" (the built-in dataset).
+DATASET is a COCO, VRD, Visual Genome, VOC, YOLO or image-folder dataset (detected from its
+layout), a COCO json file (with --images DIR), a YOLO data yaml, or "scenes" (the built-in
+dataset). VRD and Visual Genome are read only (convert them to COCO to write them).
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ def convert_dataset(
     """Write the dataset at ``src`` to ``dst`` in format ``to``.
 
     Args:
-        src: a dataset in any supported detection format (COCO, VOC, YOLO).
+        src: a dataset in any supported detection format (COCO, VRD, Visual Genome, VOC,
+            YOLO).
         dst: the output folder (must not exist, or be empty; see ``overwrite``).
         to: ``"coco"``, ``"voc"`` or ``"yolo"``.
         splits: the splits to convert (default every split found; split names are kept).

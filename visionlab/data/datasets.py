@@ -1,10 +1,10 @@
 """`load_dataset`: one entry point for every supported format, and the Dataset classes.
 
-A dataset folder is recognised from its layout (:func:`detect_format`): COCO, Pascal VOC,
-YOLO or an image folder (one sub-folder per class). Annotations are parsed once, at
-construction, into :class:`ImageRecord` s (boxes already in ``(x1, y1, x2, y2)`` absolute
-pixels, labels already 1..C; the box rule is in :mod:`visionlab.data.records`); images are
-decoded lazily in ``__getitem__``.
+A dataset folder is recognised from its layout (:func:`detect_format`): COCO, VRD, Visual
+Genome, Pascal VOC, YOLO or an image folder (one sub-folder per class). Annotations are
+parsed once, at construction, into :class:`ImageRecord` s (boxes already in ``(x1, y1, x2,
+y2)`` absolute pixels, labels already 1..C; the box rule is in
+:mod:`visionlab.data.records`); images are decoded lazily in ``__getitem__``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from visionlab.errors import DataError, VisionLabError
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("coco", "voc", "yolo", "folder")
+FORMATS = ("coco", "vrd", "vg", "voc", "yolo", "folder")
 
 Target = dict[str, Any]
 
@@ -192,22 +192,26 @@ def resolve_path(path: str | os.PathLike[str]) -> Path:
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """``"coco"``, ``"voc"``, ``"yolo"`` or ``"folder"`` from the layout at ``path``.
+    """One of :data:`FORMATS` from the layout at ``path``, tried in that order.
 
     COCO: a ``.json`` file, or a folder with ``annotations/*.json``, ``*.json`` or
-    ``SPLIT/*.json``. VOC: ``Annotations/`` or ``JPEGImages/`` (also under one ``VOC20xx``
-    folder). YOLO: a ``.yaml`` file, a folder with a data yaml or a ``labels/`` folder.
-    Folder: sub-folders of images (``[SPLIT/]CLASS/*.jpg``).
+    ``SPLIT/*.json`` (json objects with ``images`` or ``categories``). VRD:
+    ``annotations_{train,test}.json`` with ``objects.json`` and ``predicates.json``. Visual
+    Genome: ``objects.json`` and ``relationships.json``. VOC: ``Annotations/`` or
+    ``JPEGImages/`` (also under one ``VOC20xx`` folder). YOLO: a ``.yaml`` file, a folder
+    with a data yaml or a ``labels/`` folder. Folder: sub-folders of images
+    (``[SPLIT/]CLASS/*.jpg``).
     """
     path = Path(path)
-    for fmt in ("coco", "voc", "yolo", "folder"):
+    for fmt in FORMATS:
         if format_module(fmt).looks_like(path):
             return fmt
     raise DataError(
         path,
-        "cannot tell the dataset format: expected COCO (annotations/*.json), Pascal VOC "
-        "(Annotations/*.xml, JPEGImages/), YOLO (data.yaml, images/ + labels/) or an image "
-        "folder (one sub-folder of images per class)",
+        "cannot tell the dataset format: expected COCO (annotations/*.json), VRD "
+        "(annotations_train.json, objects.json, predicates.json), Visual Genome (objects.json, "
+        "relationships.json), Pascal VOC (Annotations/*.xml, JPEGImages/), YOLO (data.yaml, "
+        "images/ + labels/) or an image folder (one sub-folder of images per class)",
     )
 
 
@@ -286,14 +290,15 @@ def load_dataset(
     """Open a dataset in any supported format.
 
     Args:
-        path: a dataset folder (COCO, VOC, YOLO or image folder, see :func:`detect_format`),
-            a COCO json file, a YOLO data yaml, or ``"scenes"`` (the built-in dataset).
+        path: a dataset folder (COCO, VRD, Visual Genome, VOC, YOLO or image folder, see
+            :func:`detect_format`), a COCO json file, a YOLO data yaml, or ``"scenes"`` (the
+            built-in dataset).
         split: e.g. ``"train"``, ``"val"``; ``train`` also finds ``train2017``, ``val`` finds
             ``valid``. A dataset without split files has the one split ``"all"`` (``"train"``
             then means all of it). A COCO json file is one split: ``split`` only names it.
-        task: ``"classification"``, ``"detection"``, ``"segmentation"`` or ``"instance"``.
-            Classification reads an image folder, or the ``crops/`` folder of a dataset
-            root that has one (the scenes dataset does).
+        task: one of :data:`visionlab.constants.TASKS` (``"relation"`` reads what
+            ``"detection"`` does). Classification reads an image folder, or the ``crops/``
+            folder of a dataset root that has one (the scenes dataset does).
         transforms: ``(image, target) -> (image, target)``, applied in ``__getitem__``.
         images: the images folder for a COCO json file (default: tried in order, the json's
             folder, its parent, and ``images/`` under either, see :mod:`visionlab.data.coco`).

@@ -7,13 +7,17 @@ Box rule, the same for every format: NaN/infinite coordinates and boxes with ``x
 image is clipped to it with a logged warning (up to 1 px is format rounding, clipped quietly);
 a box with zero width or height is skipped with a warning; a box entirely outside the image
 is an error.
+
+Relationship rule, the same for every reader (:meth:`ObjectsBuilder.relations`): subject and
+object must be two different objects of the image and the predicate one the dataset defines;
+anything else is an error naming the file and the relationship.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,9 +109,13 @@ class ObjectsBuilder:
         iscrowd: int = 0,
         difficult: bool = False,
         segment: Any = None,
+        path: object = None,
     ) -> bool:
-        """Add one object with ``box`` in ``(x1, y1, x2, y2)``; False when it was rejected."""
-        checked = self._check_box([float(v) for v in box], ref)
+        """Add one object with ``box`` in ``(x1, y1, x2, y2)``; False when it was rejected.
+
+        ``path`` names the file the object comes from when it is not the builder's.
+        """
+        checked = self._check_box([float(v) for v in box], ref, self.path if path is None else path)
         if checked is None:
             self.skipped[key] = not self._zero_size
             return False
@@ -121,41 +129,52 @@ class ObjectsBuilder:
         self.segments.append(segment)
         return True
 
-    def _check_box(self, box: list[float], ref: str) -> list[float] | None:
+    def _check_box(self, box: list[float], ref: str, path: object) -> list[float] | None:
         self._zero_size = False
         x1, y1, x2, y2 = box
         if not all(math.isfinite(v) for v in box):
-            self.problems.error(self.path, f"box has NaN or infinite coordinates {box}", field=ref)
+            self.problems.error(path, f"box has NaN or infinite coordinates {box}", field=ref)
             return None
         if x2 < x1 or y2 < y1:
             self.problems.error(
-                self.path, f"box has negative width or height (x1,y1,x2,y2 = {box})", field=ref
+                path, f"box has negative width or height (x1,y1,x2,y2 = {box})", field=ref
             )
             return None
         w, h = self.width, self.height
         clipped = [min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w)]
         clipped.append(min(max(y2, 0.0), h))
         if x2 == x1 or y2 == y1:
-            self.problems.warn(self.path, f"zero-size box {box} skipped", field=ref, kind="zero")
+            self.problems.warn(path, f"zero-size box {box} skipped", field=ref, kind="zero")
             self._zero_size = True
             return None
         if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
             self.problems.error(
-                self.path, f"box {box} lies entirely outside the {w}x{h} image", field=ref
+                path, f"box {box} lies entirely outside the {w}x{h} image", field=ref
             )
             return None
         overshoot = max(abs(a - b) for a, b in zip(box, clipped))
         if overshoot > _CLIP_TOLERANCE:
             self.problems.warn(
-                self.path,
+                path,
                 f"box {box} reaches {overshoot:.1f} px outside the {w}x{h} (WxH) image; clipped",
                 field=ref,
                 kind="box outside the image; clipped",
             )
         return clipped
 
-    def relations(self, triples: Sequence[tuple[Any, int, Any, str]]) -> np.ndarray:
-        """``[R, 3]`` from ``(subject key, predicate, object key, ref)`` via the object keys."""
+    def relations(
+        self, triples: Sequence[tuple[Any, Any, Any, str]], predicates: Mapping[Any, int]
+    ) -> np.ndarray:
+        """``[R, 3]`` (subject index, predicate index, object index) from the image's
+        ``(subject key, predicate key, object key, ref)`` triples.
+
+        The one place relationships are validated, for every reader. Errors, each naming the
+        file and the relationship's ``ref``: a key that names no object of the image, a
+        subject that is its own object, a predicate that ``predicates`` (the format's
+        predicate key, e.g. a COCO id or a VRD index, -> index 0..P-1) does not know. A
+        relationship whose object was left out earlier (a zero-size box) is dropped with
+        one warning per image; one whose object was refused by an error is dropped quietly.
+        """
         rows, dropped = [], []
         for subject, predicate, obj, ref in triples:
             missing = [k for k in (subject, obj) if k not in self.keys]
@@ -167,7 +186,23 @@ class ObjectsBuilder:
             if missing:  # its object was left out; say so once per image unless an error did
                 dropped += [k for k in missing if not self.skipped[k]]
                 continue
-            rows.append((self.keys[subject], int(predicate), self.keys[obj]))
+            if self.keys[subject] == self.keys[obj]:
+                self.problems.error(
+                    self.path,
+                    f"subject and object are the same object {subject!r}; a relationship "
+                    "needs two objects",
+                    field=ref,
+                )
+                continue
+            index = _lookup(predicates, predicate)
+            if index is None:
+                self.problems.error(
+                    self.path,
+                    f"unknown predicate {predicate!r} ({_describe_keys(predicates)})",
+                    field=ref,
+                )
+                continue
+            rows.append((self.keys[subject], index, self.keys[obj]))
         if dropped:
             self.problems.warn(
                 self.path,
@@ -190,6 +225,26 @@ class ObjectsBuilder:
             segments=self.segments,
             **kwargs,
         )
+
+
+def _lookup(predicates: Mapping[Any, int], key: Any) -> int | None:
+    try:
+        return predicates.get(key)
+    except TypeError:  # an unhashable value read from a file (a list, a dict)
+        return None
+
+
+def _describe_keys(keys: Mapping[Any, int]) -> str:
+    """``"known: 1..3"`` for a run of integers, else the first few keys."""
+    if not keys:
+        return "no predicates are defined"
+    found = list(keys)
+    if all(type(k) is int for k in found):
+        low, high = min(found), max(found)
+        if len(found) == high - low + 1:
+            return f"known: {low}..{high}"
+    shown = ", ".join(repr(k) for k in found[:5])
+    return f"known: {shown}" + (", ..." if len(found) > 5 else "")
 
 
 @dataclass

@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from visionlab.constants import IGNORE_INDEX, TASKS
+from visionlab.constants import BOX_TASKS, IGNORE_INDEX, TASKS
 from visionlab.errors import DataError
 from visionlab.ops.boxes import clip_boxes_to_image
 
@@ -156,7 +156,7 @@ def _wrap(image: Tensor, target: Mapping[str, Any], task: str) -> dict[str, Any]
     sample: dict[str, Any] = dict(target)
     sample["image"] = tv_tensors.Image(image)
     where = _where(target)
-    if task in ("detection", "instance") or "boxes" in target:
+    if task in BOX_TASKS or "boxes" in target:
         boxes = torch.as_tensor(target.get("boxes", torch.zeros(0, 4)), dtype=torch.float32)
         if boxes.ndim != 2 or boxes.shape[-1] != 4:
             raise DataError(where, f"boxes must be [N, 4], got {tuple(boxes.shape)}", field="boxes")
@@ -423,7 +423,7 @@ def build_transforms(
     :func:`flip_predicate_pairs`) are swapped when the image is flipped.
 
     Args:
-        task: "classification", "detection", "segmentation" or "instance".
+        task: one of :data:`visionlab.constants.TASKS`.
         train: training (random) or evaluation (deterministic) pipeline.
         size: output side length in pixels, or None to keep the input size.
 
@@ -445,7 +445,7 @@ def build_transforms(
         isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1
     ):
         raise ValueError(f"crop_size must be a positive int or None, got {crop_size!r}")
-    is_boxes = task in ("detection", "instance")
+    is_boxes = task in BOX_TASKS
 
     letterbox = keep_ratio and task == "segmentation" and size is not None
     parts = [f"size={size}", f"keep_ratio={keep_ratio}"]

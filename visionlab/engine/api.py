@@ -1,10 +1,8 @@
 """The public Python API behind ``visionlab.train / evaluate / predict / load``.
 
-``train`` turns a recipe into a run directory (``runs/<name>/``: ``config.yaml``,
-``metrics.jsonl``, ``tb/``, ``checkpoints/{last,best}.pt``, ``eval.json``, ``curves.png``);
-under ``torchrun`` it trains with DistributedDataParallel. ``load`` rebuilds a model from a
-checkpoint or an exported folder; ``evaluate`` and ``predict`` take either a path or a model
-returned by ``load``.
+``train`` turns a recipe into a run directory (``runs/<name>/``), under ``torchrun`` with
+DistributedDataParallel. ``load`` rebuilds a model from a checkpoint or an exported folder;
+``evaluate`` and ``predict`` take either a path or a model returned by ``load``.
 """
 
 from __future__ import annotations
@@ -20,13 +18,8 @@ from visionlab.config import Config, apply_overrides, from_dict, load_config
 from visionlab.constants import STACKED_TASKS
 from visionlab.engine import distributed
 from visionlab.engine.checkpoint import load_checkpoint, read_export, require_keys
-from visionlab.engine.common import (
-    TrainResult,
-    load_weights,
-    make_transform,
-    resolve_device,
-)
-from visionlab.engine.rundir import CHECKPOINT_DIR, describe_changes
+from visionlab.engine.common import TrainResult, load_weights, make_transform, resolve_device
+from visionlab.engine.rundir import CHECKPOINT_DIR
 from visionlab.errors import (
     CheckpointError,
     ConfigError,
@@ -52,7 +45,7 @@ def _resolve_config(
     return load_config(config, list(overrides))
 
 
-def _resume_state(resume: str | Path) -> tuple[Path, dict[str, Any]]:
+def _resume_state(resume: str | Path) -> dict[str, Any]:
     """``RUN/checkpoints/last.pt`` of a run to resume, loaded (weights_only)."""
     last = Path(resume) / CHECKPOINT_DIR / "last.pt"
     if not last.is_file():
@@ -63,7 +56,7 @@ def _resume_state(resume: str | Path) -> tuple[Path, dict[str, Any]]:
 
     config = state["config"]  # a run of an older version spells some settings the old way
     config["model_args"] = upgrade_model_args(state["model_name"], config.get("model_args") or {})
-    return last, state
+    return state
 
 
 # ------------------------------------------------------------------------------ train
@@ -79,10 +72,9 @@ def train(
 ) -> TrainResult:
     """Train from a recipe and return where the run lives.
 
-    A fresh run never replaces an earlier one (see :mod:`visionlab.engine.rundir`): the
-    default ``runs/NAME`` moves on to ``runs/NAME-2``; an ``out=`` holding checkpoints is
-    refused unless ``overwrite``. Ctrl-C or SIGTERM stop after the step in progress with
-    ``last.pt`` saved (``TrainResult.stop_signal`` names the signal).
+    A fresh run never replaces an earlier one (:mod:`visionlab.engine.rundir`). Ctrl-C or
+    SIGTERM stop after the step in progress with ``last.pt`` saved
+    (``TrainResult.stop_signal`` names the signal).
 
     Args:
         config: a YAML recipe path, a :class:`Config`, a dict of recipe keys, or None (all
@@ -101,7 +93,7 @@ def train(
     if resume is not None:
         if overwrite:
             raise ConfigError("--overwrite starts a new run; it cannot go with --resume")
-        _, state = _resume_state(resume)
+        state = _resume_state(resume)
     cfg = _resolve_config(config, overrides, state["config"] if state else None)
     if state is not None:
         cfg.out = str(resume)
@@ -118,7 +110,8 @@ def train(
         try:
             if state is not None and info.is_main:
                 if changes:
-                    say(f"warning: resumed with changed settings: {describe_changes(changes)}")
+                    listed = ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in changes.items())
+                    say(f"warning: resumed with changed settings: {listed}")
                 folder.record_resume(int(state.get("step", 0)), changes)
             result = run_training(cfg, info, folder=folder, resume_state=state, extra_hooks=hooks)
         except BaseException:
@@ -161,8 +154,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, fuse: bool = F
     args = dict(meta.get("model_args") or {})
     args.pop("pretrained", None)
     # checkpoints of older versions spell some settings the old way
-    args = upgrade_model_args(meta["model_name"], args)
-    meta["model_args"] = args
+    meta["model_args"] = args = upgrade_model_args(meta["model_name"], args)
     try:
         model = build_model(meta["model_name"], **args)
     except VisionLabError as err:
@@ -212,12 +204,10 @@ def evaluate(
             of record use the whole split).
 
     Returns:
-        The evaluator's metrics (classification ``top1``, ``top5``; segmentation ``mIoU``
-        ...; detection ``AP``, ``AP50`` ...; instance segmentation those box numbers and
-        the mask numbers ``mask_AP``, ``mask_AP50`` ...) as a dict.
+        The task evaluator's metrics (``top1``, ``mIoU``, ``AP``, ``mask_AP``, ...).
     """
     from visionlab.data.datasets import load_dataset
-    from visionlab.data.loader import build_loader, collate_for
+    from visionlab.engine.trainer import eval_loader
     from visionlab.engine.trainer import evaluate as run_eval
 
     dev = resolve_device(device)
@@ -240,21 +230,11 @@ def evaluate(
                 "the dataset", list(dataset.classes), "the checkpoint", model.classes
             ),
         )
-    classes, collate_fn = dataset.classes, None
-    if limit is not None:
-        if limit < 1:
-            raise ConfigError(f"limit must be a positive number of images, got {limit}")
-        collate_fn = collate_for(dataset.task)
-        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
-    loader = build_loader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        seed=0,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-    )
-    return run_eval(model, task, loader, task.evaluator(classes), device=dev, progress=progress)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be a positive number of images, got {limit}")
+    evaluator = task.evaluator(dataset.classes, getattr(dataset, "predicates", []))
+    loader = eval_loader(dataset, batch_size=batch_size, num_workers=num_workers, limit=limit or 0)
+    return run_eval(model, task, loader, evaluator, device=dev, progress=progress)
 
 
 # ---------------------------------------------------------------------------- predict
@@ -292,6 +272,7 @@ def predict(
     batch_size: int = 16,
     device: str = "auto",
     extras: Collection[str] = (),
+    graph_constraint: bool = True,
 ) -> list[dict[str, Tensor]]:
     """Predict images (files or ``Tensor[3, H, W]`` in [0, 1]) with a trained model.
 
@@ -304,6 +285,8 @@ def predict(
             family: ``proposals [P, 4]``, in the original image's pixels too) or
             ``("grid",)`` (YOLO: ``grid_size``, per-detection ``cells``). One the model does
             not make is refused (``VisionLabError``) before any image is read.
+        graph_constraint: relation models: one predicate per pair (``False``: every
+            (pair, predicate) ranked, Lu et al.'s "no graph constraint").
 
     Returns:
         One dict per image, in the original image's pixels: classification ``labels [k]``
@@ -324,16 +307,14 @@ def predict(
         chunk = images[start : start + batch_size]
         originals = [im if isinstance(im, Tensor) else load_image(im) for im in chunk]
         prepared = [transform(im, {})[0] for im in originals]
-        if model.task in STACKED_TASKS:
-            batch: Any = torch.stack(prepared)
-        else:
-            batch = prepared
+        batch = torch.stack(prepared) if model.task in STACKED_TASKS else prepared
         preds = task.predict(
             model,
             to_device(batch, dev),
             topk=topk,
             score_threshold=score_threshold,
             extras=extras,
+            graph_constraint=graph_constraint,
         )
         for pred, orig, prep in zip(preds, originals, prepared):
             pred = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in pred.items()}

@@ -7,14 +7,13 @@ the file can run code (docs/interfaces.md "Runs and checkpoints")::
      "config": dict, "step", "epoch", "optimizer", "scheduler", "scaler", "rng", "sampler",
      "best_metric"}
 
-Writes go to a temporary file in the target's folder, are flushed and fsynced, then renamed
-over the target with :func:`os.replace`, so a crash leaves either the old file or the new one,
-never half of one.
+Every write is atomic (:func:`atomic_write`): a crash leaves the old file or the new one.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
+import contextlib
 import io
 import json
 import mmap
@@ -59,16 +58,12 @@ def atomic_write(path: str | Path, write: Any) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable
+    with contextlib.suppress(OSError):  # make the rename itself durable, where one can
         dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return path
-    try:
-        os.fsync(dir_fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(dir_fd)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return path
 
 
@@ -77,8 +72,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``torch.load(weights_only=True)``.
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU with ``torch.load(weights_only=True)``.
 
     Raises:
         CheckpointError: missing or unreadable file, or a file whose pickle asks to run code
@@ -91,7 +86,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         code = [name for name in _pickled_globals(path) or [] if name not in _loadable_globals()]
         if code:  # a real pickle that names classes or functions to call
@@ -117,13 +112,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _loadable_globals() -> set[str]:
-    """The ``module.name`` globals ``torch.load(weights_only=True)`` accepts.
-
-    Tensors, storages, dtypes, ``OrderedDict`` and the like: what ``torch.save`` writes for
-    plain data. The same set ``torch.serialization.get_unsafe_globals_in_checkpoint`` compares
-    against (that function reads zip files at protocol 2 only, hence our own reader); torch
-    keeps it in a private module, and torch is pinned exactly.
-    """
+    """The ``module.name`` globals ``torch.load(weights_only=True)`` accepts (tensors,
+    storages, dtypes, ...): the set ``torch.serialization.get_unsafe_globals_in_checkpoint``
+    compares against, which reads zip files at protocol 2 only, hence our own reader."""
     from torch import _weights_only_unpickler as weights_only
 
     return {*weights_only._get_allowed_globals(), *weights_only._get_user_allowed_globals()}
@@ -139,13 +130,10 @@ _PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 
 
 def _pickled_globals(path: Path) -> list[str] | None:
-    """The ``module.name`` of every class or function the file's pickle would look up.
-
-    Reads opcodes only (:func:`pickletools.genops`); nothing is imported or called. The
-    stream is ``*/data.pkl`` of a torch zip file, else the file itself (a plain pickle, or
-    the legacy torch format: several pickles one after the other, then raw tensor bytes).
-    None when the first pickle does not parse through to its STOP (damaged or not a pickle).
-    """
+    """The ``module.name`` of every class or function the file's pickle would look up,
+    from its opcodes alone: ``*/data.pkl`` of a torch zip file, else the file itself (a
+    plain pickle, or torch's legacy format: pickles, then raw tensor bytes). None when the
+    first pickle does not parse through to its STOP (damaged or not a pickle)."""
     try:
         if not zipfile.is_zipfile(path):
             with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
@@ -227,7 +215,7 @@ def require_keys(state: dict[str, Any], path: str | Path, keys: tuple[str, ...])
 def rng_state() -> dict[str, Any]:
     """The python, numpy, torch CPU and CUDA RNG states as tensors and plain data."""
     np_state = np.random.get_state(legacy=False)
-    state: dict[str, Any] = {
+    return {
         "python": random.getstate(),
         "numpy": {
             "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
@@ -238,7 +226,6 @@ def rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

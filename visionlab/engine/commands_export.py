@@ -24,19 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def normalization(model: nn.Module) -> dict[str, Any]:
     """How inputs are normalised: models here take RGB in [0, 1] and normalise inside."""
+    out = {"input": "RGB float32 in [0, 1]", "inside_model": False, "mean": None, "std": None}
     for module in model.modules():
         mean, std = getattr(module, "mean", None), getattr(module, "std", None)
         if hasattr(mean, "flatten") and hasattr(std, "flatten"):
-            return {
-                "input": "RGB float32 in [0, 1]",
-                "inside_model": True,
-                "mean": [round(float(v), 6) for v in mean.flatten()],
-                "std": [round(float(v), 6) for v in std.flatten()],
-            }
-    return {"input": "RGB float32 in [0, 1]", "inside_model": False, "mean": None, "std": None}
+            out["inside_model"] = True
+            out["mean"] = [round(float(v), 6) for v in mean.flatten()]
+            out["std"] = [round(float(v), 6) for v in std.flatten()]
+            break
+    return out
 
 
-def export(checkpoint: str | Path, out: str | Path, fmt: str = "safetensors") -> Path:
+def export(checkpoint: str | Path, out: str | Path) -> Path:
     """Export ``checkpoint`` to ``out``; returns the weights file."""
     from visionlab.engine.api import load
     from visionlab.engine.checkpoint import export_safetensors
@@ -61,6 +60,6 @@ def export(checkpoint: str | Path, out: str | Path, fmt: str = "safetensors") ->
 
 
 def run(args: argparse.Namespace) -> int:
-    weights = export(args.checkpoint, args.out, args.format)
+    weights = export(args.checkpoint, args.out)
     print(f"exported {args.checkpoint} -> {weights} (+ {weights.parent / 'model.json'})")
     return 0

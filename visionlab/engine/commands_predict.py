@@ -10,7 +10,11 @@ the file's stem as a number when it is all digits (COCO's ``000000000139.jpg`` i
 else the file name. Instance models (Mask R-CNN) add to each detection, in both files,
 ``segmentation``: its mask as a COCO RLE (``size`` ``[H, W]`` of the image, ``counts`` a
 string), scored by ``--iou-type segm``; their drawings give each instance its own colour
-(mask filled translucent and outlined, box, class and score). Folders are searched
+(mask filled translucent and outlined, box, class and score). Relation models add
+``relations``, each ``{"subject": i, "predicate": NAME, "object": j, "score": s}`` (i, j
+index the image's ``detections``; best first, one predicate per pair unless
+``--no-graph-constraint``), and draw the numbered boxes with arrows from subject to object
+beside the scene graph (``--max-relations`` drawn). Folders are searched
 recursively for image files. Without ``--out``, a checkpoint inside a run directory
 (``RUN/checkpoints/best.pt``) writes to ``RUN/predictions/``. ``--show-proposals`` (models
 that return the extra ``"proposals"``: the R-CNN family) also writes ``NAME_proposals.png``
@@ -71,6 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--show-proposals",
         action="store_true",
         help="R-CNN family: also draw the model's region proposals beside selective search's",
+    )
+    parser.add_argument(
+        "--no-graph-constraint",
+        action="store_true",
+        help="relation models: rank every (pair, predicate), not one predicate per pair",
+    )
+    parser.add_argument(
+        "--max-relations",
+        type=_positive_int,
+        default=20,
+        help="relation models: relationships drawn per image (the JSON lists them all)",
     )
     parser.add_argument("--batch-size", type=_positive_int, default=16)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -183,7 +198,13 @@ def _unique_path(out: Path, stem: str, used: set[str], suffix: str = ".png") -> 
 
 
 def _record(
-    path: Path, image: Tensor, pred: dict[str, Tensor], model: Any, out: Path, used: set[str]
+    path: Path,
+    image: Tensor,
+    pred: dict[str, Tensor],
+    model: Any,
+    out: Path,
+    used: set[str],
+    max_relations: int = 20,
 ) -> dict[str, Any]:
     from visionlab import viz
 
@@ -206,6 +227,10 @@ def _record(
         record["semantic_png"] = mask_png.name
         record["classes_present"] = [classes[v - 1] for v in present if v - 1 < len(classes)]
         drawing = viz.draw_semantic(image, semantic, classes)
+    elif "relations" in pred:
+        record["detections"] = _detections(pred, classes)
+        record["relations"] = _relations(pred, model.predicates)
+        drawing = _relations_sheet(image, pred, model, max_relations)
     else:
         record["detections"] = _detections(pred, classes)
         drawing = viz.draw_detections(
@@ -239,6 +264,42 @@ def _record(
         sheet.save(proposals_png)
         record["proposals_drawing"] = proposals_png.name
     return record
+
+
+def _relations(pred: dict[str, Tensor], predicates: list[str]) -> list[dict[str, Any]]:
+    """One JSON entry per triplet, best first: ``subject`` and ``object`` index the image's
+    ``detections``; ``predicate`` is the name."""
+    scores = pred.get("relation_scores")
+    out = []
+    for k, (s, p, o) in enumerate(pred["relations"].reshape(-1, 3).tolist()):
+        name = predicates[p] if 0 <= p < len(predicates) else str(p)
+        score = round(float(scores[k]), 5) if scores is not None else None
+        out.append({"subject": s, "predicate": name, "object": o, "score": score})
+    return out
+
+
+def _relations_sheet(image: Tensor, pred: dict[str, Tensor], model: Any, limit: int) -> Any:
+    """The image with numbered boxes and arrows from subject to object (labelled with the
+    predicate), beside the scene graph of the same relationships."""
+    from visionlab import viz
+
+    common = {
+        "class_names": model.classes,
+        "predicate_names": model.predicates,
+        "relation_scores": pred.get("relation_scores"),
+        "max_relations": limit,
+    }
+    arrows = viz.draw_relations(
+        image,
+        pred["boxes"],
+        pred["relations"],
+        labels=pred["labels"],
+        number_boxes=True,
+        min_size=384,
+        **common,
+    )
+    graph = viz.draw_scene_graph(pred["labels"], pred["relations"], size=arrows.height, **common)
+    return viz.image_grid([arrows, graph], cols=2)
 
 
 def _proposals_sheet(image: Tensor, proposals: Tensor, model: Any) -> Any:
@@ -322,6 +383,15 @@ def _extras(args: argparse.Namespace, model: Any) -> tuple[str, ...]:
     return tuple(extras)
 
 
+def _check_graph_constraint(off: bool, name: Any, task: str) -> None:
+    """``--no-graph-constraint`` is for relation models; refused in one line elsewhere."""
+    if off and task != "relation":
+        raise VisionLabError(
+            f"--no-graph-constraint: {name} predicts no relationships (relation models do: "
+            "relation_rcnn, relation_freq)"
+        )
+
+
 def _out_dir(out: str | None, checkpoint: Path) -> Path:
     if out:
         return Path(out)
@@ -350,6 +420,7 @@ def run(args: argparse.Namespace) -> int:
     # fuse() before predicting)
     model = load(args.checkpoint, resolve_device(args.device), fuse=True)
     extras = _extras(args, model)
+    _check_graph_constraint(args.no_graph_constraint, model.meta.get("model_name"), model.task)
     records: list[dict[str, Any]] = []
     used: set[str] = set()
     for start in tqdm(
@@ -373,9 +444,10 @@ def run(args: argparse.Namespace) -> int:
             score_threshold=args.score_threshold,
             device=args.device,
             extras=extras,
+            graph_constraint=not args.no_graph_constraint,
         )
         for path, image, pred in zip(chunk, images, preds):
-            records.append(_record(path, image, pred, model, out, used))
+            records.append(_record(path, image, pred, model, out, used, args.max_relations))
     if not records:
         raise VisionLabError(_nothing_readable(skipped))
     payload = {

@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from visionlab.config import Config
-from visionlab.errors import CheckpointError, ConfigError
+from visionlab.engine.checkpoint import atomic_write
+from visionlab.engine.logging import to_plain
+from visionlab.errors import CheckpointError, ConfigError, describe_class_mismatch
 
 
 @dataclass
@@ -68,8 +70,11 @@ def make_transform(task: str, train: bool, size: int | None, augment: dict[str, 
         raise ConfigError(f"augment: {err}") from None
 
 
-def model_kwargs(cfg: Config, task: Any, classes: Sequence[str], resume: bool) -> dict[str, Any]:
-    """The builder's keyword arguments: recipe ``model_args`` + class count + transfer."""
+def model_kwargs(
+    cfg: Config, task: Any, classes: Sequence[str], resume: bool, predicates: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The builder's keyword arguments: recipe ``model_args`` + class (and predicate) count
+    + transfer."""
     from visionlab.models.registry import model_info
 
     info = model_info(cfg.model)
@@ -79,6 +84,8 @@ def model_kwargs(cfg: Config, task: Any, classes: Sequence[str], resume: bool) -
     kwargs = dict(cfg.model_args)
     if "num_classes" in info.args and "num_classes" not in kwargs:
         kwargs["num_classes"] = task.num_model_classes(classes)
+    if "num_predicates" in info.args and "num_predicates" not in kwargs:
+        kwargs["num_predicates"] = len(predicates)
     if cfg.transfer.pretrained and not resume:  # a resumed run has its weights already
         if "pretrained" not in info.args:
             raise ConfigError(
@@ -94,21 +101,21 @@ def model_kwargs(cfg: Config, task: Any, classes: Sequence[str], resume: bool) -
     return kwargs
 
 
-def plain_build_args(model: nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Builder kwargs that rebuild the architecture (never a weights source)."""
+def checkpoint_meta(
+    model: nn.Module,
+    kwargs: dict[str, Any],
+    cfg: Config,
+    classes: Sequence[str],
+    predicates: Sequence[str],
+) -> dict[str, Any]:
+    """The plain-data fields every checkpoint carries to rebuild ``model``, built from
+    ``kwargs``: its builder arguments never include a weights source."""
     args = dict(getattr(model, "build_args", None) or kwargs)
     args.pop("name", None)
     args.pop("pretrained", None)
-    return args
-
-
-def checkpoint_meta(
-    model_args: dict[str, Any], cfg: Config, classes: Sequence[str], predicates: Sequence[str]
-) -> dict[str, Any]:
-    """The plain-data fields every checkpoint carries to rebuild its model."""
     return {
         "model_name": cfg.model,
-        "model_args": model_args,
+        "model_args": args,
         "task": cfg.task,
         "classes": list(classes),
         "predicates": list(predicates),
@@ -122,8 +129,6 @@ def check_resumed(state: dict[str, Any], cfg: Config, classes: Sequence[str], pa
     is refused before, with the recipe: :func:`visionlab.engine.rundir.resume_changes`)."""
     stored = list(state.get("classes") or [])
     if stored and stored != list(classes):
-        from visionlab.errors import describe_class_mismatch
-
         mismatch = describe_class_mismatch("the checkpoint", stored, "the dataset", list(classes))
         raise CheckpointError(f"{path}: cannot resume on other classes: {mismatch}")
 
@@ -139,8 +144,5 @@ def load_weights(module: nn.Module, weights: dict[str, Any], path: Path, name: s
 
 def write_eval_json(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write ``eval.json`` (numbers, per-class dicts) atomically."""
-    from visionlab.engine.checkpoint import atomic_write
-    from visionlab.engine.logging import to_plain
-
     text = json.dumps(to_plain(payload), indent=2)
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))

@@ -33,18 +33,13 @@ class DistInfo:
         return self.world_size > 1
 
 
-def env_world_size() -> int:
-    """``WORLD_SIZE`` from the environment (1 when not launched by torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group torchrun describes, or return a single-process DistInfo.
 
     Args:
         device: the run's device setting; ``cpu`` forces Gloo even where CUDA exists.
     """
-    world_size = env_world_size()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
     rank = int(os.environ["RANK"])
@@ -99,12 +94,12 @@ def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
     return _all_reduce(values, dist.ReduceOp.MAX)
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """``obj`` from rank ``src`` on every process."""
+def broadcast_object(obj: object) -> object:
+    """``obj`` from rank 0 on every process."""
     if not get_info().enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    dist.broadcast_object_list(box, src=0)
     return box[0]
 
 

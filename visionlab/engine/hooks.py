@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from visionlab.engine import distributed
-from visionlab.engine.logging import MetricsLogger, ProgressBar
+from visionlab.engine.logging import MetricsLogger
 
 
 class HookBase:
@@ -35,8 +37,8 @@ class HookBase:
 
 
 class LoggingHook(HookBase):
-    """Progress bar every step; a ``metrics.jsonl`` / TensorBoard record every ``log_every``
-    steps with the losses averaged over the steps since the previous record.
+    """A tqdm bar over the steps (epoch, loss, lr); a ``metrics.jsonl`` / TensorBoard record
+    every ``log_every`` steps with the losses averaged over the steps since the previous one.
 
     Args:
         logger: the run's MetricsLogger (None on non-main processes: nothing is written).
@@ -48,14 +50,18 @@ class LoggingHook(HookBase):
         self.logger = logger
         self.log_every = log_every
         self.progress = progress
-        self._bar: ProgressBar | None = None
+        self._bar: tqdm | None = None
         self._sums: dict[str, float] = {}
         self._count = 0
 
     def before_train(self) -> None:
-        t = self.trainer
-        self._bar = ProgressBar(
-            t.max_steps, t.step, enabled=self.progress and distributed.is_main()
+        self._bar = tqdm(
+            total=self.trainer.max_steps,
+            initial=self.trainer.step,
+            disable=not (self.progress and distributed.is_main()),
+            unit="step",
+            dynamic_ncols=True,
+            leave=True,
         )
 
     def after_step(self) -> None:
@@ -63,9 +69,11 @@ class LoggingHook(HookBase):
         for key, value in t.last_losses.items():
             self._sums[key] = self._sums.get(key, 0.0) + value
         self._count += 1
-        total = sum(t.last_losses.values())
         if self._bar is not None:
-            self._bar.update(t.step, self._epoch(), total, t.last_lr)
+            loss = sum(t.last_losses.values())
+            shown = f"epoch {self._epoch():.2f} loss {loss:.4f} lr {t.last_lr:.3g}"
+            self._bar.set_postfix_str(shown, refresh=False)
+            self._bar.update(t.step - self._bar.n)
         if t.step % self.log_every == 0 or t.epoch_finished or t.step == t.max_steps:
             self._flush()
 
@@ -226,14 +234,9 @@ class UnfreezeHook(HookBase):
         self.after_epochs = after_epochs
         self.done = False
 
-    def _maybe(self) -> None:
+    def before_train(self) -> None:
         if not self.done and self.trainer.epoch >= self.after_epochs:
             self.unfreeze()
             self.done = True
 
-    def before_train(self) -> None:
-        self._maybe()
-
-    def after_step(self) -> None:
-        if self.trainer.epoch_finished:
-            self._maybe()
+    after_step = before_train  # the epoch count changes only at an epoch's end

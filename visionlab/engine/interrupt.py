@@ -19,16 +19,13 @@ class StopRequest:
     """A context manager that turns SIGINT / SIGTERM into a request (:attr:`signal`).
 
     Handlers are installed only in the main thread (elsewhere Python allows none) and the
-    previous ones are restored on exit.
-
-    Args:
-        immediate: raise KeyboardInterrupt at the first signal (for loops that cannot stop
-            between steps, such as R-CNN's stages: each finished stage is saved).
-        say: prints the one line that acknowledges the first signal.
+    previous ones are restored on exit. ``say`` prints the line that acknowledges the first
+    signal. Set :attr:`immediate` to raise KeyboardInterrupt at the first signal (for loops
+    that cannot stop between steps, such as R-CNN's stages: each finished stage is saved).
     """
 
-    def __init__(self, *, immediate: bool = False, say: Callable[[str], None] = print) -> None:
-        self.immediate = immediate
+    def __init__(self, *, say: Callable[[str], None] = print) -> None:
+        self.immediate = False
         self.say = say
         self.signal: str | None = None
         self._previous: dict[int, Any] = {}

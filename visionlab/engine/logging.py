@@ -1,4 +1,4 @@
-"""Where a run reports: a tqdm progress bar, ``metrics.jsonl`` and TensorBoard events.
+"""Where a run reports: ``metrics.jsonl`` and TensorBoard events.
 
 ``metrics.jsonl`` has one JSON object per line: training records every ``log_every`` steps
 (``{"type": "train", "step", "epoch", "lr", "loss", "loss_classifier": ..., "time"}``: the total and
@@ -16,8 +16,6 @@ import math
 import time
 from pathlib import Path
 from typing import Any
-
-from tqdm.auto import tqdm
 
 
 def to_plain(value: Any) -> Any:
@@ -54,12 +52,9 @@ class MetricsLogger:
         run_dir: the run directory.
         resume_step: when resuming, records after this step (written by the interrupted run
             after its last checkpoint) are dropped, so the file reads as one run.
-        tensorboard: also write TensorBoard events.
     """
 
-    def __init__(
-        self, run_dir: str | Path, *, resume_step: int | None = None, tensorboard: bool = True
-    ) -> None:
+    def __init__(self, run_dir: str | Path, *, resume_step: int | None = None) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
@@ -68,19 +63,15 @@ class MetricsLogger:
         elif self.path.exists():
             self.path.unlink()
         self._file = self.path.open("a", encoding="utf-8")
-        self._tb = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
+        self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record (a ``time`` stamp is added) and its scalars to TensorBoard."""
         record = to_plain({**record, "time": round(time.time(), 3)})
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        if self._tb is None:
-            return
         step = int(record.get("step", 0))
         for key, value in record.items():
             if key in ("step", "epoch", "time") or isinstance(value, bool):
@@ -95,27 +86,3 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-
-
-class ProgressBar:
-    """tqdm over optimizer steps showing loss and lr (tqdm adds it/s and the ETA)."""
-
-    def __init__(self, total: int, initial: int = 0, *, enabled: bool = True) -> None:
-        self._bar = tqdm(
-            total=total,
-            initial=initial,
-            disable=not enabled,
-            unit="step",
-            dynamic_ncols=True,
-            leave=True,
-        )
-
-    def update(self, step: int, epoch: float, loss: float, lr: float) -> None:
-        self._bar.set_postfix_str(f"epoch {epoch:.2f} loss {loss:.4f} lr {lr:.3g}", refresh=False)
-        self._bar.update(step - self._bar.n)
-
-    def write(self, text: str) -> None:
-        self._bar.write(text)
-
-    def close(self) -> None:
-        self._bar.close()

@@ -25,7 +25,6 @@ from visionlab.engine.common import (
     load_weights,
     make_transform,
     model_kwargs,
-    plain_build_args,
     resolve_device,
     seed_everything,
     write_eval_json,
@@ -35,11 +34,8 @@ from visionlab.engine.hooks import CheckpointHook, EvalHook, LoggingHook, Unfree
 from visionlab.engine.interrupt import StopRequest
 from visionlab.engine.logging import MetricsLogger
 from visionlab.engine.rundir import CHECKPOINT_DIR, RunFolder
-from visionlab.engine.trainer import (
-    Trainer,
-    evaluate,
-)
-from visionlab.errors import ConfigError, DataError
+from visionlab.engine.trainer import Trainer, eval_loader, evaluate
+from visionlab.errors import ConfigError, DataError, describe_class_mismatch
 from visionlab.tasks import get_task
 
 
@@ -82,8 +78,6 @@ def _datasets(cfg: Config) -> tuple[Any, Any]:
         val_tf = make_transform(cfg.task, False, cfg.image_size, {})
         val_ds = load_dataset(cfg.data, cfg.val_split, task=cfg.task, transforms=val_tf)
         if list(val_ds.classes) != list(train_ds.classes):
-            from visionlab.errors import describe_class_mismatch
-
             mismatch = describe_class_mismatch(
                 f"split {cfg.train_split!r}",
                 list(train_ds.classes),
@@ -108,11 +102,8 @@ def run_training(
     resume_state: dict[str, Any] | None = None,
     extra_hooks: Any = (),
 ) -> TrainResult:
-    """Train ``cfg`` in this process (one of ``info.world_size``); see ``api.train``.
-
-    ``folder`` is the run folder :func:`visionlab.engine.rundir.open_run_folder` chose and
-    locked; ``resume_state`` the loaded ``last.pt`` of a resumed run.
-    """
+    """Train ``cfg`` in this process (one of ``info.world_size``) into the locked ``folder``;
+    ``resume_state`` is the loaded ``last.pt`` of a resumed run. See ``api.train``."""
     started = time.perf_counter()
     from visionlab.engine.stages import run_stages
     from visionlab.models.detector import Detector
@@ -128,22 +119,22 @@ def run_training(
             f"{info.world_size} processes"
         )
     run_dir = folder.path
-    last_path = run_dir / CHECKPOINT_DIR / "last.pt"
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    last_path = ckpt_dir / "last.pt"
     say = print if info.is_main else (lambda *_: None)
     say(f"run: {run_dir}")
 
     task = get_task(cfg.task, label_smoothing=cfg.train.label_smoothing)
     train_ds, val_ds = _datasets(cfg)
     classes, predicates = list(train_ds.classes), list(getattr(train_ds, "predicates", []))
-    if resume_state is not None:
+    if resume:
         check_resumed(resume_state, cfg, classes, last_path)
-    kwargs = model_kwargs(cfg, task, classes, resume)
+    kwargs = model_kwargs(cfg, task, classes, resume, predicates)
     # Seed right before the model exists: what ran before (rendering the built-in dataset on
     # first use, say) must not change the initial weights.
     seed_everything(cfg.seed, cfg.deterministic)
     module = build_model(cfg.model, **kwargs).to(device)
-    model_args = plain_build_args(module, kwargs)
-    meta = checkpoint_meta(model_args, cfg, classes, predicates)
+    meta = checkpoint_meta(module, kwargs, cfg, classes, predicates)
     if isinstance(module, Detector) and module.stages:  # R-CNN, SPPNet: trained in stages
         return run_stages(cfg, info, module, train_ds, val_ds, meta, device, folder, resume_state)
     if isinstance(module, Detector) and info.is_main:  # e.g. Fast R-CNN's region cache
@@ -160,25 +151,22 @@ def run_training(
     trainer = Trainer.from_recipe(
         cfg, model, task, train_ds, device=device, stop=stop, world_size=info.world_size
     )
-    if resume_state is not None:
+    if resume:
         load_weights(module, resume_state["model"], last_path, cfg.model)
         trainer.load_state_dict(resume_state)
         say(f"resuming from {last_path} at step {trainer.step} (epoch {trainer.epoch})")
 
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-
-    def save(name: str) -> Path:
+    def save(name: str) -> None:
         state = {"model": module.state_dict(), **meta, **trainer.state_dict()}
-        path = save_checkpoint(ckpt_dir / f"{name}.pt", state)
+        save_checkpoint(ckpt_dir / f"{name}.pt", state)
         folder.checkpoint_saved()
-        return path
 
     logger = None
     if info.is_main:
         if not resume:  # config.yaml keeps the recipe the run started with
             save_config(cfg, run_dir / "config.yaml")
         logger = MetricsLogger(run_dir, resume_step=trainer.step if resume else None)
-    hooks, eval_hook = _hooks(cfg, trainer, val_ds, classes, save, logger, info)
+    hooks, eval_hook = _hooks(cfg, trainer, val_ds, classes, predicates, save, logger)
     for hook in (*hooks, *extra_hooks):
         trainer.register_hook(hook)
     try:
@@ -198,9 +186,8 @@ def run_training(
         checkpoints={p.stem: p for p in sorted(ckpt_dir.glob("*.pt"))},
     )
     if info.is_main:
-        seconds = time.perf_counter() - started
         primary = eval_hook.primary if eval_hook else None
-        _finish(cfg, run_dir, result, say, primary, seconds=seconds, resumed=resume)
+        _finish(cfg, result, say, primary, seconds=time.perf_counter() - started, resumed=resume)
     distributed.barrier()
     return result
 
@@ -210,25 +197,19 @@ def _hooks(
     trainer: Trainer,
     val_ds: Any,
     classes: list[str],
+    predicates: list[str],
     save: Any,
     logger: MetricsLogger | None,
-    info: DistInfo,
 ) -> tuple[list[Any], EvalHook | None]:
     """The run's hooks, in order: unfreeze, logging, evaluation, checkpoints."""
-    from visionlab.data.loader import build_loader
-
     module, task, device = trainer.module, trainer.task, trainer.device
     log_hook = LoggingHook(logger, log_every=cfg.train.log_every, progress=cfg.train.progress)
     hooks: list[Any] = []
     if cfg.transfer.unfreeze_after is not None:
 
         def unfreeze() -> None:
-            if hasattr(module, "unfreeze_backbone"):  # every model of the registry
-                module.unfreeze_backbone()
-            else:
-                for p in module.parameters():
-                    p.requires_grad_(True)
-            if info.enabled:  # DDP registers trainable parameters when it is built
+            module.unfreeze_backbone()  # declared by every model of the registry
+            if trainer.model is not module:  # DDP registers trainable parameters when built
                 trainer.model = _wrap_ddp(module, device)
             log_hook.write(f"epoch {trainer.epoch}: backbone unfrozen")
 
@@ -236,22 +217,18 @@ def _hooks(
     hooks.append(log_hook)
     eval_hook = None
     if val_ds is not None:
-        val_loader = build_loader(
-            val_ds,
-            batch_size=cfg.train.batch_size,
-            shuffle=False,
-            seed=cfg.seed,
-            num_workers=cfg.num_workers,
+        val_loader = eval_loader(
+            val_ds, batch_size=cfg.train.batch_size, seed=cfg.seed, num_workers=cfg.num_workers
         )
 
         def run_eval() -> dict[str, Any]:
-            evaluator = task.evaluator(classes)
+            evaluator = task.evaluator(classes, predicates)
             return evaluate(module, task, val_loader, evaluator, device=device, amp=cfg.train.amp)
 
         eval_hook = EvalHook(
             run_eval,
             every=cfg.train.eval_every,
-            primary=task.evaluator(classes).primary,
+            primary=task.evaluator(classes, predicates).primary,
             on_best=lambda: save("best"),
             logger=logger,
             say=log_hook.write,
@@ -263,7 +240,6 @@ def _hooks(
 
 def _finish(
     cfg: Config,
-    run_dir: Path,
     result: TrainResult,
     say: Any,
     primary: str | None,
@@ -273,6 +249,7 @@ def _finish(
 ) -> None:
     """eval.json, curves.png and the closing line. ``seconds``: wall time of this training
     call (data, model, steps and evaluations; a resumed run counts only its own part)."""
+    run_dir = result.run_dir
     if result.metrics is not None and not result.interrupted:
         write_eval_json(
             run_dir / "eval.json",

@@ -2,20 +2,14 @@
 a resumed run may change.
 
 - A fresh run never writes into a folder holding checkpoints: the default ``runs/NAME``
-  moves on to ``runs/NAME-2``, ``-3``, ... (as ultralytics does); an explicit ``out=`` is
-  refused in one line unless ``--overwrite`` is given, which moves the old run's files into
-  ``RUN/.overwritten/`` until the new run has saved its first checkpoint (restored if the new
-  run fails before that, and on the next start if it was killed before that).
-- One run per folder: ``RUN/.lock`` holds the owner's pid, host, start time and command and
-  is locked with ``flock`` while the run lives, so the lock of a killed run is stale at once
-  and is taken over with a warning; a second live run is refused with the owner named.
-- ``--resume`` compares the recipe with the one stored in ``last.pt``: a change in what is
-  trained (:data:`TRAINED_KEYS`) is refused naming the keys with old and new values; other
-  changes are applied with a warning and appended to ``RUN/resumes.jsonl``; ``config.yaml``
-  keeps the recipe the run started with.
+  moves on to ``runs/NAME-2``, ``-3``, ...; an explicit ``out=`` is refused unless
+  ``--overwrite``, which keeps the old run's files in ``RUN/.overwritten/`` until the new
+  run's first checkpoint (:class:`Aside`).
+- One run per folder: ``RUN/.lock`` (:class:`RunLock`).
+- ``--resume`` may not change what is trained (:data:`TRAINED_KEYS`); other changes are
+  recorded in ``RUN/resumes.jsonl`` (:func:`resume_changes`).
 
-Only the main process of a distributed run touches the folder; the folder it chose is
-broadcast to the others.
+Only the main process touches the folder; the others receive its choice.
 """
 
 from __future__ import annotations
@@ -31,9 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from visionlab.errors import CheckpointError, ConfigError, VisionLabError
+from visionlab.engine.logging import to_plain
+from visionlab.errors import ConfigError, VisionLabError
 
 CHECKPOINT_DIR = "checkpoints"
+CACHE_DIR = "cache"
 LOCK_NAME = ".lock"
 ASIDE_NAME = ".overwritten"
 RESUME_LOG = "resumes.jsonl"
@@ -47,7 +43,7 @@ RUN_ENTRIES = (
     RESUME_LOG,
     CHECKPOINT_DIR,
     "tb",
-    "cache",
+    CACHE_DIR,
     "predictions",
 )
 # Recipe keys that define what is trained: a resumed run may not change them.
@@ -70,6 +66,10 @@ def holds_checkpoints(folder: Path) -> bool:
 
 def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _command() -> str:
+    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
 def _write_error(path: Path, err: OSError) -> VisionLabError:
@@ -123,7 +123,7 @@ class RunLock:
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "started": _now(),
-                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "command": _command(),
             }
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8"), 0)
@@ -191,23 +191,18 @@ class Aside:
         self.run_dir = Path(run_dir)
         self.folder = self.run_dir / ASIDE_NAME
 
-    def _entries(self) -> list[Path]:
-        return _run_entries(self.run_dir)
-
-    def move(self) -> int:
-        """Move every entry of the run folder aside; returns how many."""
+    def move(self) -> None:
+        """Move every entry of the run folder aside."""
         self.folder.mkdir()
-        entries = self._entries()
-        for entry in entries:
+        for entry in _run_entries(self.run_dir):
             entry.rename(self.folder / entry.name)
-        return len(entries)
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def restore(self) -> None:
         """Put the old run back, removing what the new run wrote before its first checkpoint."""
-        _remove(self._entries())
+        _remove(_run_entries(self.run_dir))
         for entry in self.folder.iterdir():
             entry.rename(self.run_dir / entry.name)
         self.folder.rmdir()
@@ -243,12 +238,10 @@ class RunFolder:
 
     def record_resume(self, step: int, changes: dict[str, tuple[Any, Any]]) -> None:
         """Append a resume entry (step, time, command, changed keys old -> new)."""
-        from visionlab.engine.logging import to_plain
-
         entry = {
             "time": _now(),
             "step": step,
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": _command(),
             "changes": {k: {"old": old, "new": new} for k, (old, new) in changes.items()},
         }
         with (self.path / RESUME_LOG).open("a", encoding="utf-8") as f:
@@ -270,7 +263,7 @@ def _remove(entries: list[Path]) -> None:
 def _clean_temporaries(run_dir: Path) -> int:
     """Remove ``.NAME.*.tmp`` files that a killed atomic write left (we hold the lock)."""
     removed = 0
-    for folder in (run_dir, run_dir / CHECKPOINT_DIR, run_dir / "cache"):
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR, run_dir / CACHE_DIR):
         if folder.is_dir():
             for tmp in folder.glob(".*.tmp"):
                 with contextlib.suppress(OSError):
@@ -296,15 +289,12 @@ def choose_run_dir(cfg: Any, *, resume: bool, overwrite: bool) -> tuple[Path, st
             ``overwrite``.
     """
     run_dir = cfg.run_dir()
-    if resume:
-        return run_dir, None
-    if overwrite:
+    if resume or overwrite:
         return run_dir, None
     if not cfg.out:
         fresh = _fresh_default(run_dir)
-        if fresh != run_dir:
-            return fresh, f"{run_dir} holds an earlier run; this one goes to {fresh}"
-        return run_dir, None
+        note = f"{run_dir} holds an earlier run; this one goes to {fresh}"
+        return fresh, note if fresh != run_dir else None
     if holds_checkpoints(run_dir):
         raise _refusal(run_dir)
     return run_dir, None
@@ -326,15 +316,13 @@ def open_run_folder(
     """
     from visionlab.engine import distributed
 
-    decision: tuple[str, str | None] | str
+    decision: tuple[str, str | None] | str = ""
     if is_main:
         try:
             path, note = choose_run_dir(cfg, resume=resume, overwrite=overwrite)
             decision = (str(path), note)
         except VisionLabError as err:
             decision = str(err)
-    else:
-        decision = ""
     decision = distributed.broadcast_object(decision)
     if isinstance(decision, str):
         raise ConfigError(decision) if is_main else VisionLabError(decision)
@@ -373,9 +361,7 @@ def _settle(
     removed = _clean_temporaries(path)
     if removed:
         say(f"note: removed {removed} temporary file(s) a killed run left in {path}")
-    if resume:
-        if not (path / CHECKPOINT_DIR / "last.pt").is_file():
-            raise CheckpointError(f"{path}: nothing to resume (no {CHECKPOINT_DIR}/last.pt)")
+    if resume:  # api.train has read its last.pt
         return
     if holds_checkpoints(path):  # e.g. the run an unfinished --overwrite had moved aside
         if not overwrite:
@@ -409,11 +395,8 @@ def _is_trained_key(key: str) -> bool:
 
 
 def resume_changes(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The recipe keys a resumed run changes, ``{key: (old, new)}``.
-
-    Args:
-        stored: the recipe of the checkpoint (``Config.to_dict()`` as saved).
-        new: the resumed run's recipe, the same way.
+    """The keys a resumed run's recipe ``new`` changes from the checkpoint's ``stored`` (both
+    ``Config.to_dict()``), as ``{key: (old, new)}``.
 
     Raises:
         ConfigError: a change in what is trained (:data:`TRAINED_KEYS`), naming every such
@@ -422,14 +405,11 @@ def resume_changes(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tup
     old_flat, new_flat = _flatten(stored), _flatten(new)
     keys = [k for k in dict.fromkeys([*old_flat, *new_flat]) if k not in UNCOMPARED_KEYS]
     missing = object()
-    changes = {
-        k: (old_flat.get(k, missing), new_flat.get(k, missing))
-        for k in keys
-        if old_flat.get(k, missing) != new_flat.get(k, missing)
-    }
+    pairs = {k: (old_flat.get(k, missing), new_flat.get(k, missing)) for k in keys}
     changes = {
         k: (None if o is missing else o, None if n is missing else n)
-        for k, (o, n) in changes.items()
+        for k, (o, n) in pairs.items()
+        if o != n
     }
     refused = {k: v for k, v in changes.items() if _is_trained_key(k)}
     if refused:
@@ -438,7 +418,3 @@ def resume_changes(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, tup
             f"--resume cannot change what the run trains ({listed}); start a new run instead"
         )
     return changes
-
-
-def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
-    return ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in changes.items())

@@ -21,24 +21,19 @@ import torch
 from tqdm.auto import tqdm
 
 from visionlab.config import Config, save_config
-from visionlab.data.loader import build_loader
 from visionlab.engine import distributed
 from visionlab.engine.checkpoint import save_checkpoint
 from visionlab.engine.common import TrainResult, load_weights, make_transform, write_eval_json
 from visionlab.engine.hooks import CheckpointHook, LoggingHook
 from visionlab.engine.interrupt import StopRequest
 from visionlab.engine.logging import MetricsLogger
-from visionlab.engine.rundir import CHECKPOINT_DIR, RunFolder
-from visionlab.engine.trainer import Trainer, evaluate
+from visionlab.engine.rundir import CACHE_DIR, CHECKPOINT_DIR, RunFolder
+from visionlab.engine.trainer import Trainer, eval_loader, evaluate
 from visionlab.tasks import get_task
 
-__all__ = ["limited_loader", "run_stages"]
+__all__ = ["run_stages"]
 
-CACHE_DIR = "cache"
-
-
-def _say(message: str) -> None:
-    tqdm.write(message)
+_say = tqdm.write
 
 
 def _subset(n_total: int, wanted: int, seed: int) -> list[int]:
@@ -60,20 +55,14 @@ def run_stages(
     folder: RunFolder,
     resume_state: dict[str, Any] | None,
 ) -> TrainResult:
-    """Run the stages of ``model`` (see the module docstring).
+    """Run the stages of ``model`` (see the module docstring) in one process: under torchrun
+    every process leaves the process group and only the main one trains.
 
     Args:
-        cfg: the resolved recipe.
-        info: the process's distributed info. The stages run in one process: under
-            torchrun every process leaves the process group, the main process trains and
-            the others return at once.
         model: the built model (on ``device``), whose ``stages`` are not empty.
-        train_ds, val_ds: the training and validation splits (``val_ds`` None: no final
-            evaluation).
+        val_ds: the validation split (None: no final evaluation).
         meta: the checkpoint's metadata (:func:`visionlab.engine.common.checkpoint_meta`).
-        folder: the locked run folder (:func:`visionlab.engine.rundir.open_run_folder`).
-        resume_state: the loaded ``last.pt`` of a resumed run: continue after its last
-            finished stage, or in its train stage from the Trainer's state.
+        resume_state: the loaded ``last.pt`` of a resumed run.
 
     Returns:
         The :class:`TrainResult` (``step`` = number of finished stages).
@@ -153,8 +142,8 @@ def run_stages(
     eval_images = model.stage_eval_images
     metrics = None
     if finished and val_ds is not None and eval_images >= 0:
-        loader = limited_loader(val_ds, eval_images, cfg.seed)
-        evaluator = task.evaluator(list(meta["classes"]))
+        loader = eval_loader(val_ds, batch_size=8, seed=cfg.seed, limit=eval_images)
+        evaluator = task.evaluator(list(meta["classes"]), meta.get("predicates") or [])
         metrics = evaluate(model, task, loader, evaluator, device=device, progress=True)
         write_eval_json(
             run_dir / "eval.json",
@@ -188,12 +177,3 @@ def run_stages(
 def _brief(stats: dict[str, Any]) -> str:
     keys = [k for k, v in stats.items() if isinstance(v, int | float) and "/" not in k]
     return ", ".join(f"{k} {stats[k]:.4g}" for k in keys[:8])
-
-
-def limited_loader(dataset: Any, limit: int, seed: int, batch_size: int = 8) -> Any:
-    """A detection loader over the first ``limit`` images of ``dataset`` (0 = all)."""
-    from torch.utils.data import Subset
-
-    if limit and limit < len(dataset):
-        dataset = Subset(dataset, range(limit))
-    return build_loader(dataset, batch_size=batch_size, shuffle=False, seed=seed)

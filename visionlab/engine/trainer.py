@@ -7,9 +7,8 @@ every step. Steps are optimizer steps; an epoch is one pass of the loader, so wi
 ``accumulate=k`` an epoch has ``ceil(len(loader) / k)`` steps (the last one may average
 fewer batches).
 
-Also here: the optimizer (SGD / AdamW, no weight decay on norm and bias parameters, a
-backbone lr multiplier), the per-step schedule (linear warm-up, then cosine / step /
-constant) and :func:`evaluate`, one pass of a model over a loader into an evaluator.
+Also here: the optimizer, the per-step learning-rate schedule, :func:`evaluate` and its
+:func:`eval_loader`.
 """
 
 from __future__ import annotations
@@ -21,12 +20,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.lr_scheduler import LambdaLR
+from tqdm.auto import tqdm
 
-from visionlab.data.loader import set_epoch
+from visionlab.data.loader import build_loader, collate_for, set_epoch
 from visionlab.engine import distributed
 from visionlab.engine.checkpoint import rng_state, set_rng_state
-from visionlab.errors import VisionLabError
+from visionlab.errors import ConfigError, VisionLabError
 from visionlab.tasks import Task, to_device
 
 _NORM_TYPES = (
@@ -165,19 +166,16 @@ class Trainer:
 
     Args:
         model: the module to train (wrapped in DistributedDataParallel when distributed).
-        task: the task adapter (loss of a batch).
         loader: training DataLoader built by :func:`visionlab.data.loader.build_loader`.
-        optimizer, scheduler: the scheduler is stepped once per optimizer step.
-        device: where batches go.
+        scheduler: stepped once per optimizer step.
         max_steps: optimizer steps of the whole run (the schedule's length).
         accumulate: batches per optimizer step; each batch's loss is divided by their count.
         grad_clip: max global L2 norm of the gradients (None: no clipping).
         amp: "none", "bf16" or "fp16" (fp16 uses ``scaler``).
         stop_at_step: stop right after this step as if interrupted (``interrupted`` is set);
             a run resumed past it goes on to ``max_steps``.
-        stop: a :class:`visionlab.engine.interrupt.StopRequest`: once it holds a signal
-            (on any process), every process stops after the step in progress, with
-            ``interrupted`` set and ``stop_signal`` naming the signal.
+        stop: a :class:`visionlab.engine.interrupt.StopRequest`: once it holds a signal (on
+            any process), every process stops after the step in progress (``stop_signal``).
         hooks: called in order; see :class:`visionlab.engine.hooks.HookBase`.
 
     State (what a checkpoint stores): ``step`` (optimizer steps done), ``epoch`` (epochs
@@ -205,9 +203,7 @@ class Trainer:
         if len(loader) == 0:
             raise VisionLabError("the training set gives no batch (fewer samples than a batch?)")
         self.model = model
-        self.module = (
-            model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-        )
+        self.module = model.module if isinstance(model, DDP) else model
         self.task = task
         self.loader = loader
         self.optimizer = optimizer
@@ -247,19 +243,12 @@ class Trainer:
         hooks: Iterable[Any] = (),
         world_size: int = 1,
     ) -> Trainer:
-        """The Trainer of a recipe ``cfg`` (its ``train``, ``optim``, ``schedule``, ``seed``,
-        ``num_workers``): a shuffled loader over ``dataset`` with ``batch_size /
-        world_size`` samples a batch (distributed when ``world_size > 1``), the optimizer of
-        :func:`build_optimizer` over ``model`` (unwrapped from DDP for the parameter
-        groups) and the schedule of :func:`build_scheduler` over the run's steps.
+        """The Trainer of recipe ``cfg``: a shuffled loader over ``dataset`` (``batch_size /
+        world_size`` samples a batch), :func:`build_optimizer` and :func:`build_scheduler`.
 
         Raises:
             ConfigError: a recipe that gives no step.
         """
-        from visionlab.data.loader import build_loader
-        from visionlab.errors import ConfigError
-
-        module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         per_rank = cfg.train.batch_size // world_size
         loader = build_loader(
             dataset,
@@ -271,7 +260,7 @@ class Trainer:
             # full batches only (a batch of one breaks batch norm) unless the data is smaller
             drop_last=math.ceil(len(dataset) / world_size) >= per_rank,
         )
-        optimizer = build_optimizer(module, cfg.optim)
+        optimizer = build_optimizer(model.module if isinstance(model, DDP) else model, cfg.optim)
         steps_per_epoch = math.ceil(len(loader) / cfg.train.accumulate)
         max_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
         if max_steps < 1:
@@ -304,10 +293,6 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.loader) / self.accumulate)
 
-    @property
-    def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
-
     def train(self) -> None:
         """Run until ``max_steps`` (or ``stop_at_step``); hooks' ``close`` always runs."""
         try:
@@ -317,10 +302,8 @@ class Trainer:
                 self.run_step()
                 for hook in self.hooks:
                     hook.after_step()
-                if self.step == self.stop_at_step and self.step < self.max_steps:
-                    self.interrupted = True
-                    break
-                if self._stop_requested() and self.step < self.max_steps:
+                at_stop_step = self.step == self.stop_at_step and self.step < self.max_steps
+                if at_stop_step or (self._stop_requested() and self.step < self.max_steps):
                     self.interrupted = True
                     break
             for hook in self.hooks:
@@ -331,15 +314,10 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         """Whether a signal asked to stop, on this process or (distributed) on any other."""
-        local = self.stop is not None and self.stop.signal is not None
-        if distributed.get_info().enabled:
-            names = ("", "SIGINT", "SIGTERM")
-            code = names.index(self.stop.signal) if local and self.stop.signal in names else 0
-            flag = distributed.all_reduce_max(torch.tensor([float(code)]))
-            code = int(flag.item())
-            self.stop_signal = names[code] or None
-        else:
-            self.stop_signal = self.stop.signal if local else None
+        names = ("", "SIGINT", "SIGTERM")
+        signal = self.stop.signal if self.stop is not None else None
+        code = torch.tensor([float(names.index(signal) if signal in names else 0)])
+        self.stop_signal = names[int(distributed.all_reduce_max(code).item())] or None
         return self.stop_signal is not None
 
     def _next_batch(self) -> Any:
@@ -372,7 +350,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.last_lr = self.lr  # the rate this step used
+        self.last_lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step used
         if self.scheduler is not None:
             self.scheduler.step()
         self.step += 1
@@ -432,6 +410,23 @@ class Trainer:
         self._iter = None
 
 
+def eval_loader(
+    dataset: Any, *, batch_size: int, seed: int = 0, num_workers: int = 0, limit: int = 0
+) -> Any:
+    """A loader over the first ``limit`` samples of ``dataset`` (0: all), in order."""
+    collate_fn = collate_for(getattr(dataset, "task", "detection"))
+    if limit and limit < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(limit))
+    return build_loader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        seed=seed,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+    )
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -444,8 +439,6 @@ def evaluate(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run ``model`` (in eval mode) over ``loader`` and return ``evaluator.compute()``."""
-    from tqdm.auto import tqdm
-
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -453,7 +446,7 @@ def evaluate(
         for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
             images = to_device(images, device)
             with autocast(device, amp):
-                outputs = task.eval_outputs(model, images)
+                outputs = task.eval_outputs(model, images, to_device(targets, device))
             evaluator.update(to_device(outputs, "cpu"), task.eval_targets(targets))
     finally:
         model.train(was_training)

@@ -1,43 +1,24 @@
 """Convolutional backbones with one interface for classifiers, FCN and detectors.
 
-A backbone maps images to feature maps. Every backbone here takes what the rest of the
-library passes around, float images ``Tensor[B, 3, H, W]`` in ``[0, 1]`` RGB, and
-normalises them itself with the ImageNet mean and std (the statistics the torchvision
-weights were trained with), so callers never normalise.
+Every backbone takes float images ``Tensor[B, 3, H, W]`` RGB in ``[0, 1]`` and normalises
+them itself with the ImageNet mean and std, so callers never normalise. The interface
+(:class:`Backbone`):
 
-The interface (:class:`Backbone`):
+- ``forward_features(x) -> Tensor[B, out_channels, H / out_stride, W / out_stride]``.
+- ``feature_maps(x, strides=None) -> dict[str, Tensor]`` keyed ``"stride4"`` ..
+  ``"stride32"``: for stride ``s`` the deepest layer still at ``1/s`` (detectron2's C2..C5,
+  e.g. VGG16's conv5_3 at 16, as Faster R-CNN sec. 4); computation stops after the largest
+  stride asked for.
+- ``feature_channels``, ``out_channels``, ``out_stride``: known before any forward pass.
+- ``freeze_to(stride)``: the layers up to that map stop training (4 is torchvision's
+  ``trainable_backbone_layers=3``).
+- ``use_up_to(stride)``: the deepest map the model reads; the stages past it never run and
+  get ``requires_grad=False`` (for DDP), but stay in the state dict.
 
-- ``forward_features(x) -> Tensor[B, out_channels, H / out_stride, W / out_stride]``:
-  the last feature map (``forward`` is the same).
-- ``feature_maps(x, strides=None) -> dict[str, Tensor]``: intermediate maps keyed
-  ``"stride4"``, ``"stride8"``, ``"stride16"``, ``"stride32"`` (in that order). The map
-  for stride ``s`` is the *deepest* layer still at resolution ``1/s`` (the last layer
-  before the next down-sampling, as detectron2's C2..C5 and timm's ``features_only``),
-  e.g. conv5_3 of VGG16 for stride 16, as Faster R-CNN (Ren et al. 2015, sec. 4) uses it.
-  Only the requested strides are returned, and computation stops after the largest one:
-  a detector asking for ``strides=(16,)`` never runs the stride-32 stage.
-- ``feature_channels: dict[str, int]`` (same keys), ``out_channels: int``,
-  ``out_stride: int``: what a head must expect, known before any forward pass.
-- ``freeze_to(stride)``: the layers up to the stride-``stride`` map (4: the stem and the
-  stride-4 stage) stop training: no gradients, batch norms keep their statistics. This is
-  torchvision's ``trainable_backbone_layers=3`` and detectron2's ``FREEZE_AT=2`` for 4: the
-  first layers of a pretrained network are generic, and skipping their backward pass is
-  the cheapest part of a detector's step to save.
-- ``use_up_to(stride)`` / ``used_stride``: the deepest map the model reads (a detector
-  sets it from its feature strides; 32 by default). The stages past it never run, so they
-  do not train either: ``requires_grad=False`` (DistributedDataParallel registers only
-  parameters that require a gradient, and would otherwise wait for theirs; optimizers skip
-  parameters without one), whatever ``freeze_to`` says. They stay in the module and its
-  state dict, so checkpoints keep every key.
-
-Nominal strides are exact for sizes divisible by 32, except AlexNet whose 11x11 stride-4
-first convolution (no padding to size) makes its maps one or two pixels smaller.
-
-Backbones: ``tiny_cnn`` (ours, 1.37M parameters, fast on a CPU, made for 64-128 px
-inputs), and torchvision's ``alexnet``, ``vgg16``, ``resnet18``, ``resnet50``,
-``mobilenet_v3_small`` built with ``weights=None`` (nothing is ever downloaded); their
-modules keep torchvision's names, so torchvision weights load by a prefix
-(:mod:`visionlab.models.pretrained`).
+Nominal strides are exact for sizes divisible by 32, except AlexNet (its maps are a pixel or
+two smaller). Backbones: ``tiny_cnn`` (ours, fast on a CPU), and torchvision's ``alexnet``,
+``vgg16``, ``resnet18``, ``resnet50``, ``mobilenet_v3_small`` built with ``weights=None``;
+their module names are torchvision's, so its weights load (:mod:`visionlab.models.pretrained`).
 """
 
 from __future__ import annotations
@@ -104,13 +85,9 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def freeze_to(self, stride: int) -> None:
-        """Freeze every layer up to the stride-``stride`` map (0: none; 4, 8, 16 or 32).
-
-        Their parameters get ``requires_grad=False``, their batch norms stay in eval mode
-        (the pretrained statistics), and :meth:`feature_maps` runs them without autograd.
-        The other stages train again, except those past :attr:`used_stride`:
-        ``freeze_to(0)`` unfreezes everything the model uses, and only that.
-        """
+        """Freeze every layer up to the stride-``stride`` map (0: none; 4, 8, 16 or 32): no
+        gradients, batch norms in eval mode, run without autograd. The other stages train
+        again, except those past :attr:`used_stride`."""
         if stride != 0 and stride not in STRIDES:
             raise VisionLabError(
                 f"{self.arch}: frozen_stride must be 0 or one of {list(STRIDES)}, got {stride!r}"
@@ -119,14 +96,9 @@ class Backbone(nn.Module):
         self._apply_trainable()
 
     def use_up_to(self, stride: int) -> None:
-        """Declare the stride-``stride`` map the deepest one the model reads (4, 8, 16 or 32).
-
-        A detector calls it with the largest of its feature strides: the stages past it
-        never run in its forward pass, so they get ``requires_grad=False`` (DDP then leaves
-        them out instead of waiting for gradients that never come) and their batch norms
-        stay in eval mode. They remain in the module, so the state dict keeps their keys.
-        :meth:`freeze_to` keeps them off; ``use_up_to(32)`` turns them back on.
-        """
+        """Declare the stride-``stride`` map the deepest one the model reads (4, 8, 16 or 32):
+        the stages past it get ``requires_grad=False`` and eval-mode batch norms, and keep
+        their state-dict keys; ``use_up_to(32)`` turns them back on."""
         if stride not in STRIDES:
             raise VisionLabError(
                 f"{self.arch}: used_stride must be one of {list(STRIDES)}, got {stride!r}"
@@ -167,9 +139,7 @@ class Backbone(nn.Module):
 
         Args:
             x: ``Tensor[B, 3, H, W]``, float RGB in ``[0, 1]``.
-            strides: which maps to return (subset of 4, 8, 16, 32); ``None`` = all. A map
-                past :attr:`used_stride` is computed all the same, but its stages' own
-                parameters get no gradient.
+            strides: which maps to return (subset of 4, 8, 16, 32); ``None`` = all.
 
         Returns:
             ``{"strideS": Tensor[B, feature_channels["strideS"], H / S, W / S]}`` in
@@ -264,15 +234,9 @@ class ResidualBlock(nn.Module):
 
 
 class TinyCNN(Backbone):
-    """A small residual CNN that trains in minutes on a CPU (ours, no paper).
-
-    A stride-2 conv-bn-relu stem, then four stages, each a stride-2 conv-bn-relu that
-    changes the width followed by one :class:`ResidualBlock`, so the maps are at strides
-    2, 4, 8, 16, 32. With ``width=16`` the widths are 16, 32, 64, 128, 192: 1.37M
-    parameters and 22M multiply-adds on a 64x64 image (ResNet-18: 11.7M and 150M). The
-    residual blocks are worth it: on the scenes shape crops they reached 95% top-1 in 8
-    epochs where the same network without them (plain conv-bn-relu pairs, 13M
-    multiply-adds) plateaued near 94.5% in 12.
+    """A small residual CNN that trains in minutes on a CPU (ours, no paper): a stride-2
+    conv-bn-relu stem, then four stages, each a stride-2 conv-bn-relu that changes the width
+    and one :class:`ResidualBlock` (maps at strides 2, 4, 8, 16, 32).
 
     Args:
         width: channels of the stem; stages have ``width * (2, 4, 8, 12)``.
@@ -314,14 +278,10 @@ class ResNetBackbone(Backbone):
 
     Args:
         arch: ``resnet18`` | ``resnet50`` (any torchvision ResNet name works).
-        net: the torchvision ResNet to take the layers from (``None`` = a new one).
+        net: the torchvision ResNet to take the layers from.
     """
 
-    def __init__(self, arch: str, net: nn.Module | None = None) -> None:
-        if net is None:
-            import torchvision
-
-            net = torchvision.models.get_model(arch, weights=None)
+    def __init__(self, arch: str, net: nn.Module) -> None:
         layers = (net.layer1, net.layer2, net.layer3, net.layer4)
         # the last block's last conv gives the stage width (BasicBlock: conv2, Bottleneck: conv3)
         channels = [getattr(layer[-1], "conv3", layer[-1].conv2).out_channels for layer in layers]
@@ -382,10 +342,9 @@ BACKBONES: tuple[str, ...] = (
 
 
 def _unknown_backbone(arch: str) -> VisionLabError:
-    import difflib
+    from visionlab.models.registry import did_you_mean
 
-    close = difflib.get_close_matches(str(arch), BACKBONES, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(arch, BACKBONES)
     return VisionLabError(f"unknown backbone {arch!r}{hint}; known: {', '.join(BACKBONES)}")
 
 
@@ -405,15 +364,10 @@ def build_backbone(
 
     Args:
         arch: one of :func:`list_backbones`.
-        pretrained: ``None`` (random), a weights file (torchvision / timm state dict,
-            ``.safetensors``, or a visionlab classifier checkpoint of the same
-            architecture: only its ``backbone.*`` tensors are used), or ``True`` /
-            ``"hub"`` for torchvision's ImageNet file in the torch hub cache.
+        pretrained: ``None`` (random), a weights file (:mod:`visionlab.models.pretrained`;
+            of a visionlab classifier only ``backbone.*``), or ``True`` / ``"hub"``.
         width: ``tiny_cnn`` only, the stem width.
         frozen_stride: freeze the layers up to this stride's map (:meth:`Backbone.freeze_to`).
-
-    Returns:
-        The :class:`Backbone` (``feature_maps``, ``feature_channels``, ...).
     """
     if arch == "tiny_cnn":
         backbone: Backbone = TinyCNN(width=width)

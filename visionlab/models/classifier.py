@@ -1,16 +1,10 @@
 """Image classifiers: a backbone, global pooling, optional fully connected layers, a head.
 
 Registered models (task ``classification``): ``tiny_cnn``, ``alexnet``, ``vgg16``,
-``resnet18``, ``resnet50``, ``mobilenet_v3_small``. All take images
-``Tensor[B, 3, H, W]`` float RGB in ``[0, 1]`` (normalised inside) and return logits
-``Tensor[B, num_classes]``; any size that survives the backbone's down-sampling works
-(64 px and up; AlexNet and VGG pool adaptively to the 6x6 / 7x7 grid their fc6 expects).
-
-Transfer learning is "load, reset head, freeze" (timm's contract):
-``pretrained=PATH | True`` loads weights (:mod:`visionlab.models.pretrained`) and keeps a
-new head when the class count differs; ``freeze="backbone"`` trains the head only;
-``head_parameters()`` / ``backbone_parameters()`` let an optimizer give the two their own
-learning rates.
+``resnet18``, ``resnet50``, ``mobilenet_v3_small``: images ``Tensor[B, 3, H, W]`` RGB in
+``[0, 1]`` to logits ``Tensor[B, num_classes]``. Transfer learning is "load, reset head,
+freeze" (timm's): ``pretrained=PATH | True`` (:mod:`visionlab.models.pretrained`),
+``freeze="backbone"``, ``head_parameters()`` / ``backbone_parameters()``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ visionlab models --json             # name, task, summary and builder arguments
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 from typing import Any
 
@@ -34,7 +33,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from visionlab.models.registry import list_models, model_info
+    from visionlab.models.registry import did_you_mean, list_models, model_info
 
     names = list_models(args.pattern)
     if args.task is not None:
@@ -42,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
         tasks = sorted({*TASKS, *(model_info(n).task for n in list_models())})
         if args.task not in tasks:
-            close = difflib.get_close_matches(args.task, tasks, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(args.task, tasks)
             raise VisionLabError(
                 f"--task {args.task!r}: unknown task{hint}; tasks: {', '.join(tasks)}"
             )

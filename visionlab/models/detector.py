@@ -1,20 +1,11 @@
 """The one declared base of every detector (R-CNN, SPPNet, Fast and Faster R-CNN, YOLO): the
 forward contract, the extras a caller may ask for, and the optional hooks the engine calls.
 
-The forward contract is torchvision's (``models/detection/generalized_rcnn.py``):
-``model(images, targets)`` in training mode returns a dict of ``loss_*`` tensors, so the
-trainer needs no per-model code (``loss = sum(model(images, targets).values())``), and
-``model(images)`` in eval mode returns one prediction dict per image. What a model can show
-beyond its detections (its region proposals, YOLO's grid) is asked for by argument,
-``model(images, extras=("proposals",))``, never by an attribute set from outside; a model
-refuses an extra it does not make, naming the ones it does.
-
-The hooks have defaults here, so the engine calls them on any detector: ``prepare_data``
-(work on the datasets before training, e.g. Fast R-CNN's selective-search cache),
-``backbone_parameters`` / ``head_parameters`` (optimizer parameter groups), and
-``freeze_backbone`` / ``unfreeze_backbone`` (staged training, through the one freeze
-mechanism, :meth:`~visionlab.models.backbones.Backbone.freeze_to`); ``stages`` declares a
-model trained in stages (R-CNN's).
+The forward contract is torchvision's (``models/detection/generalized_rcnn.py``): a dict of
+``loss_*`` tensors in training mode, one prediction dict per image in eval mode. What a
+model can show beyond its detections (proposals, YOLO's grid) is asked for by argument,
+``model(images, extras=("proposals",))``. The hooks (``prepare_data``, parameter groups,
+``freeze_backbone`` / ``unfreeze_backbone``, ``stages``) have defaults here.
 """
 
 from __future__ import annotations
@@ -33,6 +24,8 @@ __all__ = [
     "attach_proposals",
     "check_detection_inputs",
     "check_extras",
+    "check_given",
+    "drop_unasked",
     "supported_extras",
 ]
 
@@ -42,6 +35,9 @@ EXTRA_KEYS: dict[str, tuple[str, ...]] = {
     "proposals": ("proposals",),
     # grid_size: int S; cells: Tensor[N, 2] (row, col) of the cell each detection came from
     "grid": ("grid_size", "cells"),
+    # pairs: Tensor[M, 2] (subject, object) detection indices; predicate_scores: Tensor[M, P]
+    # every pair's triplet score for each predicate (relation models)
+    "relation_pairs": ("pairs", "predicate_scores"),
 }
 
 
@@ -107,6 +103,32 @@ def check_detection_inputs(
                 raise ValueError(f"target boxes must be Tensor[N, 4], got {tuple(boxes.shape)}")
 
 
+def check_given(model: nn.Module, images: Sequence[Tensor], given: Sequence[dict]) -> None:
+    """Refuse ``given`` boxes a model cannot take, or that are not one dict per image with
+    ``boxes [N, 4]`` and optional ``labels [N]`` in 1..C."""
+    if not getattr(model, "takes_given", False):
+        raise VisionLabError(f"{model_name(model)} cannot run on given boxes")
+    if model.training:
+        raise VisionLabError(f"{model_name(model)}: given boxes are for eval; call model.eval()")
+    if len(given) != len(images):
+        raise ValueError(f"given: {len(given)} dicts for {len(images)} images")
+    for g in given:
+        boxes = g.get("boxes") if isinstance(g, dict) else None
+        if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError("given: each image needs 'boxes' Tensor[N, 4]")
+        labels = g.get("labels")
+        if labels is not None and (labels.shape != (len(boxes),) or (labels < 1).any()):
+            raise ValueError("given 'labels' must be Tensor[N] with values in 1..C")
+
+
+def drop_unasked(detections: list[dict[str, Any]], made: Collection[str], asked: Collection[str]):
+    """Remove from each prediction dict the keys of the extras in ``made`` not ``asked``."""
+    for extra in set(made) - set(asked):
+        for det in detections:
+            for key in EXTRA_KEYS[extra]:
+                det.pop(key, None)
+
+
 def attach_proposals(detections: list[dict[str, Any]], proposals: Sequence[Tensor]) -> None:
     """Add each image's ``proposals`` (``Tensor[P, 4]``) to its prediction dict, in place."""
     for det, props in zip(detections, proposals):
@@ -116,24 +138,22 @@ def attach_proposals(detections: list[dict[str, Any]], proposals: Sequence[Tenso
 class Detector(nn.Module):
     """Base of every detector: ``forward(images, targets=None, *, extras=())``.
 
-    A subclass sets ``self.backbone`` (a :class:`~visionlab.models.backbones.Backbone`)
-    and :attr:`supported_extras`, and implements :meth:`losses` and :meth:`detect`; it
-    overrides a hook only where it has something to do.
+    A subclass sets ``self.backbone`` and :attr:`supported_extras`, and implements
+    :meth:`losses` and :meth:`detect`.
 
     Attributes:
         supported_extras: the extras :meth:`forward` can add to eval outputs (keys in
-            :data:`EXTRA_KEYS`), e.g. ``{"proposals"}`` for the R-CNN family, ``{"grid"}``
-            for YOLO.
-        stages: the stages of a model trained in stages, in order (R-CNN's: proposals,
-            finetune, ...); :mod:`visionlab.engine.stages` runs them, ``train_stage`` by the
-            Trainer on ``model.train_stage_data(dataset, indices, *, cache)``, the others by
-            ``model.run_stage(name, dataset, indices, *, cache, progress) -> stats``. Empty
-            (the default): one Trainer run.
+            :data:`EXTRA_KEYS`).
+        stages: the stages of a model trained in stages, in order; :mod:`visionlab.engine.stages`
+            runs ``train_stage`` by the Trainer on ``model.train_stage_data(dataset,
+            indices, *, cache)``, the others by ``model.run_stage(name, dataset, indices, *,
+            cache, progress) -> stats``. Empty (the default): one Trainer run.
         stage_images: training images the stages use (a seeded subset; 0 = all).
         stage_eval_images: validation images scored after the stages (0 = all, -1 = none).
     """
 
     supported_extras: ClassVar[frozenset[str]] = frozenset()
+    takes_given: ClassVar[bool] = False
     stages: ClassVar[tuple[str, ...]] = ()
     train_stage: ClassVar[str] = ""
     stage_images: int = 0
@@ -145,6 +165,7 @@ class Detector(nn.Module):
         targets: list[dict[str, Tensor]] | None = None,
         *,
         extras: Collection[str] = (),
+        given: Sequence[dict[str, Tensor]] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Any]]:
         """The detector contract.
 
@@ -152,15 +173,18 @@ class Detector(nn.Module):
             images: ``[Tensor[3, H_i, W_i]]`` float RGB in ``[0, 1]``; sizes may differ.
             targets: training only, one dict per image: ``boxes [N, 4]`` xyxy pixels,
                 ``labels [N] int64`` in ``1..C`` (``N = 0``: an image without objects).
-            extras: eval only: what to add to each prediction dict, a subset of
-                :attr:`supported_extras` (see :data:`EXTRA_KEYS`); nothing is added
-                unless asked for.
+            extras: eval only: a subset of :attr:`supported_extras` to add to each
+                prediction dict.
+            given: eval only, models with :attr:`takes_given` (the two-stage skeleton): per
+                image ``boxes [N, 4]`` to use instead of the model's own detections, with
+                ``labels [N]`` (kept, scores 1) or without (classified by the model); the
+                later heads (masks, relationships) run on them. The outputs keep the given
+                order.
 
         Returns:
-            Training mode: ``{"loss_*": Tensor[]}``, summed by the trainer. Eval mode: per
-            image ``{"boxes": Tensor[N, 4] xyxy in that image's pixels, "labels":
-            Tensor[N] int64 in 1..C, "scores": Tensor[N] (decreasing)}`` plus the keys of
-            the extras asked for.
+            Training: ``{"loss_*": Tensor[]}``. Eval: per image ``{"boxes": Tensor[N, 4],
+            "labels": Tensor[N] int64 in 1..C, "scores": Tensor[N] (decreasing)}`` plus the
+            keys of the extras asked for.
 
         Raises:
             VisionLabError: an extra the model does not make, or extras in training mode.
@@ -175,6 +199,9 @@ class Detector(nn.Module):
                     "call model.eval() first"
                 )
             return self.losses(images, targets)
+        if given is not None:
+            check_given(self, images, given)
+            return self.detect_given(images, wanted, list(given))
         return self.detect(images, wanted)
 
     def losses(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -186,20 +213,28 @@ class Detector(nn.Module):
         checked against :attr:`supported_extras`)."""
         raise NotImplementedError
 
+    def detect_given(
+        self, images: list[Tensor], extras: frozenset[str], given: list[dict[str, Tensor]]
+    ) -> list[dict[str, Any]]:
+        """Eval on ``given`` boxes (see :meth:`forward`; inputs already checked)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------------ hooks
 
     def prepare_data(self, datasets: Iterable[Any], *, transform: Any = None) -> None:
-        """Work on the training and validation ``datasets`` (None entries skipped) once
-        before training, their images as ``transform`` (the evaluation transform, which the
-        engine passes; None = the datasets' own) gives them; the engine calls it on rank 0.
-        Default: nothing."""
+        """Work on the ``datasets`` (None entries skipped) once before training, their images
+        as ``transform`` gives them (None: the datasets' own); called on rank 0. Default:
+        nothing."""
 
-    def _backbone(self) -> nn.Module | None:
-        return getattr(self, "backbone", None)
+    def _freezable_backbone(self, verb: str) -> nn.Module:
+        backbone = getattr(self, "backbone", None)
+        if backbone is None or not hasattr(backbone, "freeze_to"):
+            raise VisionLabError(f"{model_name(self)} has no backbone to {verb}")
+        return backbone
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         """The backbone's parameters (a lower learning rate suits pretrained ones)."""
-        backbone = self._backbone()
+        backbone = getattr(self, "backbone", None)
         return list(backbone.parameters()) if backbone is not None else []
 
     def head_parameters(self) -> list[nn.Parameter]:
@@ -208,19 +243,11 @@ class Detector(nn.Module):
         return [p for p in self.parameters() if id(p) not in ids]
 
     def freeze_backbone(self) -> None:
-        """Train everything but the backbone (``transfer.freeze: backbone``): its layers
-        get no gradients and keep their batch-norm statistics
-        (:meth:`~visionlab.models.backbones.Backbone.freeze_to` of its last map)."""
-        backbone = self._backbone()
-        if backbone is None or not hasattr(backbone, "freeze_to"):
-            raise VisionLabError(f"{model_name(self)} has no backbone to freeze")
-        backbone.freeze_to(STRIDES[-1])
+        """Train everything but the backbone (``transfer.freeze: backbone``):
+        :meth:`~visionlab.models.backbones.Backbone.freeze_to` of its last map."""
+        self._freezable_backbone("freeze").freeze_to(STRIDES[-1])
 
     def unfreeze_backbone(self) -> None:
-        """Train the whole backbone again (``transfer.unfreeze_after``), the layers frozen
-        by ``frozen_stride`` too: ``freeze_to(0)``, which leaves the stages the model never
-        runs off."""
-        backbone = self._backbone()
-        if backbone is None or not hasattr(backbone, "freeze_to"):
-            raise VisionLabError(f"{model_name(self)} has no backbone to unfreeze")
-        backbone.freeze_to(0)
+        """Train the whole backbone again (``transfer.unfreeze_after``), the layers frozen by
+        ``frozen_stride`` too: ``freeze_to(0)``."""
+        self._freezable_backbone("unfreeze").freeze_to(0)

@@ -3,12 +3,9 @@ convolutional pass over the whole image, RoI pooling of each region on the share
 map, fully connected layers, and a softmax + box-regression multi-task loss trained end to end.
 
 The model is the two-stage skeleton (:class:`visionlab.models.two_stage.TwoStageDetector`)
-with a :class:`~visionlab.models.two_stage.SelectiveSearchProposer` ("fast" mode, cached
-on disk; section 4 uses selective search's quality mode on PASCAL, the fast mode is
-R-CNN's) and the box head :class:`visionlab.models.heads.RoIBoxPredictor` (sections
-2.1-2.3: RoI pooling 7x7, two FC layers, multi-task loss, minibatches of 2 images x 64 RoIs
-with 25% foreground at IoU >= 0.5 and background at IoU in [0.1, 0.5)). ``prepare_data``
-runs selective search over a whole dataset once, before training.
+with a :class:`~visionlab.models.two_stage.SelectiveSearchProposer` (cached on disk;
+``prepare_data`` searches a whole dataset before training) and the box head
+:class:`visionlab.models.heads.RoIBoxPredictor` (sections 2.1-2.3).
 """
 
 from __future__ import annotations
@@ -53,18 +50,16 @@ def fast_rcnn(
         backbone: a name of :func:`visionlab.models.backbones.list_backbones`.
         backbone_width: ``tiny_cnn``'s stem width.
         pretrained_backbone: a local weights file for the backbone (never downloaded).
-        frozen_stride: freeze the backbone up to this stride's map (0: nothing; 4: the stem
-            and the stride-4 stage, torchvision's ``trainable_backbone_layers=3``): no
-            gradients, batch norms fixed, a cheaper step; meant for a pretrained backbone.
+        frozen_stride: freeze the backbone up to this stride's map (0: nothing; 4:
+            torchvision's ``trainable_backbone_layers=3``; :meth:`Backbone.freeze_to`).
         feature_stride: stride of the shared map (8, 16 or 32).
         pooler: ``roi_pool`` (the paper's) or ``roi_align``.
         proposal_mode: selective search ``fast`` or ``quality``.
         max_proposals: regions kept per image.
         search_size: longer side (px) of the copy selective search runs on; 0 = as given.
         box_head: :class:`BoxHeadSettings` fields, e.g. ``{"fc_width": 256}``.
-        score_thresh, nms_thresh, detections_per_img, min_size: test time, the
-            :class:`~visionlab.models.postprocess.DetectionSettings` (the papers'
-            class-wise NMS IoU is 0.3; 0.5 is torchvision's and this default).
+        score_thresh, nms_thresh, detections_per_img, min_size: the test-time
+            :class:`~visionlab.models.postprocess.DetectionSettings`.
     """
     args = dict(locals())
     if proposal_mode not in SS_MODES:

@@ -2,24 +2,19 @@
 with Region Proposal Networks", NeurIPS 2015), optionally with a feature pyramid (Lin et al.,
 "Feature Pyramid Networks for Object Detection", CVPR 2017).
 
-The model is the two-stage skeleton (:class:`visionlab.models.two_stage.TwoStageDetector`):
-one convolutional pass gives the shared features; the region proposal network
-(:class:`visionlab.models.rpn.RPN`, sec. 3.1) is its proposer, and the Fast R-CNN box
-predictor (:class:`visionlab.models.heads.RoIBoxPredictor`) pools each proposal (RoI pooling
-or RoI align, a setting) and classifies and refines it. Training is the paper's
-"approximate joint training" (sec. 3.2): RPN and detector losses are summed and
-back-propagated in one pass, the proposals being treated as constants (no gradient through
-their coordinates). Images without objects train the RPN and the detector on negatives only.
-
-Without FPN the detector uses one backbone map (``feature_stride``, 16 as the paper's
-conv5_3 of VGG16); with FPN the maps at strides ``fpn_strides`` become a top-down pyramid,
-the RPN runs on every level (one anchor size per level) and each RoI pools from the level
-of its size.
+The model is the two-stage skeleton (:class:`visionlab.models.two_stage.TwoStageDetector`)
+with the region proposal network (:class:`visionlab.models.rpn.RPN`, sec. 3.1) as proposer
+and the Fast R-CNN box head (:class:`visionlab.models.heads.RoIBoxPredictor`), trained by
+"approximate joint training" (sec. 3.2: the losses summed, proposals treated as constants).
+Without FPN one backbone map (``feature_stride``); with FPN the maps at ``fpn_strides``
+make a pyramid, the RPN runs on every level and each RoI pools from the level of its size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from visionlab.errors import VisionLabError
 from visionlab.models.backbones import STRIDES
@@ -28,7 +23,7 @@ from visionlab.models.registry import register_model
 from visionlab.models.rpn import RPN, RPNSettings
 from visionlab.models.two_stage import TwoStageDetector, build_two_stage
 
-__all__ = ["faster_rcnn"]
+__all__ = ["faster_rcnn", "faster_rcnn_arguments"]
 
 
 def _check_strides(strides: Sequence[int], fpn: bool) -> tuple[int, ...]:
@@ -69,21 +64,11 @@ def faster_rcnn(
     """Build Faster R-CNN.
 
     Args:
-        num_classes: classes including background (filled in from the dataset by ``train``).
-        backbone: a name of :func:`visionlab.models.backbones.list_backbones`.
-        backbone_width: ``tiny_cnn``'s stem width.
-        pretrained_backbone: a local weights file for the backbone (never downloaded).
-        frozen_stride: freeze the backbone up to this stride's map (0: nothing; 4: the stem
-            and the stride-4 stage, torchvision's ``trainable_backbone_layers=3``): no
-            gradients, batch norms fixed, a cheaper step; meant for a pretrained backbone.
         feature_stride: without FPN, the stride of the shared map (8, 16 or 32).
         fpn: use a feature pyramid over ``fpn_strides`` with ``fpn_channels`` channels.
         pooler: ``roi_pool`` or ``roi_align`` (overrides ``box_head["pooler"]``).
         rpn: :class:`RPNSettings` fields, e.g. ``{"anchor_sizes": [16, 32, 64]}``.
-        box_head: :class:`BoxHeadSettings` fields, e.g. ``{"fc_width": 256}``.
-        score_thresh, nms_thresh, detections_per_img, min_size: test time, the
-            :class:`~visionlab.models.postprocess.DetectionSettings` (the papers'
-            class-wise NMS IoU is 0.3; 0.5 is torchvision's and this default).
+        The others: as for ``fast_rcnn``.
     """
     args = dict(locals())
     strides = _check_strides(fpn_strides if fpn else (feature_stride,), fpn)
@@ -101,3 +86,17 @@ def faster_rcnn(
         canonical_size=rpn_settings.anchor_sizes[(len(strides) // 2) * per_level],
         size_divisible=max(strides),
     )
+
+
+def faster_rcnn_arguments(builder: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a builder written ``(*, its own keywords, **faster_args)`` (Mask R-CNN's,
+    the relation models') Faster R-CNN's argument list followed by its own keywords: the
+    signature the registry and ``visionlab models`` read."""
+    faster = list(inspect.signature(faster_rcnn).parameters.values())
+    own = [
+        p
+        for p in inspect.signature(builder).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    builder.__signature__ = inspect.Signature([*faster, *own])  # type: ignore[attr-defined]
+    return builder

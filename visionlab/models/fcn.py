@@ -1,35 +1,16 @@
 """FCN-32s, FCN-16s and FCN-8s: fully convolutional networks for semantic segmentation.
 
 Long, Shelhamer and Darrell, "Fully Convolutional Networks for Semantic Segmentation",
-CVPR 2015. A classifier's fully connected layers become convolutions (Sec. 3.1), so the
-network keeps a coarse spatial map of class scores for an input of any size; the map is
-upsampled back to the input's resolution by learnable "deconvolution" layers initialised to
-bilinear interpolation (Sec. 3.3); and skip connections fuse finer score maps from pool4
-(FCN-16s) and pool3 (FCN-8s) to refine the coarse prediction (Sec. 4.2).
+CVPR 2015: a classifier's fully connected layers become convolutions (Sec. 3.1), the coarse
+score map is upsampled by learnable deconvolutions initialised to bilinear interpolation
+(Sec. 3.3), and skips from pool4 (FCN-16s) and pool3 (FCN-8s) refine it (Sec. 4.2).
 
-Choices, where this code differs from the reference Caffe nets, and why:
-
-- Alignment. The reference pads conv1_1 by 100 pixels and crops every fused map with
-  hand-computed offsets (5, 9, 19, 27, 31). Here the input is instead padded at the bottom
-  and right to a multiple of 32 with the normalisation mean (zero after normalisation, as
-  the reference's zero padding of a mean-subtracted image), every stage then has exactly
-  ``size / stride`` cells, fc6 is a padded ("same") convolution, and the upsampled scores
-  are cropped back to ``[:H, :W]``. No offsets are needed and the output always has exactly
-  the input's height and width.
-- Upsampling. ``upsample="deconv"`` uses ``ConvTranspose2d(kernel=2f, stride=f,
-  padding=f/2)`` initialised to bilinear interpolation and learnable, for the 2x steps
-  and the final 32x/16x/8x step alike (the reference fixes the final one to bilinear; the
-  paper found learning it gave no gain, but it does no harm on small data). Before any
-  training such a layer equals ``F.interpolate(scale_factor=f, mode="bilinear",
-  align_corners=False)`` away from the border (see :func:`bilinear_kernel`).
-  ``upsample="bilinear"`` is that fixed ``F.interpolate`` everywhere.
-- Skip layers. ``score_pool4`` / ``score_pool3`` and the class scoring layer are
-  zero-initialised as in the paper (Sec. 4.3), so FCN-16s/8s start from the stride-32
-  scores alone (as FCN-32s, only upsampled in steps).
-  The "at-once" reference nets also scale pool4 by 0.01 and pool3 by 1e-4 (their Caffe
-  VGG features are on the 0-255 scale); this is ``skip_scales``, default ``(1.0, 1.0)``
-  because our backbones see ImageNet-normalised inputs and the scale would only act as a
-  tiny learning rate on the skip layers.
+Differences from the reference Caffe nets: instead of padding conv1_1 by 100 pixels and
+cropping with hand-computed offsets, the input is padded at the bottom and right to a
+multiple of 32 with the normalisation mean and the scores cropped back to ``[:H, :W]``;
+the final upsampling is learnable too (``upsample="bilinear"`` fixes every step); the skip
+and scoring layers are zero-initialised (Sec. 4.3), and the at-once nets' pool4 / pool3
+scaling is ``skip_scales`` (default 1: our backbones see normalised inputs).
 """
 
 from __future__ import annotations
@@ -80,13 +61,9 @@ DEFAULT_HEADS = {
 
 def bilinear_kernel(channels: int, factor: int) -> Tensor:
     """Weights of a ``ConvTranspose2d(channels, channels, 2f, stride=f, padding=f // 2)``
-    that upsample each channel by ``f`` with bilinear interpolation.
-
-    Per axis the kernel is ``w(i) = 1 - |i - (f - 0.5)| / f`` (``f`` even), so output
-    pixel ``o`` reads input coordinate ``(o + 0.5) / f - 0.5``: the half-pixel convention of
-    ``F.interpolate(..., mode="bilinear", align_corners=False)``. The two agree exactly
-    except on the outer ``f // 2`` rows and columns, where the transposed convolution sees
-    zeros beyond the border and ``F.interpolate`` repeats the edge.
+    that upsample each channel by ``f`` with bilinear interpolation: per axis
+    ``w(i) = 1 - |i - (f - 0.5)| / f``, equal to ``F.interpolate(..., mode="bilinear",
+    align_corners=False)`` except on the outer ``f // 2`` rows and columns.
 
     Returns:
         Tensor[channels, channels, 2f, 2f], zero off the channel diagonal.
@@ -152,9 +129,7 @@ class FullyConvHead(nn.Module):
         self.fc6 = nn.Conv2d(in_channels, width, k, padding=k // 2)
         self.fc7 = nn.Conv2d(width, width, 1)
         self.drop = nn.Dropout2d(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.score_fr = nn.Conv2d(width, num_classes, 1)
-        nn.init.zeros_(self.score_fr.weight)  # Sec. 4.3: zero-initialised class scoring layer
-        nn.init.zeros_(self.score_fr.bias)
+        self.score_fr = _zero_conv(width, num_classes)  # Sec. 4.3: zero-initialised
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.drop(F.relu(self.fc6(x)))
@@ -163,11 +138,8 @@ class FullyConvHead(nn.Module):
 
 
 class FCNEncoder(nn.Module):
-    """A backbone's feature maps at strides 8, 16 and 32, as the FCN skips take them.
-
-    VGG16 gives the paper's pool3 / pool4 / pool5 (256, 512, 512 channels). The other
-    backbones give their ``feature_maps`` at those strides, the last layer of each stage
-    (ResNet ``layer2`` / ``layer3`` / ``layer4``), the usual FCN-on-ResNet taps.
+    """A backbone's feature maps at strides 8, 16 and 32, as the FCN skips take them: VGG16's
+    pool3 / pool4 / pool5 (the paper's), the other backbones' ``feature_maps``.
 
     ``forward(Tensor[B, 3, H, W] in [0, 1], H and W multiples of 32) -> [c8, c16, c32]``,
     ``c_s: Tensor[B, channels[s], H / s, W / s]``; the backbone normalises the input.
@@ -279,10 +251,8 @@ class FCN(nn.Module):
             images: list of ``Tensor[3, H_i, W_i]`` in [0, 1].
 
         Returns:
-            list of ``Tensor[num_classes, H_i, W_i]``. The images are padded to the largest
-            height and width with the same fill the model pads with, predicted together and
-            cropped back; the padding can shift scores near an image's bottom/right edge a
-            little compared with predicting the image alone.
+            list of ``Tensor[num_classes, H_i, W_i]`` (padding may shift scores near an
+            image's bottom/right edge a little compared with predicting it alone).
         """
         batch, sizes = batch_images(images, self.size_divisor, fill=self.encoder.pad_fill)
         logits = self(batch)
@@ -380,11 +350,9 @@ def build_fcn(
 def load_fcn_weights(model: FCN, source: str) -> list[str]:
     """Initialise ``model`` from an FCN checkpoint, or from a classifier's weights.
 
-    An FCN checkpoint (``visionlab train`` of ``fcn*s``, or a state dict with ``encoder.*``
-    keys) of the same backbone gives every tensor of the same name and shape: loading an
-    FCN-32s into an FCN-16s is the paper's staged training (Sec. 4.2), the new skip layers
-    staying at zero; score and upsampling layers of another class count stay fresh. Any
-    other file is a classifier's weights for the backbone, as ``pretrained_backbone``.
+    An FCN checkpoint of the same backbone gives every tensor of the same name and shape
+    (FCN-32s into FCN-16s is the paper's staged training, Sec. 4.2); any other file is a
+    classifier's weights for the backbone, as ``pretrained_backbone``.
 
     Returns:
         The names of the tensors that kept their initialisation.
@@ -429,28 +397,17 @@ def load_fcn_weights(model: FCN, source: str) -> list[str]:
 
 
 def linear_to_conv(weight: Tensor, in_channels: int, kernel_size: int) -> Tensor:
-    """Reshape a fully connected layer's weight into the equivalent convolution's (Sec. 3.1).
-
-    A ``Linear(in_channels * k * k, out)`` applied to a flattened ``[in_channels, k, k]``
-    map (C-order, as torchvision's VGG flattens pool5) computes the same numbers as a
-    ``Conv2d(in_channels, out, k)`` with the returned weight at each position.
-
-    Args:
-        weight: ``Tensor[out, in_channels * k * k]``, or already ``[out, in_channels, k, k]``.
-
-    Returns:
-        ``Tensor[out, in_channels, k, k]``.
-    """
+    """A ``Linear(in_channels * k * k, out)`` weight (C-order flattening, as torchvision's
+    VGG) as the equivalent ``Conv2d(in_channels, out, k)`` weight ``Tensor[out,
+    in_channels, k, k]`` (Sec. 3.1)."""
     return weight.reshape(weight.shape[0], in_channels, kernel_size, kernel_size)
 
 
 def load_vgg_fc_as_conv(head: FullyConvHead, source: str) -> bool:
     """Load a VGG16 classifier's fc6 / fc7 into ``head`` as 7x7 and 1x1 convolutions.
 
-    ``source`` is anything :func:`visionlab.models.pretrained.load_pretrained` reads
-    (torchvision or timm VGG16 weights, a visionlab ``vgg16`` classifier checkpoint).
-    Returns False, leaving fc6/fc7 as initialised (and logging why), when the file has no
-    fc layers or the head has another width.
+    ``source``: what :func:`visionlab.models.pretrained.load_pretrained` reads. Returns
+    False, leaving fc6/fc7 as initialised, when the file has none or of another width.
     """
     import logging
 

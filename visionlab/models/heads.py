@@ -1,27 +1,16 @@
 """The box predictor shared by the R-CNN family: RoI features in, class scores and per-class
-box deltas out, trained with Fast R-CNN's multi-task loss and decoded by one class-wise NMS.
+box deltas out, trained with Fast R-CNN's multi-task loss (Girshick, ICCV 2015).
 
-Fast R-CNN (Girshick, ICCV 2015) defines the parts this module holds:
+Fast R-CNN sections: 2.1 RoI pooling to a fixed grid; 2.2 / fig. 1 fully connected layers,
+a softmax over ``K + 1`` classes and ``4 K`` class-specific deltas
+(:class:`visionlab.ops.BoxCoder`); 2.3 the multi-task loss and the minibatch sampling
+(25% foreground at IoU >= 0.5, background in ``[0.1, 0.5)``); 2.4 / 3 per-class decoding
+and NMS, by :func:`visionlab.models.postprocess.postprocess_detections`.
 
-- section 2.1: RoI pooling of each region to a fixed ``H x W`` grid of the shared feature map;
-- section 2.2 / fig. 1: fully connected layers, then two sibling outputs, a softmax over
-  ``K + 1`` classes and ``4 K`` class-specific box deltas (R-CNN's parameterisation,
-  :class:`visionlab.ops.BoxCoder`);
-- section 2.3: the multi-task loss ``L = L_cls + lambda [u >= 1] L_loc`` with smooth L1
-  and ``lambda = 1``, and the minibatch sampling: 25% foreground RoIs (IoU >= 0.5 with a
-  ground-truth box), background RoIs with IoU in ``[0.1, 0.5)``.
-- section 2.4 / 3: at test time, per class, decode the class's deltas, then non-maximum
-  suppression per class.
-
-R-CNN, SPPNet, Fast and Faster R-CNN differ only in where regions and features come from;
-every detector ends in :func:`visionlab.models.postprocess.postprocess_detections`
-(threshold, clip, class-wise NMS). Fast and Faster R-CNN's second stage is
-:class:`RoIHeads`, named heads run in order on one :class:`RoIBatch`; its box head is
-:class:`RoIBoxPredictor` (pooling by :class:`RoIPooler` + :class:`BoxHead` + sampling +
-loss + :func:`decode_detections`), and the mask and relation heads plug in beside it.
-On CPU, training pools
-with :func:`visionlab.ops.roi_align_separable` (RoI Align as one matrix product per image:
-several times faster than torchvision's CPU kernel, same numbers).
+The second stage of Fast and Faster R-CNN is :class:`RoIHeads`, named heads run in order on
+one :class:`RoIBatch`; its box head is :class:`RoIBoxPredictor` (:class:`RoIPooler` +
+:class:`BoxHead` + sampling + loss + :func:`decode_detections`). On CPU, training pools with
+:func:`visionlab.ops.roi_align_separable` (same numbers, a faster backward).
 """
 
 from __future__ import annotations
@@ -67,21 +56,15 @@ class BoxHeadSettings:
     Attributes:
         pooler: ``"roi_pool"`` (Fast R-CNN's max pooling) or ``"roi_align"`` (Mask R-CNN).
         pool_size: RoI pooling grid ``pool_size x pool_size`` (7 for VGG16 in the paper).
-        fc_width: width of the two fully connected layers (4096 in the paper; 256-512 is
-            plenty for the tiny CPU backbone).
-        batch_size_per_image: RoIs sampled per image in training (the paper: R = 128 RoIs
-            from N = 2 images, i.e. 64 per image).
+        fc_width: width of the two fully connected layers (4096 in the paper).
+        batch_size_per_image: RoIs sampled per image in training (the paper: 128 / 2 images).
         positive_fraction: fraction of foreground RoIs in a sample (0.25).
         fg_iou: IoU with a ground-truth box at or above which a RoI is foreground (0.5).
-        bg_iou_low: lower IoU bound of background RoIs (0.1 in Fast R-CNN; RoIs below it are
-            not sampled; 0.0 samples every non-foreground RoI, as py-faster-rcnn's end-to-end
-            recipe does). Images without objects sample all their RoIs as background.
+        bg_iou_low: lower IoU bound of background RoIs (0.1; 0.0 samples every
+            non-foreground RoI, as py-faster-rcnn's end-to-end recipe).
         add_gt_as_proposals: add the ground-truth boxes to each image's RoIs in training.
-        box_weights: :class:`BoxCoder` weights ``(wx, wy, ww, wh)``: deltas normalised to
-            roughly unit variance (the paper's target normalisation).
+        box_weights: :class:`BoxCoder` weights ``(wx, wy, ww, wh)`` (target normalisation).
         smooth_l1_beta: the smooth L1 transition point (1.0 in the paper).
-
-    The test-time knobs are :class:`~visionlab.models.postprocess.DetectionSettings`.
     """
 
     pooler: str = "roi_align"
@@ -108,7 +91,8 @@ class BoxHeadSettings:
 def settings_from(cls: type, value: object, where: str) -> object:
     """A settings dataclass from ``value``: an instance, a dict of its fields, or None."""
     import dataclasses
-    import difflib
+
+    from visionlab.models.registry import did_you_mean
 
     if value is None:
         return cls()
@@ -119,8 +103,7 @@ def settings_from(cls: type, value: object, where: str) -> object:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in value:
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, names)
             raise VisionLabError(f"{where}: unknown setting {key!r}{hint}; known: {names}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
     return cls(**kwargs)
@@ -171,13 +154,11 @@ def sample_proposals(
     box_coder: BoxCoder,
     add_gt: bool = True,
     generator: torch.Generator | None = None,
-) -> tuple[list[Tensor], Tensor, Tensor]:
+) -> tuple[list[Tensor], Tensor, Tensor, list[Tensor]]:
     """Label proposals by IoU with the ground truth and sample a balanced minibatch.
 
-    A proposal whose best IoU is ``>= matcher.high_threshold`` is foreground (its gt's
-    class); in ``[matcher.low_threshold, high)`` background; below ``low`` ignored (Fast
-    R-CNN's hard-example heuristic), except in an image without objects, where every
-    proposal is background.
+    Best IoU ``>= matcher.high_threshold``: foreground (its gt's class); in ``[low, high)``:
+    background; below: ignored, except in an image without objects (all background).
 
     Args:
         proposals: per image ``Tensor[P_i, 4]`` xyxy.
@@ -189,10 +170,9 @@ def sample_proposals(
         generator: makes the draw reproducible.
 
     Returns:
-        ``(sampled_proposals [Tensor[S_i, 4]] per image, labels Tensor[S] int64 (0 =
-        background), regression_targets Tensor[S, 4], matched_gt [Tensor[S_i]] per image)``
-        with ``S = sum S_i``; ``matched_gt`` indexes each sampled proposal's ground truth in
-        its image (meaningful where the label is foreground).
+        ``(sampled_proposals [Tensor[S_i, 4]], labels Tensor[S] int64 (0 = background),
+        regression_targets Tensor[S, 4], matched_gt [Tensor[S_i]])``, ``S = sum S_i``;
+        ``matched_gt`` indexes each proposal's ground truth in its image.
     """
     labels_per_image, matched_per_image, index_per_image, props = [], [], [], []
     for boxes, target in zip(proposals, targets):
@@ -201,9 +181,10 @@ def sample_proposals(
             boxes = torch.cat([boxes, gt_boxes])
         props.append(boxes)
         if gt_boxes.numel() == 0:
-            labels_per_image.append(torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device))
+            zeros = torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device)
+            labels_per_image.append(zeros)
             matched_per_image.append(boxes)  # no regression target is used
-            index_per_image.append(torch.zeros(len(boxes), dtype=torch.int64, device=boxes.device))
+            index_per_image.append(zeros)
             continue
         matches = matcher(box_iou(gt_boxes, boxes))  # [P]
         labels = target["labels"].to(boxes.device)[matches.clamp(min=0)]
@@ -275,27 +256,20 @@ def decode_detections(
     box_coder: BoxCoder,
     settings: DetectionSettings,
 ) -> list[dict[str, Tensor]]:
-    """Turn per-RoI class logits and per-class deltas into detections (Fast R-CNN sec. 3).
-
-    Per image: softmax scores; the foreground columns go to
-    :func:`~visionlab.models.postprocess.postprocess_detections`, which decodes the deltas
-    of the (RoI, class) pairs past ``settings.score_thresh`` only
-    (:meth:`BoxCoder.decode` against the RoI), clips, drops small boxes, runs the class-wise
-    NMS and keeps the best ``settings.detections_per_img``.
+    """Per-RoI class logits and per-class deltas to detections (Fast R-CNN sec. 3): softmax,
+    then :func:`~visionlab.models.postprocess.postprocess_detections`, which decodes only
+    the (RoI, class) pairs past ``settings.score_thresh``.
 
     Args:
-        class_logits: ``Tensor[R, K+1]`` logits (softmax is applied here) for the RoIs of
-            all images, in image order; column 0 is the background.
+        class_logits: ``Tensor[R, K+1]`` of all images' RoIs, in order; column 0 background.
         box_deltas: ``Tensor[R, 4(K+1)]`` per-class deltas, or ``Tensor[R, 4]`` class-agnostic
             deltas (zeros: the RoIs themselves are the boxes).
         proposals: per image ``Tensor[R_i, 4]`` xyxy RoIs (``sum R_i = R``).
         image_sizes: per image ``(H, W)`` to clip to.
-        box_coder: the coder the deltas were trained with.
-        settings: :class:`~visionlab.models.postprocess.DetectionSettings`.
+        box_coder, settings: the deltas' coder, the post-processor's settings.
 
     Returns:
-        Per image ``{"boxes": Tensor[N, 4] xyxy, "labels": Tensor[N] int64 in 1..K,
-        "scores": Tensor[N]}``, by decreasing score.
+        Per image ``{"boxes": Tensor[N, 4], "labels": Tensor[N] 1..K, "scores": Tensor[N]}``.
     """
     counts = [len(p) for p in proposals]
     scores_all = F.softmax(class_logits.float(), dim=-1)
@@ -389,9 +363,8 @@ class RoIBatch:
         image_sizes: per image ``(H_i, W_i)``.
         pooler: the :class:`RoIPooler` of ``features``.
         targets: training only, per image ``boxes`` / ``labels`` (and what a head needs).
-        shared: what one head leaves for the heads after it, e.g. the box head's sampled
-            RoIs, their labels and matched ground truth in training (``"rois"``,
-            ``"labels"``, ``"matched_gt"``).
+        shared: what one head leaves for the heads after it (the box head's ``"rois"``,
+            ``"labels"``, ``"matched_gt"`` in training).
     """
 
     features: list[Tensor]
@@ -400,6 +373,7 @@ class RoIBatch:
     pooler: RoIPooler
     targets: list[dict[str, Tensor]] | None = None
     shared: dict[str, object] = field(default_factory=dict)
+    given: list[dict[str, Tensor]] | None = None
 
     def pool(self, rois: Sequence[Tensor], output_size: int, kind: str = "roi_align") -> Tensor:
         """``Tensor[R, C, P, P]`` features of per-image ``rois`` (:class:`RoIPooler`)."""
@@ -410,10 +384,9 @@ class RoIHeads(nn.ModuleDict):
     """The second stage of a two-stage detector: named heads run in order on one
     :class:`RoIBatch`, the box head first.
 
-    Each head is called ``head(batch, detections) -> (detections, losses)``: in training it
-    returns ``([], {"loss_*": ...})``; in eval the box head makes the per-image detection
-    dicts and a later head adds its keys to them (a mask head its ``masks``). Adding a head is
-    one more entry here; the skeleton and the engine do not change.
+    Each head is called ``head(batch, detections) -> (detections, losses)``: ``([],
+    {"loss_*": ...})`` in training; in eval the box head makes the per-image detection dicts
+    and a later head adds its keys to them (a mask head its ``masks``).
     """
 
     def forward(self, batch: RoIBatch) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
@@ -429,10 +402,8 @@ class RoIHeads(nn.ModuleDict):
 
 class RoIBoxPredictor(nn.Module):
     """The box head of :class:`RoIHeads`: RoI pooling + :class:`BoxHead` + sampling + loss +
-    decoding, the detector half of Fast and Faster R-CNN.
-
-    In training it leaves its sampled RoIs, their labels and matched ground-truth indices in
-    ``batch.shared`` (``"rois"``, ``"labels"``, ``"matched_gt"``) for the heads after it.
+    decoding; in training it leaves ``"rois"``, ``"labels"``, ``"matched_gt"`` in
+    ``batch.shared`` for the heads after it.
 
     Args:
         in_channels: channels of the feature maps.
@@ -488,6 +459,8 @@ class RoIBoxPredictor(nn.Module):
                 logits, deltas, labels, regression_targets, smooth_l1_beta=s.smooth_l1_beta
             )
             return [], losses
+        if batch.given is not None:
+            return self.given_detections(batch), {}
         logits, deltas = self.head(batch.pool(batch.proposals, s.pool_size, s.pooler))
         detections = decode_detections(
             logits,
@@ -498,3 +471,27 @@ class RoIBoxPredictor(nn.Module):
             settings=self.detection_settings,
         )
         return detections, {}
+
+    def given_detections(self, batch: RoIBatch) -> list[dict[str, Tensor]]:
+        """Detections on ``batch.given`` boxes, in their order: given ``labels`` are kept
+        (scores 1); without, each box gets its best foreground class and that class's
+        probability (no box regression, no NMS: scene-graph classification)."""
+        out = []
+        unlabelled = [g["boxes"].float() for g in batch.given if g.get("labels") is None]
+        probs = iter([])
+        if unlabelled and sum(len(b) for b in unlabelled):
+            s = self.settings
+            logits, _ = self.head(batch.pool(unlabelled, s.pool_size, s.pooler))
+            fg = logits.float().softmax(dim=1)[:, 1:]
+            probs = iter(fg.split([len(b) for b in unlabelled]))
+        elif unlabelled:
+            probs = iter(b.new_zeros((0, self.num_classes - 1)) for b in unlabelled)
+        for g in batch.given:
+            boxes = g["boxes"].float()
+            if g.get("labels") is not None:
+                labels, scores = g["labels"].long(), boxes.new_ones(len(boxes))
+            else:
+                scores, best = next(probs).max(dim=1)
+                labels = best + 1
+            out.append({"boxes": boxes, "labels": labels, "scores": scores})
+        return out

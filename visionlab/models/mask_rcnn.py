@@ -24,8 +24,6 @@ Tensor[G, H, W]`` (bool or 0/1) with the boxes.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionlab.errors import VisionLabError
-from visionlab.models.faster_rcnn import faster_rcnn
+from visionlab.models.faster_rcnn import faster_rcnn, faster_rcnn_arguments
 from visionlab.models.heads import POOLERS, RoIBatch, settings_from
 from visionlab.models.registry import register_model
 from visionlab.models.two_stage import TwoStageDetector
@@ -220,21 +218,12 @@ class MaskHead(nn.Module):
         return F.binary_cross_entropy_with_logits(logits.float(), torch.cat(targets))
 
 
-def _faster_rcnn_arguments(builder: Callable[..., Any]) -> Callable[..., Any]:
-    """Give ``builder`` (``**faster_args`` + ``mask_head``) Faster R-CNN's argument list,
-    which the registry and ``visionlab models`` read."""
-    faster = inspect.signature(faster_rcnn).parameters.values()
-    mask = inspect.Parameter("mask_head", inspect.Parameter.KEYWORD_ONLY, default=None)
-    builder.__signature__ = inspect.Signature([*faster, mask])
-    return builder
-
-
 @register_model(
     "mask_rcnn",
     task="instance",
     summary="Mask R-CNN: Faster R-CNN + a RoI-align mask head, per-class masks (He et al. 2017)",
 )
-@_faster_rcnn_arguments
+@faster_rcnn_arguments
 def mask_rcnn(*, mask_head: dict | None = None, **faster_args: Any) -> TwoStageDetector:
     """Build Mask R-CNN: :func:`~visionlab.models.faster_rcnn.faster_rcnn` with its
     arguments (backbone, ``pretrained_backbone``, FPN, RPN, box head, test-time knobs), and

@@ -1,17 +1,7 @@
-"""The one detection post-processor of every detector (R-CNN, SPPNet, Fast and Faster R-CNN,
-YOLO): per-class scores and decoded boxes in, score threshold, clipping, small-box removal,
-class-wise NMS and the best ``detections_per_img`` out; its settings type; and the mapping of
-the knobs' old spellings found in checkpoints written before it.
-
-Each detector ends the way R-CNN (sec. 2.2), Fast R-CNN (sec. 3) and YOLO (sec. 2.3) end:
-greedy non-maximum suppression per class over the boxes that score high enough. The knobs
-are spelled as torchvision's detectors spell them (``score_thresh``, ``nms_thresh``,
-``detections_per_img``, ``min_size``, ``topk_candidates``); each detector builder takes the
-first four as model arguments, with its own defaults.
-
-The module lives in ``models/`` rather than ``ops/`` because besides the tensor function it
-holds the settings type, the model-argument checks and the checkpoint upgrade, which know the
-detectors' argument names.
+"""The one detection post-processor of every detector (R-CNN sec. 2.2, Fast R-CNN sec. 3,
+YOLO sec. 2.3): score threshold, clipping, small-box removal, class-wise NMS, the best
+``detections_per_img``; its settings type, with torchvision's spellings of the knobs; and the
+upgrade of old checkpoints' model arguments (hence ``models/``, not ``ops/``).
 """
 
 from __future__ import annotations
@@ -109,12 +99,10 @@ def postprocess_detections(
 ) -> dict[str, Tensor]:
     """Per-class scores and boxes of one image -> its detections.
 
-    The steps: candidates = the (row, class) pairs with ``score >= settings.score_thresh``
-    (at most ``topk_candidates`` best of them when that is > 0); their boxes, clipped to
-    the image; those with a side below ``min_size`` dropped; class-wise NMS
-    (:func:`visionlab.ops.batched_nms`); the best ``detections_per_img``. Only the
-    candidates' boxes are gathered, or decoded when ``boxes`` is a decoder (YOLO decodes
-    the few boxes past the threshold, not the whole grid).
+    Candidates are the (row, class) pairs with ``score >= score_thresh`` (the best
+    ``topk_candidates`` when > 0); only their boxes are gathered, or decoded when ``boxes``
+    is a decoder; then clip, drop sides below ``min_size``, class-wise NMS, keep the best
+    ``detections_per_img``.
 
     Args:
         scores: ``Tensor[N, K]`` scores of the foreground classes (class ``k`` in column
@@ -201,15 +189,10 @@ def upgrade_model_args(model_name: str, args: Mapping[str, Any]) -> dict[str, An
     """The model arguments of a checkpoint written before the one post-processor, as the
     builder of ``model_name`` takes them now; other arguments pass unchanged.
 
-    R-CNN and SPPNet kept ``score_threshold``, ``nms_threshold`` and
-    ``detections_per_image`` in ``test``, Fast and Faster R-CNN in ``box_head``: they become
-    the model arguments ``score_thresh``, ``nms_thresh`` and ``detections_per_img`` (see
-    :data:`RENAMED_KNOBS`). Old spellings at the top level are renamed too, and Faster
-    R-CNN's ``rpn.nms_threshold`` becomes ``rpn.nms_thresh``; arguments a builder renamed
-    (its ``renamed_args``, e.g. ``width`` -> ``backbone_width``) take their new names. Current
-    arguments come back equal; ``args`` is not modified. Call it on a stored ``model_args``
-    before ``build_model(model_name, **args)``; recipes are not upgraded (the builders
-    refuse the old spellings with the new names).
+    The knobs R-CNN / SPPNet kept in ``test`` and Fast / Faster R-CNN in ``box_head``, and
+    old spellings at the top level, become the model arguments of :data:`RENAMED_KNOBS`;
+    ``rpn.nms_threshold`` becomes ``rpn.nms_thresh``; a builder's ``renamed_args`` take
+    their new names. Current arguments come back equal; ``args`` is not modified.
     """
     from visionlab.models.registry import is_registered, renamed_args
 

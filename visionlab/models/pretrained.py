@@ -1,22 +1,12 @@
 """Load pretrained weights from local files into classifiers and backbones.
 
-Nothing here downloads: a weights file is either given as a path or looked up in the
-torch hub cache, where torchvision would have put it. Accepted files:
-
-- torchvision state dicts (``resnet18-f37072fd.pth``, ...): ``features.*`` /
-  ``classifier.*`` (AlexNet, VGG, MobileNet), ``conv1`` .. ``layer4`` / ``fc`` (ResNet);
-- timm state dicts of the same architectures (``head.fc``, ``pre_logits.fc1`` as a
-  convolution, ``fc``), optionally wrapped in ``{"state_dict": ...}`` or prefixed
-  ``module.`` (DDP);
-- ``.safetensors`` files, and directories holding ``model.safetensors``;
-- visionlab checkpoints (``{"model": state_dict, "model_name": ...}`` from
-  ``visionlab train``), so a ``tiny_cnn`` pretrained here can be fine-tuned elsewhere.
-
-Keys are renamed onto our modules (:data:`KEY_RULES`). The classifier head (``fc``) is
-dropped, and a new one kept, when its shape differs (another number of classes) or, given
-``classes``, when a visionlab checkpoint was trained on other classes. Every backbone
-tensor must load: a file of another architecture raises
-:class:`~visionlab.errors.CheckpointError` instead of silently loading nothing.
+Nothing here downloads: a weights file is a path or in the torch hub cache. Accepted:
+torchvision and timm state dicts (optionally wrapped in ``{"state_dict": ...}`` or prefixed
+``module.``), ``.safetensors`` files and directories holding ``model.safetensors``, and
+visionlab checkpoints. Keys are renamed onto our modules (:data:`KEY_RULES`). The head
+(``fc``) is dropped when its shape differs or, given ``classes``, when a visionlab checkpoint
+was trained on other classes. Every backbone tensor must load, else
+:class:`~visionlab.errors.CheckpointError`.
 """
 
 from __future__ import annotations
@@ -134,8 +124,11 @@ def torchvision_weights(arch: str, weights: str = "DEFAULT") -> Any:
 def hub_weights_file(arch: str, weights: str = "DEFAULT") -> Path:
     """Where torchvision keeps ``arch``'s ImageNet weights:
     ``torch.hub.get_dir()/checkpoints/<file name of the weights' URL>``."""
-    entry = torchvision_weights(arch, weights)
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(entry.url).name
+    return _hub_path(torchvision_weights(arch, weights).url)
+
+
+def _hub_path(url: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
 def resolve_source(source: bool | str | Path, arch: str) -> Path:
@@ -153,7 +146,7 @@ def resolve_source(source: bool | str | Path, arch: str) -> Path:
             return path
         if weights.lower() in HUB_ALIASES:  # any other published file of arch will do
             for other in type(entry):
-                alt = Path(torch.hub.get_dir()) / "checkpoints" / Path(other.url).name
+                alt = _hub_path(other.url)
                 if alt.is_file():
                     return alt
         raise CheckpointError(

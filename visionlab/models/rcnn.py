@@ -2,27 +2,12 @@
 detection and semantic segmentation", CVPR 2014), and the region-detector frame it shares
 with SPPNet (:mod:`visionlab.models.sppnet`).
 
-The paper's pipeline, as this module follows it:
-
-- section 2.1 "Region proposals": selective search in fast mode, about 2000 boxes per image
-  (:func:`visionlab.ops.selective_search`, cached on disk), run on the image resized to
-  ``ProposalSettings.search_size`` (small images give few boxes), the boxes mapped back.
-- section 2.1 "Feature extraction" and appendix A: every region is dilated so that, once
-  warped (anisotropically) to the CNN input size, ``context`` pixels of image surround it
-  (p = 16 at 227 px in the paper), padded with the image mean where it leaves the image
-  (:func:`warp_regions`); the CNN's pool5 output feeds fc6 and fc7.
-- section 2.3 "Supervised pre-training" / "Domain-specific fine-tuning": the CNN is trained
-  on warped regions as an (N + 1)-way classifier, regions with IoU >= 0.5 against a ground-
-  truth box are that box's class, the rest background; each SGD step takes 128 regions,
-  32 of them foreground. The backbone starts from random weights or ``pretrained_backbone``.
-- section 2.3 "Object category classifiers": one linear SVM per class on fc7, positives
-  the ground-truth boxes, negatives IoU < 0.3, hard negative mining
-  (:mod:`visionlab.models.svm`).
-- appendix C: class-specific ridge regression from pool5 features to box deltas, trained on
-  proposals with IoU > 0.6.
-- section 2.2 "Test-time detection": score every region with every SVM, then greedy
-  non-maximum suppression per class (IoU 0.3), by the post-processor of every detector
-  (:func:`visionlab.models.postprocess.postprocess_detections`).
+- sec. 2.1: selective-search proposals (:func:`visionlab.ops.selective_search`, cached),
+  each warped with context to the CNN input (appendix A, :func:`warp_regions`).
+- sec. 2.3: (N + 1)-way fine-tuning on sampled regions, then one linear SVM per class on
+  fc7 with hard negative mining (:mod:`visionlab.models.svm`).
+- appendix C: class-specific ridge regression from pool5 features to box deltas.
+- sec. 2.2: score every region, then the one post-processor (class-wise NMS).
 
 The stages (:attr:`RegionDetector.stages`) run in order by :mod:`visionlab.engine.stages`,
 the fine-tuning by the engine's Trainer, the others by :mod:`visionlab.models.region_stages`.
@@ -105,18 +90,13 @@ class FinetuneSettings:
     """Region sampling of the (N + 1)-way fine-tuning (R-CNN sec. 2.3).
 
     Attributes:
-        fg_iou: regions with IoU >= this against a gt box are foreground (0.5); all others
-            background.
-        regions_per_image: regions sampled per image (the paper: 128 per batch; a batch of
-            4 images x 32 regions is the same).
+        fg_iou: regions with IoU >= this against a gt box are foreground, others background.
+        regions_per_image: regions sampled per image (the paper: 128 per batch).
         fg_fraction: fraction of foreground regions (32 / 128).
-        train_conv: train the convolutional layers too (R-CNN fine-tunes the whole network;
-            SPPNet only its fully connected layers, on an ImageNet-trained conv part).
+        train_conv: train the convolutional layers too (R-CNN does; SPPNet does not).
         hflip: mirror an image (with its boxes and proposals) with probability 0.5.
-        images: training images the stages use, a seeded random subset (0 = all); the
-            selective search over them is the stages' first cost.
-        eval_images: validation images scored after the last stage (0 = all, -1 = none);
-            ``visionlab eval`` scores a whole split.
+        images: training images the stages use, a seeded random subset (0 = all).
+        eval_images: validation images scored after the last stage (0 = all, -1 = none).
     """
 
     fg_iou: float = 0.5
@@ -159,13 +139,8 @@ class TestSettings:
 
 def warp_regions(image: Tensor, boxes: Tensor, *, size: int, context: int) -> Tensor:
     """Warp each box of ``image`` to ``size x size`` with ``context`` pixels of surrounding
-    image (R-CNN appendix A, "warp with context padding").
-
-    The box is dilated about its centre by ``size / (size - 2 * context)`` so that, after
-    the anisotropic warp, the original box fills the central ``size - 2 * context`` pixels;
-    where the dilated box leaves the image the crop shows the image mean (ImageNet's, the
-    statistics the backbones normalise with). Bilinear sampling (RoI Align, one sample per
-    output pixel).
+    image (R-CNN appendix A): the box is dilated so that it fills the central
+    ``size - 2 * context`` pixels; outside the image the crop shows the ImageNet mean.
 
     Args:
         image: ``Tensor[3, H, W]`` float in [0, 1].
@@ -192,10 +167,9 @@ def warp_regions(image: Tensor, boxes: Tensor, *, size: int, context: int) -> Te
 
 
 class RegionFeatures(Protocol):
-    """How a :class:`RegionDetector` computes the pooled ("pool5") feature of each region
-    from its backbone: :class:`WarpedRegions` (R-CNN),
-    :class:`~visionlab.models.sppnet.PyramidRegions` (SPPNet). Plain settings, no weights:
-    the detector's state dict is the same whichever it holds."""
+    """How a :class:`RegionDetector` computes each region's pooled ("pool5") feature:
+    :class:`WarpedRegions` (R-CNN) or :class:`~visionlab.models.sppnet.PyramidRegions`
+    (SPPNet). Plain settings, no weights."""
 
     def setup(self, backbone: Backbone) -> int:
         """Prepare ``backbone`` (e.g. :meth:`~Backbone.use_up_to`); return the feature
@@ -217,8 +191,7 @@ class RegionFeatures(Protocol):
 
 class WarpedRegions:
     """R-CNN's region features: each region warped (with context) to ``input_size`` and
-    run through the whole CNN; pool5 is the flattened last feature map (sec. 2.1,
-    appendix A; see the module docstring).
+    run through the whole CNN; pool5 is the flattened last feature map (appendix A).
 
     Args:
         input_size: side of the warped regions (227 for AlexNet; 64 suits ``tiny_cnn``).
@@ -278,9 +251,7 @@ class RegionDetector(Detector):
         fc_width: width of fc6 and fc7.
         dropout: dropout after fc6 and fc7 (0.5 in the paper).
         proposals / finetune / svm / box_reg / test: settings dataclasses.
-        detection: test-time :class:`~visionlab.models.postprocess.DetectionSettings`
-            (scores are ``sigmoid`` of the SVM margins, or softmax probabilities before the
-            SVMs are fitted).
+        detection: test-time :class:`~visionlab.models.postprocess.DetectionSettings`.
 
     Buffers (in the state dict): ``svm_weight [C, fc_width]``, ``svm_bias [C]``,
     ``svm_scale []`` (feature scaling), ``svm_fitted []``; ``bbox_weight [C, pool_dim + 1,
@@ -519,23 +490,19 @@ def rcnn(
 
     Args:
         num_classes: classes including background.
-        backbone: a :func:`~visionlab.models.backbones.list_backbones` name (``alexnet``
-            with ``input_size=227, context=16`` is the paper's setting).
-        backbone_width: ``tiny_cnn`` stem width.
-        pretrained_backbone: weights file for the backbone (e.g. a ``tiny_cnn`` classifier
-            checkpoint: the "supervised pre-training" of sec. 2.3).
-        input_size: warped region side.
-        context: context pixels at the warped scale (4 at 64 px is the paper's 16 at 227).
-        fc_width: fc6 / fc7 width (4096 in the paper).
-        dropout: after fc6 and fc7.
+        backbone: a backbone name (``alexnet`` with ``input_size=227, context=16`` is the
+            paper's setting); ``backbone_width``: ``tiny_cnn`` stem width.
+        pretrained_backbone: weights file for the backbone (sec. 2.3 pre-training).
+        input_size, context: warped region side and context pixels at that scale.
+        fc_width, dropout: fc6 / fc7.
         proposals, finetune, svm, box_reg, test: dicts of :class:`ProposalSettings`,
             :class:`FinetuneSettings`, :class:`~visionlab.models.svm.SVMSettings`,
             :class:`BoxRegSettings`, :class:`TestSettings` fields.
-        score_thresh, nms_thresh, detections_per_img, min_size: test time, the
-            :class:`~visionlab.models.postprocess.DetectionSettings` (NMS IoU 0.3 as in
-            the paper).
+        score_thresh, nms_thresh, detections_per_img, min_size: the test-time
+            :class:`~visionlab.models.postprocess.DetectionSettings`.
 
-    The old names ``width`` and ``pretrained`` still work (:data:`RENAMED_BACKBONE_ARGS`).
+    The old names ``width`` and ``pretrained`` get a did-you-mean
+    (:data:`RENAMED_BACKBONE_ARGS`).
     """
     regions = WarpedRegions(input_size=input_size, context=context)
     return build_region_detector("rcnn", regions, locals())

@@ -1,12 +1,9 @@
 """The stages of R-CNN and SPPNet (:attr:`~visionlab.models.rcnn.RegionDetector.stages`;
-R-CNN, Girshick et al. 2014, sec. 2.3 and appendix C; SPPNet, He et al. 2014, sec. 4):
-``proposals`` (selective search, to ``CACHE/proposals.pt``), ``finetune`` (the engine's
-Trainer on :class:`RegionTrainingSet`), ``features`` (fc7 of the gt boxes and proposals,
-pool features of the proposals with IoU > ``box_reg.min_iou``, to ``CACHE/features.pt``),
-``svm`` (one linear SVM per class, hard negative mining), ``box_reg`` (one ridge regressor
-per class). Each takes the training ``dataset`` (``dataset[i] -> (image, target)``), the
-``indices`` of the images the stages use, the ``cache`` folder and a progress flag, and
-returns its statistics; fitted parts are the model's buffers.
+R-CNN sec. 2.3 and appendix C): ``proposals`` (to ``CACHE/proposals.pt``), ``finetune``
+(the engine's Trainer on :class:`RegionTrainingSet`), ``features`` (to
+``CACHE/features.pt``), ``svm`` and ``box_reg``. Each takes the training ``dataset``, the
+``indices`` of its images, the ``cache`` folder and a progress flag, and returns its
+statistics; fitted parts are the model's buffers.
 """
 
 from __future__ import annotations

@@ -1,24 +1,15 @@
 """The model registry: ``@register_model`` builders, ``build_model(name, **kwargs)``,
 ``list_models(pattern)`` and ``model_info(name)`` (the timm factory, in miniature).
 
-Builders live in their own modules and register themselves when imported. The first time
-a name is listed or built, the registry imports every module of the :mod:`visionlab.models`
-package (sub-packages too), once each, in sorted order, so ``import visionlab`` stays light
-and a new family of models needs no list to be added to. An import error in any of them
-surfaces: a model must never be silently missing.
+Builders register themselves when their module is imported; the first time a name is
+listed or built, every module of :mod:`visionlab.models` is imported, in sorted order (an
+import error surfaces: a model is never silently missing).
 
-Every model that :func:`build_model` returns carries two attributes:
-
-- ``model.task``: ``"classification"``, ``"detection"``, ``"segmentation"``, ...
-- ``model.build_args``: plain data, ``{"name": NAME, **kwargs}`` with every builder
-  default filled in, so ``build_model(**model.build_args)`` rebuilds the same
-  architecture (a checkpoint stores it). Weight sources (``pretrained``) are not part of
-  it: the weights travel in the checkpoint's state dict.
-
-A builder that renames an argument declares ``renamed_args={old: new}``: :func:`build_model`
-refuses the old name naming the new one (no alias), and a checkpoint's stored
-``model_args`` are renamed on load (:func:`renamed_args`, read by
-:func:`visionlab.models.postprocess.upgrade_model_args`).
+Every built model carries ``model.task`` and ``model.build_args``, plain data ``{"name":
+NAME, **kwargs}`` with the defaults filled in and the weight sources left out, so
+``build_model(**model.build_args)`` rebuilds the architecture. ``renamed_args={old: new}``
+makes :func:`build_model` refuse an old name naming the new one; checkpoints' stored
+``model_args`` are renamed on load (:func:`visionlab.models.postprocess.upgrade_model_args`).
 """
 
 from __future__ import annotations
@@ -28,7 +19,7 @@ import fnmatch
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,10 +72,8 @@ def register_model(
 ) -> Callable:
     """Decorator that registers a builder function under ``name``.
 
-    The builder takes keyword arguments only and returns an ``nn.Module``; the registry
-    sets ``.task`` and ``.build_args`` on what it returns. Registering a name twice is an
-    error (two modules would silently fight over it). ``renamed_args`` maps former
-    argument names to the builder's current ones (see :func:`build_model`).
+    The builder takes keyword arguments only and returns an ``nn.Module``. Registering a
+    name twice is an error. ``renamed_args`` maps former argument names to current ones.
 
     Example::
 
@@ -110,6 +99,12 @@ def register_model(
         return builder
 
     return decorator
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the choice closest to ``word``, or ``""``."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _package_modules(package: str) -> list[str]:
@@ -143,10 +138,8 @@ def _import_model_modules() -> None:
 def _entry(name: str) -> _Entry:
     _import_model_modules()
     if not isinstance(name, str) or name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise VisionLabError(
-            f"unknown model {name!r}{hint}; `visionlab models` lists the "
+            f"unknown model {name!r}{did_you_mean(name, _REGISTRY)}; `visionlab models` lists the "
             f"{len(_REGISTRY)} registered models"
         )
     return _REGISTRY[name]
@@ -194,11 +187,9 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     accepted = entry.info.args
     unknown = [k for k in kwargs if k not in accepted]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], list(accepted), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise VisionLabError(
-            f"model {name!r} has no argument {unknown[0]!r}{hint}; its arguments: "
-            + ", ".join(f"{k}={v!r}" for k, v in accepted.items())
+            f"model {name!r} has no argument {unknown[0]!r}{did_you_mean(unknown[0], accepted)}"
+            "; its arguments: " + ", ".join(f"{k}={v!r}" for k, v in accepted.items())
         )
     try:
         bound = entry.signature.bind(**kwargs)

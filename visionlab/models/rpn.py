@@ -1,15 +1,10 @@
 """The region proposal network of Faster R-CNN (Ren, He, Girshick and Sun, NeurIPS 2015, sec. 3.1).
 
-A small network slides over the shared feature map(s): a 3x3 convolution, then two sibling
-1x1 convolutions giving, at every location, an objectness score and 4 box deltas for each of
-its ``A`` anchors (3 scales x 3 aspect ratios). Training (sec. 3.1.2) labels an anchor
-positive when its IoU with a ground-truth box is >= 0.7 (or it is the best anchor of a gt
-box), negative below 0.3, and samples 256 anchors per image at up to 1:1; the loss is log
-loss on objectness plus smooth L1 on the positives' deltas. Proposals are the decoded
-anchors, top-N by score before NMS, NMS at IoU 0.7, top-N after (sec. 3.3).
-
-Label assignment and proposal selection are vectorised over the batch: one IoU matrix and one
-NMS call for all images (boxes of different images never suppress each other).
+A 3x3 convolution slides over the shared map(s), then two sibling 1x1 convolutions give an
+objectness score and 4 box deltas for each of ``A`` anchors per location. Training (sec.
+3.1.2): anchors labelled by IoU with the ground truth, a balanced sample, log loss plus
+smooth L1; proposals: decoded anchors, top-N, NMS, top-N (sec. 3.3). Labelling and proposal
+selection are vectorised over the batch (one IoU matrix, one NMS call).
 """
 
 from __future__ import annotations
@@ -32,8 +27,8 @@ class RPNSettings:
     """Settings of the region proposal network (Faster R-CNN, sec. 3.1 and 3.3).
 
     Attributes:
-        anchor_sizes: anchor sizes (square root of the area, px); with FPN, one size per
-            level is the usual choice, and the sizes are split over the levels in order.
+        anchor_sizes: anchor sizes (square root of the area, px); with FPN, split over the
+            levels in order.
         aspect_ratios: anchor ratios ``height / width`` (0.5, 1, 2 in the paper).
         fg_iou: IoU at or above which an anchor is positive (0.7).
         bg_iou: IoU below which an anchor is negative (0.3).
@@ -41,8 +36,7 @@ class RPNSettings:
         positive_fraction: at most this fraction positive (0.5: the paper's 1:1).
         pre_nms_top_n_train, pre_nms_top_n_test: proposals kept per image (per level with
             FPN) before NMS.
-        post_nms_top_n_train, post_nms_top_n_test: proposals kept per image after NMS (the
-            paper: 2000 in training, 300 at test time, for ~600 px images).
+        post_nms_top_n_train, post_nms_top_n_test: proposals kept per image after NMS.
         nms_thresh: NMS IoU over proposals (0.7).
         min_size: drop proposals with a side below this (px).
         box_weights: :class:`BoxCoder` weights of the anchor deltas ((1, 1, 1, 1)).

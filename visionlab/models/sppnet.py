@@ -2,23 +2,11 @@
 Networks for Visual Recognition", ECCV 2014, section 4 "SPP-net for object detection").
 
 The convolutional layers run once per image; each selective-search window is projected onto
-the last convolutional map and pooled by a spatial pyramid into a fixed-length vector
-(sec. 4: a 4-level pyramid {6x6, 3x3, 2x2, 1x1} on conv5, 50 bins;
-:func:`visionlab.ops.spp_rois`), which feeds fc6, fc7, the per-class linear SVMs and the box
-regressors exactly as in R-CNN: SPPNet is a :class:`~visionlab.models.rcnn.RegionDetector`
-whose region features come from :class:`PyramidRegions`.
-
-- Single scale by default: the image is resized so its shorter side is ``scales[0]`` (688
-  px in the paper for ~500 px images, i.e. enlarged; 256 px for the 128 px scenes).
-- Multi-scale (sec. 4, "Multi-scale feature extraction"): the map is computed at every scale
-  of ``scales`` and each window is pooled at the single scale where its scaled area is
-  closest to ``target_size`` squared (224 x 224 in the paper).
-- Fine-tuning (sec. 4, "Fine-tuning"): the paper fine-tunes only the fully connected
-  layers on ImageNet conv layers; without ImageNet for the tiny backbone the recipe trains
-  the conv layers too (``finetune.train_conv``), set it to false with
-  ``pretrained_backbone``.
-- Feature map: ``feature_stride`` 16 by default (the paper's conv5 is at stride 16);
-  ``configs/sppnet_scenes.yaml`` pools the stride-8 map (the README's recipe notes say why).
+the feature map and pooled by a spatial pyramid (:func:`visionlab.ops.spp_rois`) into a
+fixed-length vector for R-CNN's fc6, fc7, SVMs and box regressors: SPPNet is a
+:class:`~visionlab.models.rcnn.RegionDetector` whose region features come from
+:class:`PyramidRegions`. Several ``scales`` give the paper's multi-scale extraction: each
+window is pooled at the scale where its area is closest to ``target_size`` squared.
 """
 
 from __future__ import annotations
@@ -39,9 +27,8 @@ __all__ = ["PyramidRegions"]
 
 
 class PyramidRegions:
-    """SPPNet's region features: the conv map once per image (and scale), each window
-    pooled by a spatial pyramid, for R-CNN's fc6 / fc7 / SVMs / box regression
-    (a :class:`~visionlab.models.rcnn.RegionFeatures`).
+    """SPPNet's region features (a :class:`~visionlab.models.rcnn.RegionFeatures`): the conv
+    map once per image (and scale), each window pooled by a spatial pyramid.
 
     Args:
         scales: image scales (shorter side, pixels); one = single-scale testing.
@@ -171,23 +158,9 @@ def sppnet(
     detections_per_img: int = 100,
     min_size: float = 1e-2,
 ) -> RegionDetector:
-    """SPPNet detector on a visionlab backbone: a
-    :class:`~visionlab.models.rcnn.RegionDetector` with :class:`PyramidRegions`.
-
-    Args:
-        num_classes: classes including background.
-        backbone: a backbone name; ``backbone_width``: ``tiny_cnn`` stem width.
-        pretrained_backbone: backbone weights file.
-        scales: shorter image side(s); several = multi-scale (paper: 480..688, single 688).
-        levels: pyramid levels (paper: 6, 3, 2, 1; ``(4, 2, 1)`` suits the small maps).
-        feature_stride: backbone map to pool.
-        target_size: multi-scale window side to aim for (224 in the paper).
-        fc_width, dropout: fc6 / fc7.
-        proposals, finetune, svm, box_reg, test: settings dicts, as for ``rcnn``.
-        score_thresh, nms_thresh, detections_per_img, min_size: test time, as for ``rcnn``.
-
-    The old names ``width`` and ``pretrained`` still work, as for ``rcnn``.
-    """
+    """SPPNet on a visionlab backbone: a :class:`~visionlab.models.rcnn.RegionDetector`
+    with :class:`PyramidRegions` (``scales``, ``levels``, ``feature_stride``,
+    ``target_size``); the other arguments are ``rcnn``'s."""
     regions = PyramidRegions(
         scales=scales, levels=levels, feature_stride=feature_stride, target_size=target_size
     )

@@ -1,20 +1,12 @@
 """The decision stages of R-CNN and SPPNet, in torch: one linear SVM per class trained with
 hard negative mining, and class-specific bounding-box ridge regression.
 
-R-CNN (Girshick et al., CVPR 2014), section 2.3 "Object category classifiers": a linear SVM
-per class on the fine-tuned CNN's fc7 features; positives are the ground-truth boxes of the
-class, negatives the proposals with IoU < 0.3 against every instance of the class; the
-training data are too large for memory, so the standard hard negative mining method
-(Felzenszwalb et al. 2010) keeps a cache of negatives in or near the margin. Appendix C
-"Bounding-box regression": ridge regression (lambda = 1000) from pool5 features to the
-``(dx, dy, dw, dh)`` of :class:`visionlab.ops.BoxCoder`, trained on proposals with IoU > 0.6
-against a ground-truth box of the class.
-
-The released R-CNN code trained the SVMs with liblinear (L2-regularised hinge loss, positive
-loss weight 2, C = 0.001, features scaled so that their mean L2 norm is 20, hard negatives
-scoring above -1, easy ones evicted below -1.2). :func:`fit_linear_svm` solves the same
-maximum-margin problem with the squared hinge (liblinear's L2-loss SVM) and L-BFGS, and
-:func:`mine_hard_negatives` is the cache loop around it.
+R-CNN (Girshick et al., CVPR 2014), section 2.3: a linear SVM per class on fc7, positives
+the class's ground-truth boxes, negatives the proposals with IoU < 0.3 against every
+instance, trained with hard negative mining (Felzenszwalb et al. 2010); appendix C: ridge
+regression from pool5 features to :class:`visionlab.ops.BoxCoder` deltas. The released
+code used liblinear; :func:`fit_linear_svm` solves the same maximum-margin problem with the
+squared hinge and L-BFGS, :func:`mine_hard_negatives` is the cache loop around it.
 """
 
 from __future__ import annotations
@@ -74,12 +66,9 @@ def fit_linear_svm(
 ) -> tuple[Tensor, Tensor]:
     """Minimise ``0.5 * ||w||^2 + C * sum_i c_i * max(0, 1 - y_i (w . x_i + b))^2``.
 
-    The L2-loss (squared hinge) linear SVM, liblinear's default formulation: smooth, so
-    full-batch L-BFGS solves it to precision in a few dozen iterations, where the plain
-    hinge (R-CNN's liblinear ``-s 3``) needs a dual coordinate solver. Both put the
-    decision boundary at the maximum soft margin; the bias is not regularised. The loss is
-    a sum, as liblinear's, so negatives beyond the margin change nothing: that is what makes
-    hard negative mining reach the solution on all negatives.
+    The L2-loss (squared hinge) linear SVM, liblinear's default: smooth, so full-batch L-BFGS
+    solves it; the bias is not regularised. The loss is a sum, so negatives beyond the
+    margin change nothing, which lets hard negative mining reach the all-negatives solution.
 
     Args:
         features: ``Tensor[N, D]``.
@@ -125,10 +114,9 @@ def mine_hard_negatives(
 ) -> tuple[Tensor, Tensor, dict[str, float]]:
     """Train one class's SVM with hard negative mining (R-CNN sec. 2.3, Felzenszwalb 2010).
 
-    The cache starts with the positives only. Each chunk of negatives is scored by the
-    current SVM (all of them are hard for the first, zero, SVM); negatives scoring above
-    ``hard_threshold`` join the cache, the SVM is retrained (warm start) on positives +
-    cache, and cached negatives scoring below ``evict_threshold`` are evicted.
+    Each chunk of negatives is scored by the current SVM; those above ``hard_threshold``
+    join the cache, the SVM is retrained (warm start) on positives + cache, and cached
+    negatives below ``evict_threshold`` are evicted.
 
     Args:
         positives: ``Tensor[P, D]`` features of the class's positives.

@@ -1,20 +1,11 @@
-"""The two-stage skeleton of Fast and Faster R-CNN (and Mask R-CNN next): backbone (+ FPN)
--> proposer -> RoI heads, the shape of torchvision's ``GeneralizedRCNN`` and detectron2's
-``proposal_generator`` + ``roi_heads``.
+"""The two-stage skeleton of Fast, Faster and Mask R-CNN: backbone (+ FPN) -> proposer -> RoI
+heads, the shape of torchvision's ``GeneralizedRCNN``.
 
-- :class:`TwoStageDetector` batches the images (:func:`~visionlab.models.batching.batch_images`),
-  computes the shared maps once, asks its proposer for regions and runs its
-  :class:`~visionlab.models.heads.RoIHeads` on them.
-- A proposer is a module called ``proposer(images, features, batch_shape, image_sizes,
-  targets) -> (proposals, losses)`` with per-image ``Tensor[P_i, 4]`` xyxy proposals
-  (detached): :class:`SelectiveSearchProposer` (Fast R-CNN, Girshick 2015, sec. 4: no
-  losses) or :class:`~visionlab.models.rpn.RPN` (Faster R-CNN, Ren et al. 2015, sec. 3.1:
-  ``loss_objectness``, ``loss_rpn_box_reg``; trained jointly with the heads, the
-  "approximate joint training" of sec. 3.2).
-- :class:`FPN` (Lin et al. 2017, sec. 3) turns several backbone maps into a pyramid; the
-  RoI pooler then pools each RoI from the level of its size.
-
-Boxes are ``Tensor[N, 4]`` xyxy input pixels throughout.
+A proposer is a module called ``proposer(images, features, batch_shape, image_sizes,
+targets) -> (proposals, losses)`` with per-image detached ``Tensor[P_i, 4]`` xyxy proposals:
+:class:`SelectiveSearchProposer` (Fast R-CNN sec. 4, no losses) or
+:class:`~visionlab.models.rpn.RPN` (Faster R-CNN sec. 3.1, trained jointly with the heads,
+sec. 3.2). :class:`FPN` (Lin et al. 2017, sec. 3) turns several backbone maps into a pyramid.
 """
 
 from __future__ import annotations
@@ -29,7 +20,7 @@ from torch import Tensor, nn
 from visionlab.errors import VisionLabError
 from visionlab.models.backbones import Backbone, build_backbone
 from visionlab.models.batching import batch_images
-from visionlab.models.detector import Detector, attach_proposals
+from visionlab.models.detector import Detector, attach_proposals, drop_unasked
 from visionlab.models.heads import (
     POOLERS,
     BoxHeadSettings,
@@ -129,8 +120,7 @@ class SelectiveSearchProposer(nn.Module):
         self, datasets: Iterable[Any], *, transform: Any = None, workers: int | None = None
     ) -> None:
         """Search (and cache) every image of ``datasets`` as ``transform`` gives it (None:
-        the dataset's own transforms), with a progress bar. The search is serial inside
-        OpenCV, so images are spread over ``workers`` processes (default: one per CPU
+        the dataset's own), spread over ``workers`` forked processes (default: one per CPU
         core, at most 4; 1 = this process)."""
         import copy
         import multiprocessing
@@ -181,10 +171,8 @@ class TwoStageDetector(Detector):
     """Backbone (+ FPN) -> proposer -> RoI heads, in the detector contract
     (:class:`~visionlab.models.detector.Detector`).
 
-    Training returns the proposer's losses and every RoI head's (``loss_classifier``,
-    ``loss_box_reg``; with the RPN ``loss_objectness``, ``loss_rpn_box_reg``); eval, per
-    image ``{"boxes", "labels", "scores"}`` and what later heads add, plus ``proposals:
-    Tensor[P, 4]`` with ``extras=("proposals",)``.
+    Training returns the proposer's losses and every RoI head's; eval, per image ``{"boxes",
+    "labels", "scores"}`` and what later heads add (+ ``proposals`` as an extra).
 
     Args:
         backbone: a :class:`Backbone`.
@@ -193,12 +181,11 @@ class TwoStageDetector(Detector):
         feature_strides: the backbone maps used: one stride without FPN, several with.
         fpn: an :class:`FPN` over the maps at ``feature_strides``; ``None`` = the map itself.
         canonical_size: with FPN, the RoI side (px) pooled from the middle level.
-        size_divisible: batches are padded to multiples of this (the padding is the
-            backbone's normalised zero, so it reaches the features near the border: a
-            checkpoint's detections hold for the value it was trained with).
+        size_divisible: batches are padded to multiples of this (the padding reaches
+            border features: a checkpoint's detections hold for its trained value).
     """
 
-    supported_extras: ClassVar[frozenset[str]] = frozenset({"proposals"})
+    takes_given: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -238,16 +225,29 @@ class TwoStageDetector(Detector):
         levels = [maps[f"stride{s}"] for s in self.feature_strides]
         return self.fpn(levels) if self.fpn is not None else levels
 
+    @property
+    def supported_extras(self) -> frozenset[str]:  # type: ignore[override]
+        """``proposals``, and what the RoI heads make (a relation head's ``relation_pairs``)."""
+        made = {e for head in self.roi_heads.values() for e in getattr(head, "extras", ())}
+        return frozenset({"proposals", *made})
+
     def _run(
-        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None
+        self,
+        images: list[Tensor],
+        targets: list[dict[str, Tensor]] | None,
+        given: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], list[Tensor], dict[str, Tensor]]:
-        """``(detections, proposals, losses)``: detections in eval, losses in training."""
+        """``(detections, proposals, losses)``: detections in eval, losses in training;
+        with ``given`` boxes the proposer does not run (they are the proposals)."""
         batch, sizes = batch_images(images, size_divisible=self.size_divisible)
         feats = self.features(batch)
-        proposals, proposer_losses = self.proposer(
-            images, feats, tuple(batch.shape[-2:]), sizes, targets
-        )
-        roi_batch = RoIBatch(feats, proposals, sizes, self.pooler, targets)
+        if given is None:
+            proposals, proposer_losses = self.proposer(
+                images, feats, tuple(batch.shape[-2:]), sizes, targets
+            )
+        else:
+            proposals, proposer_losses = [g["boxes"].float() for g in given], {}
+        roi_batch = RoIBatch(feats, proposals, sizes, self.pooler, targets, given=given)
         detections, head_losses = self.roi_heads(roi_batch)
         return detections, proposals, {**proposer_losses, **head_losses}
 
@@ -256,16 +256,30 @@ class TwoStageDetector(Detector):
 
     def detect(self, images: list[Tensor], extras: frozenset[str]) -> list[dict[str, Tensor]]:
         detections, proposals, _ = self._run(images, None)
+        drop_unasked(detections, self.supported_extras, extras)
+        if "proposals" in extras:
+            attach_proposals(detections, proposals)
+        return detections
+
+    def detect_given(
+        self, images: list[Tensor], extras: frozenset[str], given: list[dict[str, Tensor]]
+    ) -> list[dict[str, Tensor]]:
+        """The RoI heads on the ``given`` boxes: the box head keeps their labels or
+        classifies them (:meth:`~visionlab.models.heads.RoIBoxPredictor.given_detections`),
+        the later heads add their keys."""
+        detections, proposals, _ = self._run(images, None, given)
+        drop_unasked(detections, self.supported_extras, extras)
         if "proposals" in extras:
             attach_proposals(detections, proposals)
         return detections
 
     def prepare_data(self, datasets: Iterable[Any], *, transform: Any = None) -> None:
-        """The proposer's data preparation (the selective-search cache); nothing for the
-        RPN."""
-        prepare = getattr(self.proposer, "prepare_data", None)
-        if prepare is not None:
-            prepare(datasets, transform=transform)
+        """The proposer's and the RoI heads' data preparation (the selective-search cache,
+        a relation head's frequency counts); nothing for the RPN and the box head."""
+        for part in (self.proposer, *self.roi_heads.values()):
+            prepare = getattr(part, "prepare_data", None)
+            if prepare is not None:
+                prepare(datasets, transform=transform)
 
 
 def build_two_stage(
@@ -278,9 +292,8 @@ def build_two_stage(
     fpn_channels: int | None = None,
     **skeleton: Any,
 ) -> TwoStageDetector:
-    """The part the ``fast_rcnn`` and ``faster_rcnn`` builders (``where``) share, from their
-    arguments ``args``: the box head settings (``args["box_head"]`` over ``pooler`` and
-    ``box_defaults``), then the backbone, an :class:`FPN` over ``strides`` when
+    """What the ``fast_rcnn`` and ``faster_rcnn`` builders (``where``) share, from their
+    arguments ``args``: the box head settings, then the backbone, an :class:`FPN` when
     ``fpn_channels`` is given, ``proposer(width of the maps the heads see)`` and the box
     predictor, built in this order (a seed gives the same weights). ``skeleton``: more
     :class:`TwoStageDetector` arguments."""

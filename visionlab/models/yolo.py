@@ -1,38 +1,20 @@
 """YOLO: one network pass from the image to every box, no region proposals.
 
 Redmon, Divvala, Girshick and Farhadi, "You Only Look Once: Unified, Real-Time Object
-Detection", CVPR 2016. The image is divided into an S x S grid; each cell predicts B boxes
-``(x, y, w, h)`` with a confidence ``Pr(object) * IoU`` and one set of C conditional class
-probabilities ``Pr(class | object)``: an ``S x S x (B * 5 + C)`` output tensor (Sec. 2). The
-network is a convolutional backbone followed by fully connected layers that output that tensor
-(Sec. 2.1: "the initial convolutional layers extract features while the fully connected layers
-predict the output probabilities and coordinates"), leaky ReLU (0.1) everywhere but the last,
-linear layer, dropout 0.5 after the first fully connected layer (Sec. 2.2). Training and the
-loss (responsible predictor, lambda_coord, lambda_noobj, square roots, IoU targets) are in
-:mod:`visionlab.models.yolo_loss`. At test time the class-specific confidence of each box is
-``Pr(class | object) * confidence`` (Sec. 2, eq. 2); boxes under ``score_thresh`` are dropped
-and class-wise non-maximum suppression removes duplicates (Sec. 2.3): the post-processor of
-every detector, :func:`visionlab.models.postprocess.postprocess_detections`, which decodes
-only the boxes past the threshold.
+Detection", CVPR 2016. Each cell of an S x S grid predicts B boxes ``(x, y, w, h)`` with a
+confidence and one set of C class probabilities: an ``S x S x (B * 5 + C)`` tensor (Sec. 2),
+from a backbone and fully connected layers (Sec. 2.1). The loss is in
+:mod:`visionlab.models.yolo_loss`; at test time the class-specific confidence
+``Pr(class | object) * confidence`` (eq. 2) goes to the one post-processor (Sec. 2.3).
 
-Options beyond v1, off by default, from Redmon and Farhadi, "YOLO9000: Better, Faster,
-Stronger", CVPR 2017, Sec. 2:
+Options beyond v1, off by default (Redmon and Farhadi, "YOLO9000", CVPR 2017, Sec. 2):
+``head="conv"`` (the grid is the backbone's map at ``feature_stride``), ``anchors=[[w, h],
+...]`` (B priors per cell, "Direct location prediction", ``S x S x B (5 + C)``) and
+``multiscale=[sizes]`` (a new input size every ``multiscale_every`` training batches).
 
-- ``head="conv"``: no fully connected layers; the grid is the backbone's feature map at
-  ``feature_stride`` ("Convolutional With Anchor Boxes"), so ``S = input_size /
-  feature_stride``.
-- ``anchors=[[w, h], ...]``: B priors per cell (their sizes in input pixels, e.g. from
-  :func:`visionlab.models.yolo_loss.kmeans_priors`, "Dimension Clusters"); each predictor
-  regresses ``sigmoid`` offsets in its cell and ``log`` size ratios to its prior ("Direct
-  location prediction") and has its own class probabilities: ``S x S x B (5 + C)``.
-- ``multiscale=[sizes]``: every ``multiscale_every`` training batches the input is resized
-  to a size drawn from the list ("Multi-Scale Training"); needs ``head="conv"``.
-
-Where this code differs from the paper, and why: backbones are the library's (``tiny_cnn``
-for CPU; the paper's 24-layer Darknet is not in it); the head's widths are smaller than the
-paper's 4096-unit layer (``fc_hidden``); the loss is divided by the number of images, so the
-learning rate does not depend on the batch size; linear outputs are clamped to ``[0, 1]``
-when turned into scores.
+Differences from the paper: the library's backbones instead of Darknet, a smaller head
+(``fc_hidden``), the loss divided by the number of images, and linear outputs clamped to
+``[0, 1]`` when turned into scores.
 """
 
 from __future__ import annotations
@@ -64,11 +46,8 @@ TOPK_CANDIDATES = 1000
 
 
 class YOLO(Detector):
-    """YOLO v1 (and the YOLO9000 options), in the detector contract
-    (:class:`~visionlab.models.detector.Detector`): ``forward(images, targets=None, *,
-    extras=())``; the extra ``"grid"`` adds ``grid_size`` (int S) and ``cells``
-    (``Tensor[N, 2]`` (row, col) of the cell each detection came from) to eval outputs,
-    for drawing.
+    """YOLO v1 (and the YOLO9000 options), in the detector contract; the extra ``"grid"``
+    adds ``grid_size`` (int S) and ``cells`` (``Tensor[N, 2]`` (row, col)) to eval outputs.
 
     Args:
         backbone: a :class:`visionlab.models.backbones.Backbone`.
@@ -218,24 +197,10 @@ class YOLO(Detector):
             decoded = self.decode(grid["params"].detach(), size)
         priors = self.priors * (size / self.input_size) if self.use_priors else None
         assigned = assign(gt_boxes, gt_labels, decoded, (size, size), priors)
+        outputs = (grid["params"], grid["confidence"], grid["classes"])
         if self.use_priors:
-            return yolo_prior_loss(
-                grid["params"],
-                grid["confidence"],
-                grid["classes"],
-                priors,
-                assigned,
-                (size, size),
-                self.loss_config,
-            )
-        return yolo_v1_loss(
-            grid["params"],
-            grid["confidence"],
-            grid["classes"],
-            assigned,
-            (size, size),
-            self.loss_config,
-        )
+            return yolo_prior_loss(*outputs, priors, assigned, (size, size), self.loss_config)
+        return yolo_v1_loss(*outputs, assigned, (size, size), self.loss_config)
 
     @torch.no_grad()
     def postprocess(
@@ -320,13 +285,10 @@ def yolo(
 ) -> YOLO:
     """YOLO v1 by default (S=7, B=2, fully connected head, 448 px input).
 
-    ``S`` defaults to 7 (``fc``) or ``input_size / feature_stride`` (``conv``, where it can
-    be nothing else); ``B`` defaults to 2, or to the number of ``anchors``. See :class:`YOLO`
-    and the module docstring for the options. ``frozen_stride`` freezes the pretrained
-    backbone up to that stride's map (:meth:`Backbone.freeze_to`; ultralytics' ``freeze``).
-    ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``min_size`` are the test-time
-    :class:`~visionlab.models.postprocess.DetectionSettings` (at most 1000 candidates enter
-    the NMS).
+    ``S`` defaults to 7 (``fc``) or ``input_size / feature_stride`` (``conv``); ``B`` to 2,
+    or to the number of ``anchors``. ``frozen_stride``: :meth:`Backbone.freeze_to`.
+    ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``min_size``: the test-time
+    :class:`~visionlab.models.postprocess.DetectionSettings`.
     """
     if head not in HEAD_KINDS:
         raise VisionLabError(f"yolo: head must be one of {HEAD_KINDS}, got {head!r}")

@@ -1,19 +1,11 @@
-"""YOLO's grid arithmetic and loss: box encoding on the S x S grid, the responsible predictor
-of each object, and the sum-squared loss of Redmon et al., "You Only Look Once: Unified,
-Real-Time Object Detection", CVPR 2016, Sec. 2.2 (eq. 3); plus the anchor-prior variant of
-Redmon and Farhadi, "YOLO9000: Better, Faster, Stronger", CVPR 2017, Sec. 2.
-
-Pure tensor functions (no module state), used by :mod:`visionlab.models.yolo`.
+"""YOLO's grid arithmetic and loss, pure tensor functions: box encoding on the S x S grid, the
+responsible predictor of each object, and the sum-squared loss of YOLO v1 (Redmon et al.,
+CVPR 2016, Sec. 2.2, eq. 3), plus the anchor-prior variant of YOLO9000 (CVPR 2017, Sec. 2).
 
 Grid tensors are ``[N, S, S, ...]`` indexed ``[image, row, col]``: row follows y, col x.
-Box parameters per predictor, in the space the loss compares them:
-
-- v1 (``encode_v1`` / ``decode_v1``): ``(x, y, sqrt_w, sqrt_h)``: the centre's offset inside
-  its cell in ``[0, 1]`` and the square roots of width and height relative to the image
-  ("we predict the square root of the bounding box width and height", Sec. 2.2).
-- anchors (``encode_prior`` / ``decode_prior``): ``(sx, sy, tw, th)``: the centre's offset
-  inside its cell (the network's sigmoid output, YOLO9000's "direct location prediction")
-  and ``log(w / prior_w)``, ``log(h / prior_h)``.
+Box parameters: v1 ``(x, y, sqrt_w, sqrt_h)`` (the centre's offset in its cell, square
+roots of the size relative to the image); anchors ``(sx, sy, tw, th)`` (the offset in its
+cell, ``log(w / prior_w)``, ``log(h / prior_h)``).
 """
 
 from __future__ import annotations
@@ -223,12 +215,9 @@ def pair_iou(a: Tensor, b: Tensor) -> Tensor:
 
 
 def responsible_predictors(cells: Tensor, quality: Tensor) -> Tensor:
-    """Which of its cell's B predictors is responsible for each object.
-
-    YOLO v1 (Sec. 2.2): the predictor "whose prediction has the highest current IoU with the
-    ground truth". Objects whose centres fall in one cell are served greedily, best IoU first,
-    one object per predictor; an object left without a free predictor is not learnt (the
-    paper's "each grid cell only predicts two boxes" limitation, Sec. 2.4).
+    """Which of its cell's B predictors is responsible for each object (YOLO v1 Sec. 2.2: the
+    one with the highest IoU). Objects sharing a cell are served greedily, best IoU first,
+    one per predictor; an object left without a free predictor is not learnt (Sec. 2.4).
 
     Args:
         cells: ``Tensor[M, 2]`` (row, col) of each object's cell.
@@ -328,11 +317,9 @@ def yolo_v1_loss(
 
     Args:
         box_params: ``Tensor[N, S, S, B, 4]`` ``(x, y, sqrt_w, sqrt_h)`` (linear outputs).
-        confidence: ``Tensor[N, S, S, B]``; its target is the IoU of the predicted box with the
-            object for a responsible predictor, 0 for every other one.
-        class_probs: ``Tensor[N, S, S, C]`` ``P(class | object)`` per cell, trained only in
-            cells holding an object; objects of several classes sharing a cell share the
-            target (the mean of their one-hot vectors).
+        confidence: ``Tensor[N, S, S, B]``; target the predicted box's IoU (responsible), or 0.
+        class_probs: ``Tensor[N, S, S, C]`` per cell, trained in cells holding an object (the
+            mean of their one-hot vectors).
         targets: from :func:`assign`.
 
     Returns:

@@ -1,6 +1,6 @@
 """Pictures wherever a person would rather look than read: detections, masks, relationships,
-semantic maps, proposals, anchors, the YOLO grid, classification captions, dataset contact
-sheets and training curves.
+scene graphs, semantic maps, proposals, anchors, the YOLO grid, classification captions,
+dataset contact sheets and training curves.
 
 Drawing uses Pillow (built-in font, fixed colours per class) and returns RGB PIL images;
 ``image.save("x.png")`` writes them. Images may be float ``[3, H, W]`` tensors in [0, 1] or PIL
@@ -19,6 +19,7 @@ from visionlab.viz.boxes import (
     responsible_cells_of,
 )
 from visionlab.viz.dataset import draw_sample, image_grid, show_dataset
+from visionlab.viz.graph import draw_scene_graph
 from visionlab.viz.labels import draw_classification, draw_semantic, semantic_to_palette_png
 from visionlab.viz.plots import plot_curves, plot_grouped_bars, read_metrics
 
@@ -32,6 +33,7 @@ __all__ = [
     "draw_proposals",
     "draw_relations",
     "draw_sample",
+    "draw_scene_graph",
     "draw_semantic",
     "image_grid",
     "plot_curves",

@@ -1,4 +1,5 @@
-"""Shared drawing helpers: image conversion, fixed colour palettes, fonts and labelled text."""
+"""Shared drawing helpers: image conversion, fixed colour palettes, fonts, labelled text, arrows
+and the choice of which relations a picture shows."""
 
 from __future__ import annotations
 
@@ -239,3 +240,87 @@ def class_name(index: int, names: Sequence[str] | None, offset: int) -> str:
     """``names[index - offset]`` when it exists, else the number."""
     i = int(index) - offset
     return names[i] if names is not None and 0 <= i < len(names) else str(int(index))
+
+
+def draw_arrow(
+    draw: ImageDraw.ImageDraw,
+    start: tuple[float, float],
+    end: tuple[float, float],
+    color: Color,
+    width: int,
+) -> None:
+    """A line from ``start`` to ``end`` with a filled head whose tip is at ``end``."""
+    head = 4 + 3 * width
+    angle = math.atan2(end[1] - start[1], end[0] - start[0])
+    draw.line((*start, *end), fill=color, width=width)
+    left = (end[0] - head * math.cos(angle - 0.45), end[1] - head * math.sin(angle - 0.45))
+    right = (end[0] - head * math.cos(angle + 0.45), end[1] - head * math.sin(angle + 0.45))
+    draw.polygon((end, left, right), fill=color)
+
+
+def predicate_label(
+    predicate: int, names: Sequence[str] | None, score: float | Tensor | None = None
+) -> tuple[str, Color]:
+    """The text ("name" or "name 0.87") and colour of a relation's predicate; predicate
+    colours are offset from class colours so they differ from the first classes'."""
+    text = class_name(predicate, names, 0)
+    if score is not None:
+        text += f" {float(score):.2f}"
+    return text, color_for(int(predicate) + 3)
+
+
+def along(
+    start: tuple[float, float],
+    end: tuple[float, float],
+    size: tuple[int, int],
+    fractions: Sequence[float],
+) -> list[tuple[float, float]]:
+    """Top-left corners of a ``size`` (w, h) label centred at each fraction of the way from
+    ``start`` to ``end``: candidate places for a :class:`LabelPlacer`."""
+    w, h = size
+    return [
+        (start[0] + t * (end[0] - start[0]) - w / 2, start[1] + t * (end[1] - start[1]) - h / 2)
+        for t in fractions
+    ]
+
+
+def select_relations(
+    relations: Tensor,
+    num_objects: int,
+    relation_scores: Tensor | None = None,
+    score_threshold: float = 0.0,
+    max_relations: int = 50,
+    one_per_pair: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Which relations a picture shows, best first.
+
+    Args:
+        relations: ``Tensor[R, 3]`` int: (subject index, predicate index, object index).
+        num_objects: N; subjects and objects must lie in 0..N-1.
+        relation_scores: ``Tensor[R]``; those below ``score_threshold`` are dropped and the rest
+            sorted best first (without scores: the given order).
+        one_per_pair: keep only the first (best) relation of each unordered pair of objects.
+
+    Returns:
+        ``(rel, order)``: ``relations`` as int64 ``Tensor[R, 3]`` on the CPU, and the indices
+        of the chosen rows of ``rel``, best first, at most ``max_relations`` of them.
+    """
+    rel = torch.as_tensor(relations).detach().cpu().long().reshape(-1, 3)
+    order = torch.arange(len(rel))
+    if relation_scores is not None:
+        s = torch.as_tensor(relation_scores).detach().cpu().float()
+        order = order[s >= score_threshold]
+        order = order[s[order].argsort(descending=True)]
+    bad = (rel[order][:, [0, 2]] < 0) | (rel[order][:, [0, 2]] >= num_objects)
+    if bad.any():
+        raise VisionLabError(f"relations refer to objects outside 0..{num_objects - 1}")
+    if one_per_pair:
+        seen: set[tuple[int, int]] = set()
+        first = []
+        for i in order.tolist():
+            pair = (min(rel[i, 0], rel[i, 2]).item(), max(rel[i, 0], rel[i, 2]).item())
+            if pair not in seen:
+                seen.add(pair)
+                first.append(i)
+        order = torch.tensor(first, dtype=torch.long)
+    return rel, order[:max_relations]

@@ -4,7 +4,6 @@ never modified. Boxes are always ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)`` absolu
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -15,11 +14,15 @@ from visionlab.errors import VisionLabError
 from visionlab.viz._common import (
     Color,
     LabelPlacer,
+    along,
     as_boxes,
     blend_masks,
     class_name,
     color_for,
+    draw_arrow,
     draw_label,
+    predicate_label,
+    select_relations,
     style_for,
     to_pil,
     upscale,
@@ -45,11 +48,12 @@ def _prepare_detections(
     score_threshold: float,
     mask_alpha: float,
     color_by: str = "class",
+    number: bool = False,
 ) -> tuple[Image.Image, list[tuple[str, Color, list[tuple[float, float]]]]]:
     """Masks (filled and outlined) and box outlines drawn; the box labels returned as (text,
     colour, candidate top-left positions) for a :class:`LabelPlacer`, so later labels can
     avoid them. ``color_by``: ``"class"`` (colour of the label) or ``"instance"`` (detection
-    i gets ``color_for(i)``)."""
+    i gets ``color_for(i)``). ``number``: labels read "i: name" (i = the detection's index)."""
     if color_by not in ("class", "instance"):
         raise VisionLabError(f"color_by must be 'class' or 'instance', got {color_by!r}")
     n = len(boxes)
@@ -79,6 +83,8 @@ def _prepare_detections(
     for i, color in zip(order.tolist(), colors):  # best first: it gets the best place
         x1, y1, x2, y2 = (boxes[i] * factor).tolist()
         text = class_name(labels[i], class_names, 1)
+        if number:
+            text = f"{i}: {text}"
         if scores is not None:
             text += f" {float(scores[i]):.2f}"
         w, h = measure.size(text, font_size)
@@ -138,21 +144,6 @@ def draw_detections(
     return pil
 
 
-def _arrow(
-    draw: ImageDraw.ImageDraw,
-    start: tuple[float, float],
-    end: tuple[float, float],
-    color: Color,
-    width: int,
-) -> None:
-    head = 4 + 3 * width
-    angle = math.atan2(end[1] - start[1], end[0] - start[0])
-    draw.line((*start, *end), fill=color, width=width)
-    left = (end[0] - head * math.cos(angle - 0.45), end[1] - head * math.sin(angle - 0.45))
-    right = (end[0] - head * math.cos(angle + 0.45), end[1] - head * math.sin(angle + 0.45))
-    draw.polygon((end, left, right), fill=color)
-
-
 def draw_relations(
     image: ImageLike,
     boxes: Tensor,
@@ -167,6 +158,7 @@ def draw_relations(
     max_relations: int = 50,
     one_per_pair: bool = False,
     draw_boxes: bool = True,
+    number_boxes: bool = False,
     min_size: int | None = None,
 ) -> Image.Image:
     """Arrows from each subject box centre to its object box centre, labelled with the
@@ -182,33 +174,19 @@ def draw_relations(
         one_per_pair: draw only the first (best) relation of each unordered pair of boxes, so
             "A left of B" hides its mirror "B right of A" and busy scenes stay readable.
         draw_boxes: also draw the boxes, masks and class labels.
+        number_boxes: box labels read "k: class" (k = the box's index), matching the nodes of
+            :func:`~visionlab.viz.draw_scene_graph`.
     """
     boxes = as_boxes(boxes)
     pil, factor = upscale(to_pil(image), min_size)
     jobs: list[tuple[str, Color, list[tuple[float, float]]]] = []
     if draw_boxes:
         pil, jobs = _prepare_detections(
-            pil, factor, boxes, labels, None, class_names, masks, 0.0, 0.45
+            pil, factor, boxes, labels, None, class_names, masks, 0.0, 0.45, number=number_boxes
         )
-    rel = torch.as_tensor(relations).detach().cpu().long().reshape(-1, 3)
-    order = torch.arange(len(rel))
-    if relation_scores is not None:
-        s = torch.as_tensor(relation_scores).detach().cpu().float()
-        order = order[s >= score_threshold]
-        order = order[s[order].argsort(descending=True)]
-    bad = (rel[order][:, [0, 2]] < 0) | (rel[order][:, [0, 2]] >= len(boxes))
-    if bad.any():
-        raise VisionLabError(f"relations refer to boxes outside 0..{len(boxes) - 1}")
-    if one_per_pair:
-        seen: set[tuple[int, int]] = set()
-        first = []
-        for i in order.tolist():
-            pair = (min(rel[i, 0], rel[i, 2]).item(), max(rel[i, 0], rel[i, 2]).item())
-            if pair not in seen:
-                seen.add(pair)
-                first.append(i)
-        order = torch.tensor(first, dtype=torch.long)
-    order = order[:max_relations]
+    rel, order = select_relations(
+        relations, len(boxes), relation_scores, score_threshold, max_relations, one_per_pair
+    )
     draw = ImageDraw.Draw(pil)
     placer = LabelPlacer(draw, pil.size)
     width, font_size = style_for(pil)
@@ -216,22 +194,16 @@ def draw_relations(
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2 * factor
     for i in order.flip(0).tolist():  # best last, on top
         s, p, o = rel[i].tolist()
-        color = color_for(p + 3)  # offset so predicate colours differ from the first classes
+        score = None if relation_scores is None else relation_scores[i]
+        text, color = predicate_label(p, predicate_names, score)
         start, end = tuple(centres[s].tolist()), tuple(centres[o].tolist())
         if s == o:  # a self-relation: a ring around the box centre
             r = 3 * (width + 1)
             ring = (start[0] - r, start[1] - r, start[0] + r, start[1] + r)
             draw.ellipse(ring, outline=color, width=width + 1)
         else:
-            _arrow(draw, start, end, color, width + 1)
-        text = class_name(p, predicate_names, 0)
-        if relation_scores is not None:
-            text += f" {float(relation_scores[i]):.2f}"
-        w, h = placer.size(text, small)
-        places = [
-            (start[0] + t * (end[0] - start[0]) - w / 2, start[1] + t * (end[1] - start[1]) - h / 2)
-            for t in (0.5, 0.35, 0.65, 0.2, 0.8)
-        ]
+            draw_arrow(draw, start, end, color, width + 1)
+        places = along(start, end, placer.size(text, small), (0.5, 0.35, 0.65, 0.2, 0.8))
         jobs.append((text, color, places))
     # labels after all outlines and arrows, so no line crosses a label
     for k, (text, color, places) in enumerate(jobs):
