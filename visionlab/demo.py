@@ -5,7 +5,9 @@
 3. train FCN-8s on the scenes and write its masks and overlays;
 4. train Faster R-CNN on the scenes (a short demo schedule) and draw its detections and
    its RPN's proposals beside selective search's;
-5. train Mask R-CNN on the scenes (a short demo schedule) and draw its instances.
+5. train Mask R-CNN on the scenes (a short demo schedule) and draw its instances;
+6. train the relation model on the scenes (a short demo schedule) and draw its
+   relationships beside their scene graph.
 
 Every step goes through the same `visionlab` commands a user types, so the demo shows the
 command line as much as the models. Pictures land under ``--out`` (default runs/demo).
@@ -18,11 +20,12 @@ import shlex
 import time
 from pathlib import Path
 
-STEPS = ("data", "classify", "fcn", "faster_rcnn", "mask_rcnn")
+STEPS = ("data", "classify", "fcn", "faster_rcnn", "mask_rcnn", "relations")
 # step -> (`visionlab train` overrides, extra `visionlab predict` flags): a short schedule
 DEMO_OVERRIDES: dict[str, tuple[list[str], list[str]]] = {
     "faster_rcnn": (["train.epochs=2", "train.eval_every=2"], ["--show-proposals"]),
     "mask_rcnn": (["train.epochs=2", "train.eval_every=2"], []),
+    "relations": (["train.epochs=2", "train.eval_every=2"], ["--max-relations", "12"]),
 }
 
 
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         "fcn": ("fcn8s", "configs/fcn8s_scenes.yaml", root / "images" / "val"),
         "faster_rcnn": ("faster_rcnn", "configs/faster_rcnn_scenes.yaml", root / "images" / "val"),
         "mask_rcnn": ("mask_rcnn", "configs/mask_rcnn_scenes.yaml", root / "images" / "val"),
+        "relations": ("relations", "configs/relations_scenes.yaml", root / "images" / "val"),
     }
     for step, (name, recipe, val_images) in recipes.items():
         if step in steps:

@@ -229,11 +229,13 @@ class RelationTask(DetectionTask):
         wanted = tuple(extras)
         asked = wanted if graph_constraint else tuple({*wanted, "relation_pairs"})
         outputs = model(list(images), extras=asked) if asked else model(list(images))
-        for out in outputs:
-            if not graph_constraint:
-                from visionlab.eval.relations import rank_triplets
+        from visionlab.eval.relations import rank_triplets
 
-                k = max(len(out["relations"]), 1)
+        heads = getattr(model, "roi_heads", None)
+        head = heads["relation"] if heads is not None and "relation" in heads else None
+        for out in outputs:
+            if not graph_constraint:  # as many triplets as the head keeps with it
+                k = head.settings.relations_per_image if head is not None else len(out["pairs"])
                 out["relations"], out["relation_scores"] = rank_triplets(
                     out["pairs"], out["predicate_scores"], k, graph_constraint=False
                 )

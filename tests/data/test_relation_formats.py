@@ -214,14 +214,18 @@ def test_vg_vocabulary_files_filter_with_one_counted_warning_each(vg_root: Path,
     assert len(warnings) == 3
 
 
-def test_vg_errors_name_file_and_entry(vg_root: Path) -> None:
+def test_vg_self_relationships_are_dropped_with_one_counted_warning(vg_root, caplog):
     rels = vg_root / "relationships.json"
     _edit_json(rels, lambda d: d[0]["relationships"][0].update(object=MAN))
-    with pytest.raises(
-        DataError, match=r"relationships\.json \[image_id=1 relationship_id=100\]: subject and"
-    ):
-        load_dataset(vg_root, "all")
-    _edit_json(rels, lambda d: d[0]["relationships"][0].update(object=HORSE))
+    with caplog.at_level(logging.WARNING):
+        ds = load_dataset(vg_root, "all")
+    assert [0, 2, 0] not in ds.annotations(0)["relations"].tolist()
+    assert len(ds.annotations(0)["relations"]) == 3  # the other three kept
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("1 relationships of an object with itself dropped" in w for w in warnings) == 1
+
+
+def test_vg_errors_name_file_and_entry(vg_root: Path) -> None:
     (vg_root / "VG_100K_2" / "2.jpg").unlink()
     with pytest.raises(DataError, match=r"\[image_id=2\]: image file 2\.jpg not found in VG_100K/"):
         load_dataset(vg_root, "all")

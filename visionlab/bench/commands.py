@@ -21,6 +21,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "yolo": ("visionlab.bench.yolo", "YOLO v1 vs anchors vs our Faster R-CNN: AP, ms/image"),
     "peers": ("visionlab.bench.peers", "Faster R-CNN vs torchvision; Fast/Faster test-time split"),
     "mask": ("visionlab.bench.mask", "Mask R-CNN vs torchvision; Table 2b/2c; masks vs boxes"),
+    "relations": ("visionlab.bench.relations", "relations: frequency baseline, feature ablation"),
 }
 
 

@@ -18,8 +18,8 @@ Vocabulary: ``classes.txt`` and ``predicates.txt`` (one name per line, normalise
 way), when present, are the classes (label k <-> line k) and predicates, and nothing else is
 kept: objects of other classes are skipped, relationships with them or with other predicates
 dropped, each kind with one warning that counts them. Without the files every name seen is
-kept, sorted. Objects without a name and relationships without a predicate are dropped the
-same way.
+kept, sorted. Objects without a name, relationships without a predicate and relationships
+of an object with itself (the release has a few) are dropped the same way.
 
 Visual Genome has no official split, so the dataset is one split, ``all`` (``train`` reads
 all of it too); the splits papers use (e.g. Xu et al. 2017's) are lists of their own.
@@ -153,6 +153,8 @@ def read_split(
                     dropped.add(predicate_file, message, predicate)
             elif subject in left_out or obj in left_out:
                 dropped.add(rels_file, "relationships with a skipped subject or object dropped")
+            elif subject == obj:  # the release has some: a counted warning, not a stop
+                dropped.add(rels_file, "relationships of an object with itself dropped")
             else:
                 kept.append((subject, predicate, obj, ref))
         source = sizes_file if image_id in sizes else path / "objects.json"

@@ -7,9 +7,9 @@ DistributedDataParallel. ``load`` rebuilds a model from a checkpoint or an expor
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,9 @@ from visionlab.errors import (
     describe_class_mismatch,
 )
 from visionlab.tasks import get_task, to_device
+
+if TYPE_CHECKING:
+    from visionlab.engine.streaming import Frame
 
 
 def _resolve_config(
@@ -295,28 +298,106 @@ def predict(
         (and ``masks [N, H, W]`` for instance models), plus the keys of ``extras``.
     """
     from visionlab.data.imageio import load_image
-    from visionlab.models.detector import check_extras
 
     dev = resolve_device(device)
     model = _as_model(model_or_path, dev, fuse=True)  # a loaded model is ours to fuse
-    extras = tuple(sorted(check_extras(model, extras)))
-    task = get_task(model.task)
+    options = _predict_options(
+        model,
+        topk=topk,
+        score_threshold=score_threshold,
+        extras=extras,
+        graph_constraint=graph_constraint,
+    )
     transform = make_transform(model.task, False, model.image_size, {})
     results: list[dict[str, Tensor]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         originals = [im if isinstance(im, Tensor) else load_image(im) for im in chunk]
         prepared = [transform(im, {})[0] for im in originals]
-        batch = torch.stack(prepared) if model.task in STACKED_TASKS else prepared
-        preds = task.predict(
-            model,
-            to_device(batch, dev),
-            topk=topk,
-            score_threshold=score_threshold,
-            extras=extras,
-            graph_constraint=graph_constraint,
-        )
-        for pred, orig, prep in zip(preds, originals, prepared):
-            pred = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in pred.items()}
-            results.append(_restore_size(pred, tuple(prep.shape[-2:]), tuple(orig.shape[-2:])))
+        results += _predict_prepared(model, originals, prepared, dev, options)
     return results
+
+
+def _predict_options(
+    model: nn.Module,
+    *,
+    topk: int = 5,
+    score_threshold: float = 0.0,
+    extras: Collection[str] = (),
+    graph_constraint: bool = True,
+) -> dict[str, Any]:
+    """The task's predict options (see :func:`predict`); an extra the model does not make is
+    refused here, before any image is read."""
+    from visionlab.models.detector import check_extras
+
+    return {
+        "topk": topk,
+        "score_threshold": score_threshold,
+        "extras": tuple(sorted(check_extras(model, extras))),
+        "graph_constraint": graph_constraint,
+    }
+
+
+def _predict_prepared(
+    model: nn.Module,
+    originals: Sequence[Tensor],
+    prepared: Sequence[Tensor],
+    device: torch.device,
+    options: dict[str, Any],
+) -> list[dict[str, Tensor]]:
+    """One batch: ``prepared`` (the eval transform of each of ``originals``) predicted, and
+    each prediction mapped back onto its original image, on the CPU."""
+    batch = torch.stack(list(prepared)) if model.task in STACKED_TASKS else list(prepared)
+    preds = get_task(model.task).predict(model, to_device(batch, device), **options)
+    results = []
+    for pred, orig, prep in zip(preds, originals, prepared):
+        pred = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in pred.items()}
+        results.append(_restore_size(pred, tuple(prep.shape[-2:]), tuple(orig.shape[-2:])))
+    return results
+
+
+@torch.no_grad()
+def predict_stream(
+    model_or_path: nn.Module | str | Path,
+    files: Sequence[str | Path],
+    *,
+    batch_size: int = 16,
+    device: str = "auto",
+    workers: int = 0,
+    every: int = 1,
+    **options: Any,
+) -> Iterator[tuple[Frame, dict[str, Tensor] | None]]:
+    """Predict image and video files as they are read: a DataLoader decodes and transforms
+    them in ``workers`` processes, ``batch_size`` at a time, while the model predicts.
+
+    The same predictions as :func:`predict` for the same images and batches. Video files
+    (:data:`visionlab.engine.streaming.VIDEO_EXTENSIONS`) give every ``every``-th frame.
+
+    Args:
+        options: :func:`predict`'s ``topk``, ``score_threshold``, ``extras``,
+            ``graph_constraint``.
+
+    Yields:
+        ``(frame, prediction)`` in the order of ``files`` (a video's frames in order); the
+        prediction is None for a file that could not be decoded (``frame.error`` says why).
+    """
+    from visionlab.engine.streaming import stream_batches
+
+    dev = resolve_device(device)
+    model = _as_model(model_or_path, dev, fuse=True)
+    settings = _predict_options(model, **options)
+    transform = make_transform(model.task, False, model.image_size, {})
+    paths = [Path(f) for f in files]
+    for frames in stream_batches(
+        paths, transform, batch_size=batch_size, workers=workers, every=every
+    ):
+        good = [f for f in frames if f.error is None]
+        preds = iter(
+            _predict_prepared(
+                model, [f.image for f in good], [f.prepared for f in good], dev, settings
+            )
+            if good
+            else []
+        )
+        for frame in frames:
+            yield frame, (next(preds) if frame.error is None else None)

@@ -1,15 +1,6 @@
-"""Run folders that never lose a run: which folder a run gets, one run per folder, and what
-a resumed run may change.
-
-- A fresh run never writes into a folder holding checkpoints: the default ``runs/NAME``
-  moves on to ``runs/NAME-2``, ``-3``, ...; an explicit ``out=`` is refused unless
-  ``--overwrite``, which keeps the old run's files in ``RUN/.overwritten/`` until the new
-  run's first checkpoint (:class:`Aside`).
-- One run per folder: ``RUN/.lock`` (:class:`RunLock`).
-- ``--resume`` may not change what is trained (:data:`TRAINED_KEYS`); other changes are
-  recorded in ``RUN/resumes.jsonl`` (:func:`resume_changes`).
-
-Only the main process touches the folder; the others receive its choice.
+"""Run folders that never lose a run: which folder a run gets (:func:`choose_run_dir`),
+one run per folder (:class:`RunLock`), and what a resumed run may change
+(:func:`resume_changes`). Only the main process touches the folder.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Training in stages, each checkpointed, of a detector that declares
-:attr:`~visionlab.models.detector.Detector.stages` (R-CNN, SPPNet: proposals, finetune,
-features, svm, box_reg). The model does each stage's work (``model.run_stage``; caches under
-``RUN/cache/``) but its ``train_stage``'s: that is the engine's one loop, the
-:class:`Trainer`, on ``model.train_stage_data`` with the recipe's ``optim``, ``schedule`` and
-``train``. The stages use the model's ``stage_images`` training images (seeded; 0 = all).
-
-After each stage ``RUN/checkpoints/last.pt`` holds the model and ``stages_done``; during the
-train stage also the Trainer's state, as a plain run saves it. ``--resume RUN`` continues
-after the last finished stage, or in the train stage exactly where the Trainer stopped.
-Ctrl-C or SIGTERM stop the Trainer after its step, the other stages at once. A final
-evaluation on the model's ``stage_eval_images`` validation images writes ``RUN/eval.json``.
+:attr:`~visionlab.models.detector.Detector.stages` (R-CNN, SPPNet). The model does each
+stage's work (``model.run_stage``; caches under ``RUN/cache/``) but its ``train_stage``'s,
+which the engine's :class:`Trainer` runs on ``model.train_stage_data``. After each stage
+``RUN/checkpoints/last.pt`` holds the model and ``stages_done`` (in the train stage also the
+Trainer's state), so ``--resume RUN`` continues where it stopped.
 """
 
 from __future__ import annotations
@@ -55,8 +49,8 @@ def run_stages(
     folder: RunFolder,
     resume_state: dict[str, Any] | None,
 ) -> TrainResult:
-    """Run the stages of ``model`` (see the module docstring) in one process: under torchrun
-    every process leaves the process group and only the main one trains.
+    """Run the stages of ``model`` in one process (under torchrun only rank 0, alone), then
+    evaluate on its ``stage_eval_images`` validation images into ``RUN/eval.json``.
 
     Args:
         model: the built model (on ``device``), whose ``stages`` are not empty.

@@ -6,9 +6,6 @@ checkpoints and unfreezing are :class:`visionlab.engine.hooks.HookBase` objects 
 every step. Steps are optimizer steps; an epoch is one pass of the loader, so with
 ``accumulate=k`` an epoch has ``ceil(len(loader) / k)`` steps (the last one may average
 fewer batches).
-
-Also here: the optimizer, the per-step learning-rate schedule, :func:`evaluate` and its
-:func:`eval_loader`.
 """
 
 from __future__ import annotations
@@ -16,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -89,6 +87,7 @@ def build_optimizer(model: nn.Module, optim: Any) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {optim.name!r}")
 
 
+@dataclass
 class LRSchedule:
     """Learning-rate multiplier at optimizer step ``k`` (0-based), for :class:`LambdaLR`.
 
@@ -98,24 +97,13 @@ class LRSchedule:
     LambdaLR's state_dict stays plain data.
     """
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        total_steps: int,
-        warmup_steps: int = 0,
-        warmup_factor: float = 0.001,
-        milestones: Sequence[int] = (),
-        gamma: float = 0.1,
-        min_lr_factor: float = 0.0,
-    ) -> None:
-        self.name = name
-        self.total_steps = int(total_steps)
-        self.warmup_steps = int(warmup_steps)
-        self.warmup_factor = float(warmup_factor)
-        self.milestones = sorted(int(m) for m in milestones)
-        self.gamma = float(gamma)
-        self.min_lr_factor = float(min_lr_factor)
+    name: str
+    total_steps: int
+    warmup_steps: int = 0
+    warmup_factor: float = 0.001
+    milestones: Sequence[int] = ()
+    gamma: float = 0.1
+    min_lr_factor: float = 0.0
 
     def __call__(self, k: int) -> float:
         if self.name == "cosine":

@@ -1,21 +1,9 @@
 """Convolutional backbones with one interface for classifiers, FCN and detectors.
 
 Every backbone takes float images ``Tensor[B, 3, H, W]`` RGB in ``[0, 1]`` and normalises
-them itself with the ImageNet mean and std, so callers never normalise. The interface
-(:class:`Backbone`):
-
-- ``forward_features(x) -> Tensor[B, out_channels, H / out_stride, W / out_stride]``.
-- ``feature_maps(x, strides=None) -> dict[str, Tensor]`` keyed ``"stride4"`` ..
-  ``"stride32"``: for stride ``s`` the deepest layer still at ``1/s`` (detectron2's C2..C5,
-  e.g. VGG16's conv5_3 at 16, as Faster R-CNN sec. 4); computation stops after the largest
-  stride asked for.
-- ``feature_channels``, ``out_channels``, ``out_stride``: known before any forward pass.
-- ``freeze_to(stride)``: the layers up to that map stop training (4 is torchvision's
-  ``trainable_backbone_layers=3``).
-- ``use_up_to(stride)``: the deepest map the model reads; the stages past it never run and
-  get ``requires_grad=False`` (for DDP), but stay in the state dict.
-
-Nominal strides are exact for sizes divisible by 32, except AlexNet (its maps are a pixel or
+them itself with the ImageNet mean and std, so callers never normalise. The map at stride
+``s`` is the deepest layer still at ``1/s`` (detectron2's C2..C5, e.g. VGG16's conv5_3 at
+16, as Faster R-CNN sec. 4), exact for sizes divisible by 32 except in AlexNet (a pixel or
 two smaller). Backbones: ``tiny_cnn`` (ours, fast on a CPU), and torchvision's ``alexnet``,
 ``vgg16``, ``resnet18``, ``resnet50``, ``mobilenet_v3_small`` built with ``weights=None``;
 their module names are torchvision's, so its weights load (:mod:`visionlab.models.pretrained`).

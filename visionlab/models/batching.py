@@ -28,9 +28,6 @@ def batch_images(
 ) -> tuple[Tensor, list[tuple[int, int]]]:
     """Stack images of different sizes into one batch padded at the bottom and right.
 
-    Normalisation is the backbone's job (:class:`visionlab.models.backbones.Normalize`), so
-    none happens here.
-
     Args:
         images: ``[Tensor[C, H_i, W_i]]`` (same C, dtype and device), e.g. float RGB in
             ``[0, 1]``.
@@ -67,11 +64,7 @@ def batch_images(
 
 def pad_to_multiple(x: Tensor, multiple: int, *, fill: Sequence[float] | float = 0.0) -> Tensor:
     """Pad a batch ``Tensor[B, C, H, W]`` at the bottom and right to multiples of
-    ``multiple``.
-
-    ``fill`` is a scalar or one value per channel. Returns ``x`` itself when no padding is
-    needed.
-    """
+    ``multiple`` with ``fill`` (scalar or per channel); ``x`` itself when none is needed."""
     height, width = x.shape[-2:]
     pad_h, pad_w = -height % multiple, -width % multiple
     if pad_h == 0 and pad_w == 0:

@@ -32,10 +32,6 @@ class ImageClassifier(nn.Module):
             AlexNet / VGG fully connected layers).
         pre_logits: layers between pooling (flattened) and the head, e.g. VGG's fc6-fc7.
         dropout: dropout right before the head.
-
-    Parameter groups: the *head* is ``fc`` alone; the *backbone* is everything else
-    (including ``pre_logits``). Freezing the backbone also keeps its batch-norm layers
-    in eval mode, so their running statistics stay those of the pretrained weights.
     """
 
     def __init__(
@@ -164,31 +160,19 @@ def _torchvision_classifier(
     backbone, net = build_backbone_and_tv_net(arch)
     if arch in ("alexnet", "vgg16"):
         # torchvision classifier = [fc6 block, fc7 block, fc8]; fc8 becomes our head
-        pre_logits = net.classifier[:6]
+        features, pre_logits = net.classifier[6].in_features, net.classifier[:6]
         _set_dropout(pre_logits, dropout)
-        model = ImageClassifier(
-            backbone=backbone,
-            num_classes=num_classes,
-            num_features=net.classifier[6].in_features,
-            pool_size=net.avgpool.output_size[0],
-            pre_logits=pre_logits,
-        )
+        head = dict(pre_logits=pre_logits, pool_size=net.avgpool.output_size[0])
     elif arch == "mobilenet_v3_small":
         # torchvision classifier = Linear(576, 1024), Hardswish, Dropout, Linear(1024, C)
-        model = ImageClassifier(
-            backbone=backbone,
-            num_classes=num_classes,
-            num_features=net.classifier[0].out_features,
-            pre_logits=net.classifier[:2],
-            dropout=dropout,
-        )
+        features = net.classifier[0].out_features
+        head = dict(pre_logits=net.classifier[:2], dropout=dropout)
     else:  # ResNet
-        model = ImageClassifier(
-            backbone=backbone,
-            num_classes=num_classes,
-            num_features=net.fc.in_features,
-            dropout=dropout,
-        )
+        features = net.fc.in_features
+        head = dict(dropout=dropout)
+    model = ImageClassifier(
+        backbone=backbone, num_classes=num_classes, num_features=features, **head
+    )
     return _finish(model, pretrained, freeze)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
 from visionlab.errors import VisionLabError
 
@@ -22,14 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="print JSON with each builder's arguments"
     )
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return repr(value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,11 +44,11 @@ def run(args: argparse.Namespace) -> int:
                 "name": i.name,
                 "task": i.task,
                 "summary": i.summary,
-                "args": {k: _jsonable(v) for k, v in i.args.items()},
+                "args": i.args,
             }
             for i in infos
         ]
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2, default=repr))  # repr: a default JSON cannot hold
         return 0
     if not infos:
         print(

@@ -6,8 +6,6 @@ The model is the two-stage skeleton (:class:`visionlab.models.two_stage.TwoStage
 with the region proposal network (:class:`visionlab.models.rpn.RPN`, sec. 3.1) as proposer
 and the Fast R-CNN box head (:class:`visionlab.models.heads.RoIBoxPredictor`), trained by
 "approximate joint training" (sec. 3.2: the losses summed, proposals treated as constants).
-Without FPN one backbone map (``feature_stride``); with FPN the maps at ``fpn_strides``
-make a pyramid, the RPN runs on every level and each RoI pools from the level of its size.
 """
 
 from __future__ import annotations

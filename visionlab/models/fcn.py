@@ -15,8 +15,11 @@ scaling is ``skip_scales`` (default 1: our backbones see normalised inputs).
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +35,7 @@ FEATURE_STRIDES = (8, 16, 32)
 # VGG16's pool3, pool4 and pool5 are these indices of torchvision's ``features``.
 VGG16_POOL_TAPS = {8: (16, 256), 16: (23, 512), 32: (30, 512)}
 UPSAMPLE_MODES = ("deconv", "bilinear")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -204,8 +208,6 @@ class FCN(nn.Module):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         if num_classes < 2:
             raise ValueError(f"num_classes counts the background, so needs >= 2: {num_classes}")
-        if upsample not in UPSAMPLE_MODES:
-            raise ValueError(f"upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
         self.encoder = encoder
         self.num_classes = num_classes
         self.output_stride = output_stride
@@ -293,7 +295,7 @@ def _zero_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
 def build_fcn(
     variant: str,
     *,
-    num_classes: int,
+    num_classes: int = 21,
     backbone: str = "tiny_cnn",
     upsample: str = "deconv",
     pretrained_backbone: str | None = None,
@@ -360,11 +362,8 @@ def load_fcn_weights(model: FCN, source: str) -> list[str]:
     Raises:
         CheckpointError: unreadable file, or an FCN of another backbone.
     """
-    import logging
-
     from visionlab.models.pretrained import read_state_dict, resolve_source
 
-    log = logging.getLogger(__name__)
     path = resolve_source(source, model.encoder.arch)
     state, meta = read_state_dict(path)
     is_fcn = meta.get("model_name") in VARIANT_STRIDES or any(
@@ -409,11 +408,8 @@ def load_vgg_fc_as_conv(head: FullyConvHead, source: str) -> bool:
     ``source``: what :func:`visionlab.models.pretrained.load_pretrained` reads. Returns
     False, leaving fc6/fc7 as initialised, when the file has none or of another width.
     """
-    import logging
-
     from visionlab.models.pretrained import convert_keys, read_state_dict, resolve_source
 
-    log = logging.getLogger(__name__)
     path = resolve_source(source, "vgg16")
     state = convert_keys(read_state_dict(path)[0], "vgg16")
     names = {"fc6": "pre_logits.0", "fc7": "pre_logits.3"}
@@ -461,23 +457,21 @@ _BUILDER_DOC = """{title}: fully convolutional segmentation (Long et al., CVPR 2
     """
 
 
+def _build_fcn_arguments(builder: Callable[..., FCN]) -> Callable[..., FCN]:
+    """Give ``builder(**kwargs)`` the keyword arguments of :func:`build_fcn` but ``variant``:
+    the signature the registry reads."""
+    own = list(inspect.signature(build_fcn).parameters.values())[1:]
+    builder.__signature__ = inspect.Signature(own, return_annotation=FCN)  # type: ignore[attr-defined]
+    return builder
+
+
 def _register_variant(variant: str, title: str, detail: str, summary: str) -> Callable[..., FCN]:
     """Register the builder of ``variant``: :func:`build_fcn` with its keyword arguments."""
 
     @register_model(variant, task="segmentation", summary=summary)
-    def builder(
-        *,
-        num_classes: int = 21,
-        backbone: str = "tiny_cnn",
-        upsample: str = "deconv",
-        pretrained_backbone: str | None = None,
-        fc_width: int | None = None,
-        skip_scales: Sequence[float] = (1.0, 1.0),
-        pretrained: str | None = None,
-        frozen_stride: int = 0,
-    ) -> FCN:
-        args = {k: v for k, v in locals().items() if k != "variant"}  # from the closure
-        return build_fcn(variant, **args)
+    @_build_fcn_arguments
+    def builder(**kwargs: Any) -> FCN:
+        return build_fcn(variant, **kwargs)
 
     builder.__name__ = builder.__qualname__ = variant
     builder.__doc__ = _BUILDER_DOC.format(title=title, detail=detail)

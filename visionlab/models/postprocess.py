@@ -201,18 +201,12 @@ def upgrade_model_args(model_name: str, args: Mapping[str, Any]) -> dict[str, An
         for old, new in renamed_args(model_name).items():
             if old in out:
                 out.setdefault(new, out.pop(old))
-    home = _OLD_KNOB_HOMES.get(model_name)
-    nested = out.get(home) if home else None
-    moved: dict[str, Any] = {}
-    if isinstance(nested, dict):
-        for old, new in RENAMED_KNOBS.items():
-            if old in nested:
-                moved[new] = nested.pop(old)
+    nested = out.get(_OLD_KNOB_HOMES.get(model_name, ""))
+    homes = [nested, out] if isinstance(nested, dict) else [out]  # the nested value wins
     for old, new in RENAMED_KNOBS.items():
-        if old in out:
-            moved.setdefault(new, out.pop(old))
-    for new, value in moved.items():
-        out.setdefault(new, value)
+        values = [home.pop(old) for home in homes if old in home]
+        if values:
+            out.setdefault(new, values[0])
     for arg, renames in _RENAMED_IN_PLACE.get(model_name, {}).items():
         settings = out.get(arg)
         if isinstance(settings, dict):

@@ -141,7 +141,7 @@ def resolve_source(source: bool | str | Path, arch: str) -> Path:
     if source is True or (isinstance(source, str) and _looks_like_weights_name(source)):
         weights = "DEFAULT" if source is True else str(source)
         entry = torchvision_weights(arch, weights)
-        path = hub_weights_file(arch, weights)
+        path = _hub_path(entry.url)
         if path.is_file():
             return path
         if weights.lower() in HUB_ALIASES:  # any other published file of arch will do
@@ -257,14 +257,6 @@ def convert_keys(state: Mapping[str, Tensor], arch: str) -> dict[str, Tensor]:
 # --------------------------------------------------------------------------- loading
 
 
-def _group(key: str) -> str:
-    if key.startswith("fc."):
-        return "head"
-    if key.startswith("pre_logits."):
-        return "pre_logits"
-    return "backbone"
-
-
 def load_pretrained(
     model: nn.Module,
     source: bool | str | Path | Mapping[str, Tensor],
@@ -317,7 +309,9 @@ def load_pretrained(
     )
 
     def group_of(key: str) -> str:
-        return "backbone" if only_backbone else _group(key)
+        if only_backbone or not key.startswith(("fc.", "pre_logits.")):
+            return "backbone"
+        return "head" if key.startswith("fc.") else "pre_logits"
 
     target = model.state_dict()
     report = LoadReport(source=name)

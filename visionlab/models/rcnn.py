@@ -8,10 +8,6 @@ with SPPNet (:mod:`visionlab.models.sppnet`).
   fc7 with hard negative mining (:mod:`visionlab.models.svm`).
 - appendix C: class-specific ridge regression from pool5 features to box deltas.
 - sec. 2.2: score every region, then the one post-processor (class-wise NMS).
-
-The stages (:attr:`RegionDetector.stages`) run in order by :mod:`visionlab.engine.stages`,
-the fine-tuning by the engine's Trainer, the others by :mod:`visionlab.models.region_stages`.
-Before the SVMs are fitted, eval mode scores regions with the fine-tuned softmax.
 """
 
 from __future__ import annotations
@@ -313,6 +309,7 @@ class RegionDetector(Detector):
         self.register_buffer("bbox_fitted", torch.zeros((), dtype=torch.bool))
         self._matcher = Matcher(finetune.fg_iou, 0.0)
         self._sampler = BalancedSampler(finetune.regions_per_image, finetune.fg_fraction)
+        self.stage_images, self.stage_eval_images = finetune.images, finetune.eval_images
 
     # ------------------------------------------------------------------ parts
 
@@ -339,13 +336,9 @@ class RegionDetector(Detector):
         """``Tensor[K, C]`` scores in [0, 1] of classes 1..C: ``sigmoid`` of the SVM margins
         (a monotone map, so rankings and AP are the SVMs'), or the fine-tuned softmax
         before the SVMs are fitted."""
-        if bool(self.svm_fitted):
-            return torch.sigmoid(self.svm_margins(fc7))
+        if bool(self.svm_fitted):  # margins w_c . (s * x) + b_c
+            return torch.sigmoid((fc7 * self.svm_scale) @ self.svm_weight.T + self.svm_bias)
         return F.softmax(self.cls_score(fc7), dim=1)[:, 1:]
-
-    def svm_margins(self, fc7: Tensor) -> Tensor:
-        """SVM outputs ``w_c . (s * x) + b_c`` for every class: ``Tensor[K, C]``."""
-        return (fc7 * self.svm_scale) @ self.svm_weight.T + self.svm_bias
 
     def regress_boxes(self, pooled: Tensor, boxes: Tensor) -> Tensor:
         """Per-class refined boxes ``Tensor[K, C, 4]`` (the boxes themselves when off)."""
@@ -358,19 +351,10 @@ class RegionDetector(Detector):
 
     # ------------------------------------------------------------------ stages
 
-    @property
-    def stage_images(self) -> int:  # type: ignore[override]
-        return self.finetune_settings.images
-
-    @property
-    def stage_eval_images(self) -> int:  # type: ignore[override]
-        return self.finetune_settings.eval_images
-
     def run_stage(
         self, name: str, dataset: Any, indices: Sequence[int], *, cache: Path, progress: bool
     ) -> dict[str, float]:
-        """Stage ``name`` (proposals, features, svm or box_reg) over ``dataset[i]`` for ``i``
-        in ``indices``: :mod:`visionlab.models.region_stages`."""
+        """Stage ``name`` (proposals, features, svm or box_reg): :data:`STAGE_WORK`."""
         return STAGE_WORK[name](self, dataset, indices, cache, progress)
 
     def train_stage_data(
@@ -422,15 +406,8 @@ class RegionDetector(Detector):
     def postprocess(
         self, boxes: Tensor, scores: Tensor, image_size: tuple[int, int] | None = None
     ) -> dict[str, Tensor]:
-        """Clip, threshold, class-wise greedy NMS, best ``detections_per_img``: the one
-        post-processor (:func:`~visionlab.models.postprocess.postprocess_detections`) with
-        :attr:`detection_settings`.
-
-        Args:
-            boxes: ``Tensor[K, C, 4]`` per-class boxes of the K regions.
-            scores: ``Tensor[K, C]``.
-            image_size: ``(H, W)`` to clip to; None when the boxes are clipped already.
-        """
+        """:func:`~visionlab.models.postprocess.postprocess_detections` of per-class
+        ``boxes [K, C, 4]`` and ``scores [K, C]`` with :attr:`detection_settings`."""
         return postprocess_detections(scores, boxes, image_size, self.detection_settings)
 
 
@@ -500,9 +477,6 @@ def rcnn(
             :class:`BoxRegSettings`, :class:`TestSettings` fields.
         score_thresh, nms_thresh, detections_per_img, min_size: the test-time
             :class:`~visionlab.models.postprocess.DetectionSettings`.
-
-    The old names ``width`` and ``pretrained`` get a did-you-mean
-    (:data:`RENAMED_BACKBONE_ARGS`).
     """
     regions = WarpedRegions(input_size=input_size, context=context)
     return build_region_detector("rcnn", regions, locals())

@@ -1,9 +1,8 @@
 """The stages of R-CNN and SPPNet (:attr:`~visionlab.models.rcnn.RegionDetector.stages`;
 R-CNN sec. 2.3 and appendix C): ``proposals`` (to ``CACHE/proposals.pt``), ``finetune``
 (the engine's Trainer on :class:`RegionTrainingSet`), ``features`` (to
-``CACHE/features.pt``), ``svm`` and ``box_reg``. Each takes the training ``dataset``, the
-``indices`` of its images, the ``cache`` folder and a progress flag, and returns its
-statistics; fitted parts are the model's buffers.
+``CACHE/features.pt``), ``svm`` and ``box_reg`` (:data:`STAGE_WORK`); fitted parts are the
+model's buffers.
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ from visionlab.models.faster_rcnn import faster_rcnn, faster_rcnn_arguments
 from visionlab.models.heads import RoIBatch, settings_from
 from visionlab.models.registry import register_model
 from visionlab.models.two_stage import TwoStageDetector
+from visionlab.ops import nms
 
 __all__ = [
     "FEATURES",
@@ -75,12 +76,15 @@ class RelationHeadSettings:
         predictor: ``learned`` (the classifier) or ``frequency`` (the counted baseline).
         features: what the learned classifier sees, a subset of :data:`FEATURES`.
         frequency_bias: add the log of the counted frequencies to the learned logits.
+        object_features: the visual branch also pools the subject's and the object's own
+            boxes (as VTransE and Neural Motifs do), beside the union.
         pool_size: side of the union box's RoI-align grid.
         width: channels of the convolution and width of the fully connected layers.
         embed_dim: size of each class embedding.
         pairs_per_image: pairs sampled per training image, at most.
         negative_ratio: "no relation" pairs sampled per related pair.
         max_objects: detections (best first) paired at test time.
+        object_nms: IoU of the class-agnostic NMS among detections before pairing (1: off).
         relations_per_image: triplets kept per image.
         graph_constraint: one predicate per pair in the output (Lu et al.); off: any.
     """
@@ -88,12 +92,14 @@ class RelationHeadSettings:
     predictor: str = "learned"
     features: tuple[str, ...] = FEATURES
     frequency_bias: bool = False
+    object_features: bool = True
     pool_size: int = 7
     width: int = 256
     embed_dim: int = 32
     pairs_per_image: int = 128
     negative_ratio: float = 1.0
     max_objects: int = 32
+    object_nms: float = 1.0
     relations_per_image: int = 100
     graph_constraint: bool = True
 
@@ -111,6 +117,10 @@ class RelationHeadSettings:
             )
         if min(self.pool_size, self.width, self.embed_dim, self.max_objects) < 1:
             raise VisionLabError("relation head: sizes and max_objects must be >= 1")
+        if not 0 < self.object_nms <= 1:
+            raise VisionLabError(
+                f"relation head: object_nms must be in (0, 1], got {self.object_nms}"
+            )
         if self.pairs_per_image < 1 or self.relations_per_image < 1 or self.negative_ratio < 0:
             raise VisionLabError(
                 "relation head: pairs_per_image and relations_per_image must be >= 1, "
@@ -268,7 +278,8 @@ class RelationHead(nn.Module):
             return
         width, fused = s.width, 0
         if "visual" in s.features:
-            self.visual_conv = nn.Conv2d(in_channels + 2, width, 3, padding=1)
+            boxes_in = 3 if s.object_features else 1  # the union (+ subject and object)
+            self.visual_conv = nn.Conv2d(boxes_in * in_channels + 2, width, 3, padding=1)
             self.visual_fc = nn.Linear(width * s.pool_size**2, width)
             fused += width
         if "spatial" in s.features:
@@ -313,7 +324,17 @@ class RelationHead(nn.Module):
         parts = []
         if "visual" in s.features:
             unions = union_boxes(subj, obj)
-            pooled = batch.pool(unions.split([len(p) for p in pairs]), s.pool_size, "roi_align")
+            sizes = [len(p) for p in pairs]
+            pooled = batch.pool(unions.split(sizes), s.pool_size, "roi_align")
+            if s.object_features:
+                pooled = torch.cat(
+                    [
+                        pooled,
+                        batch.pool(subj.split(sizes), s.pool_size, "roi_align"),
+                        batch.pool(obj.split(sizes), s.pool_size, "roi_align"),
+                    ],
+                    dim=1,
+                )
             masks = torch.stack(
                 [box_masks(subj, unions, s.pool_size), box_masks(obj, unions, s.pool_size)], 1
             )
@@ -336,18 +357,30 @@ class RelationHead(nn.Module):
         if self.training:
             return detections, self.loss(batch)
         s = self.settings
-        boxes = [d["boxes"][: s.max_objects] for d in detections]
-        labels = [d["labels"][: s.max_objects] for d in detections]
+        objects = [self.objects(d, given=batch.given is not None) for d in detections]
+        boxes = [d["boxes"][o] for d, o in zip(detections, objects)]
+        labels = [d["labels"][o] for d, o in zip(detections, objects)]
         pairs = [all_pairs(len(b), b.device) for b in boxes]
         probs = self.logits(batch, boxes, labels, pairs).float().softmax(dim=1)[:, 1:]
-        for d, p, pr in zip(detections, pairs, probs.split([len(p) for p in pairs])):
-            obj_scores = d["scores"][: s.max_objects].float()
+        for d, o, p, pr in zip(detections, objects, pairs, probs.split([len(p) for p in pairs])):
+            obj_scores = d["scores"][o].float()
             scores = obj_scores[p[:, 0], None] * obj_scores[p[:, 1], None] * pr
+            d["pairs"], d["predicate_scores"] = o[p], scores  # indices into the detections
             d["relations"], d["relation_scores"] = rank_triplets(
-                p, scores, s.relations_per_image, s.graph_constraint
+                d["pairs"], scores, s.relations_per_image, s.graph_constraint
             )
-            d["pairs"], d["predicate_scores"] = p, scores
         return detections, {}
+
+    def objects(self, detections: dict[str, Tensor], given: bool = False) -> Tensor:
+        """Indices of the detections paired: the best ``max_objects`` left by a
+        class-agnostic NMS at ``object_nms`` (one label per object, as Zellers et al. take
+        each box's best class; given boxes are all objects already)."""
+        s, boxes = self.settings, detections["boxes"]
+        if given or s.object_nms >= 1:
+            keep = torch.arange(len(boxes), device=boxes.device)
+        else:
+            keep = nms(boxes.float(), detections["scores"].float(), s.object_nms)
+        return keep[: s.max_objects]
 
     def loss(self, batch: RoIBatch) -> dict[str, Tensor]:
         """``{"loss_relation"}``: cross-entropy of the sampled ground-truth pairs (module

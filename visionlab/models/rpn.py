@@ -147,16 +147,12 @@ class RPN(nn.Module):
         self.settings = s = settings or RPNSettings()
         self.strides = tuple(int(x) for x in strides)
         num_levels = len(self.strides)
-        if num_levels == 1:
-            sizes: tuple = (s.anchor_sizes,)
-        else:
-            if len(s.anchor_sizes) % num_levels:
-                raise VisionLabError(
-                    f"rpn: {len(s.anchor_sizes)} anchor sizes do not split over {num_levels} "
-                    "FPN levels"
-                )
-            k = len(s.anchor_sizes) // num_levels
-            sizes = tuple(s.anchor_sizes[i * k : (i + 1) * k] for i in range(num_levels))
+        if len(s.anchor_sizes) % num_levels:
+            raise VisionLabError(
+                f"rpn: {len(s.anchor_sizes)} anchor sizes do not split over {num_levels} FPN levels"
+            )
+        k = len(s.anchor_sizes) // num_levels
+        sizes = tuple(s.anchor_sizes[i * k : (i + 1) * k] for i in range(num_levels))
         self.anchor_generator = AnchorGenerator(sizes, (s.aspect_ratios,))
         num_anchors = self.anchor_generator.num_anchors_per_location()
         if len(set(num_anchors)) != 1:

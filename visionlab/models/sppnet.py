@@ -104,12 +104,6 @@ class PyramidRegions:
         for idx in groups.values():
             imgs = [images[i] for i in idx]
             bxs = [boxes[i] for i in idx]
-            if len(self.scales) == 1:
-                fmap, factors = self.feature_map(backbone, imgs, self.scales[0])
-                pooled = self._pool(fmap, bxs, factors)
-                for i, p in zip(idx, pooled):
-                    out[i] = p
-                continue
             choice = [self.scale_choice(b, min(imgs[0].shape[-2:])) for b in bxs]
             per_image = [b.new_zeros((len(b), self.pool_dim)) for b in bxs]
             for s_idx, scale in enumerate(self.scales):
