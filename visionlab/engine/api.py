@@ -131,7 +131,9 @@ def train(
 
 
 def load(path: str | Path, device: str | torch.device = "cpu", *, fuse: bool = False) -> nn.Module:
-    """Rebuild a trained model from a ``.pt`` checkpoint or an exported folder.
+    """Rebuild a trained model from a ``.pt`` checkpoint or an exported folder, or load an
+    exported ``.onnx`` / ``.pt2`` model (:mod:`visionlab.export.runtime`; it runs on the CPU
+    and cannot be fused, trained or saved).
 
     Args:
         fuse: fold batch norms into the convolutions before them
@@ -142,10 +144,14 @@ def load(path: str | Path, device: str | torch.device = "cpu", *, fuse: bool = F
         The model in eval mode on ``device`` with ``.task``, ``.classes``, ``.predicates``,
         ``.image_size`` and ``.meta`` (the checkpoint's plain-data fields) set.
     """
+    from visionlab.export.runtime import find_export, load_exported
     from visionlab.models.postprocess import upgrade_model_args
     from visionlab.models.registry import build_model
 
     path = Path(path)
+    exported = find_export(path)
+    if exported is not None:  # an ONNX / torch.export graph: predicts on the CPU as it is
+        return load_exported(exported)
     if path.is_dir() or path.suffix == ".safetensors":
         meta, state = read_export(path)
     else:

@@ -1,8 +1,16 @@
-"""`visionlab export CKPT --format safetensors --out DIR`: weights for deployment.
+"""`visionlab export CKPT --format onnx|torch-export|safetensors --out DIR`: a trained model
+for deployment.
 
-Writes ``DIR/model.safetensors`` (the state dict; no pickles, safe to load anywhere) and
-``DIR/model.json`` (model name and builder arguments, task, class names, input size and
-normalisation): enough for ``visionlab.load(DIR)`` to rebuild the model and load it.
+``safetensors`` writes ``DIR/model.safetensors`` (the state dict; no pickles, safe to load
+anywhere) and ``DIR/model.json`` (model name and builder arguments, task, class names, input
+size and normalisation): enough for ``visionlab.load(DIR)`` to rebuild the model.
+
+``onnx`` (``DIR/model.onnx``, the dynamo exporter, opset
+:data:`visionlab.export.writers.OPSET`, the metadata in its ``metadata_props``) and
+``torch-export`` (``DIR/model.pt2`` with ``DIR/meta.json``) write the model's graph with its
+pre- and post-processing inside (:mod:`visionlab.export.graphs`), batch, height and width
+dynamic: the classifiers, the FCNs and YOLO. ``visionlab predict`` takes either file (or
+``DIR``) like a checkpoint.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-FORMATS = ("safetensors",)
+FORMATS = ("safetensors", "onnx", "torch-export")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,14 +43,19 @@ def normalization(model: nn.Module) -> dict[str, Any]:
     return out
 
 
-def export(checkpoint: str | Path, out: str | Path) -> Path:
-    """Export ``checkpoint`` to ``out``; returns the weights file."""
+def export(checkpoint: str | Path, out: str | Path, fmt: str = "safetensors") -> Path:
+    """Export ``checkpoint`` to ``out`` as ``fmt`` (one of :data:`FORMATS`); returns the
+    model file."""
     from visionlab.engine.api import load
     from visionlab.engine.checkpoint import export_safetensors
     from visionlab.paths import ensure_output_dir
 
     model = load(checkpoint)
     out = ensure_output_dir(out)
+    if fmt != "safetensors":
+        from visionlab.export.writers import export_graph
+
+        return export_graph(model, fmt, out)
     meta = {
         "model_name": model.meta["model_name"],
         "model_args": model.meta.get("model_args") or {},
@@ -60,6 +73,8 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    weights = export(args.checkpoint, args.out)
-    print(f"exported {args.checkpoint} -> {weights} (+ {weights.parent / 'model.json'})")
+    path = export(args.checkpoint, args.out, args.format)
+    beside = {"safetensors": "model.json", "torch-export": "meta.json"}.get(args.format)
+    also = f" (+ {path.parent / beside})" if beside else ""
+    print(f"exported {args.checkpoint} -> {path}{also}")
     return 0

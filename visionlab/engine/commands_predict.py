@@ -10,6 +10,10 @@ small machine; ``--batch-size`` images a batch) with a progress bar; the predict
 those of ``visionlab.predict`` for the same images (the same transform, mapped back to each
 image's pixels the same way).
 
+The model is a checkpoint or an export (``visionlab export``: a safetensors folder, or a
+``model.onnx`` / ``model.pt2`` or its folder, run by :mod:`visionlab.export.runtime` on the
+CPU with the same predictions).
+
 Writes ``DIR/predictions.json`` (every image's predictions, in its own pixels: the top-k
 classes, or boxes ``[x1, y1, x2, y2]`` with class and score, or a class-map PNG) and one
 drawn PNG per image (segmentation adds the class map as a palette PNG). A video's frames are
@@ -74,7 +78,9 @@ from visionlab.errors import VisionLabError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a .pt checkpoint or an exported folder")
+    parser.add_argument(
+        "checkpoint", help="a .pt checkpoint, an exported folder, or a model.onnx / model.pt2"
+    )
     parser.add_argument(
         "inputs",
         nargs="+",
@@ -207,6 +213,13 @@ def _extras(args: argparse.Namespace, model: Any) -> tuple[str, ...]:
     from visionlab.models.detector import supported_extras
 
     supported, name = supported_extras(model), model.meta.get("model_name")
+    fmt = model.meta.get("format")
+    asked = getattr(args, "show_grid", False) or getattr(args, "show_proposals", False)
+    if fmt in ("onnx", "torch-export") and asked:
+        raise VisionLabError(
+            f"--show-grid / --show-proposals: the {fmt} export of {name} holds the "
+            "detections only; predict with its checkpoint to draw them"
+        )
     extras = []
     if getattr(args, "show_grid", False):
         if "grid" not in supported:

@@ -203,6 +203,20 @@ class YOLO(Detector):
         return yolo_v1_loss(*outputs, assigned, (size, size), self.loss_config)
 
     @torch.no_grad()
+    def class_scores(self, grid: dict[str, Tensor]) -> Tensor:
+        """``[n, S * S * B, C]`` class-specific confidences (eq. 2): Pr(class | object) x
+        Pr(object) x IoU, the box's confidence times its cell's (or, with priors, its own)
+        class distribution."""
+        n, S = grid["params"].shape[:2]
+        B, C = self.B, self.num_classes
+        conf = grid["confidence"].clamp(0, 1).reshape(n, S * S * B, 1)
+        if self.use_priors:
+            probs = grid["classes"].softmax(-1).reshape(n, S * S * B, C)
+        else:  # one class distribution per cell, shared by its B boxes
+            probs = grid["classes"].clamp(0, 1).reshape(n, S * S, 1, C).expand(n, S * S, B, C)
+            probs = probs.reshape(n, S * S * B, C)
+        return probs * conf
+
     def postprocess(
         self,
         grid: dict[str, Tensor],
@@ -215,15 +229,9 @@ class YOLO(Detector):
         past the threshold are decoded, straight to each image's pixels. ``with_grid``
         adds ``grid_size`` and ``cells`` (the extra ``"grid"``)."""
         n, S = grid["params"].shape[:2]
-        B, C = self.B, self.num_classes
+        B = self.B
         params = grid["params"].reshape(n, S * S * B, 4)
-        conf = grid["confidence"].clamp(0, 1).reshape(n, S * S * B, 1)
-        if self.use_priors:
-            probs = grid["classes"].softmax(-1).reshape(n, S * S * B, C)
-        else:  # one class distribution per cell, shared by its B boxes
-            probs = grid["classes"].clamp(0, 1).reshape(n, S * S, 1, C).expand(n, S * S, B, C)
-            probs = probs.reshape(n, S * S * B, C)
-        scores = probs * conf  # [n, S * S * B, C]: Pr(class | object) * Pr(object) * IoU
+        scores = self.class_scores(grid)  # [n, S * S * B, C]
         priors = self.priors * (size / self.input_size) if self.use_priors else None
         outputs = []
         for i, (h, w) in enumerate(image_sizes):
