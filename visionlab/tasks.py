@@ -59,7 +59,7 @@ class Task:
 
     def eval_outputs(self, model: nn.Module, images: Any, targets: Any = None) -> Any:
         """What this task's evaluator ``update`` takes as predictions (model in eval mode;
-        ``targets``, on the images' device, for a task whose model is also run on given
+        ``targets``, as the loader gives them, for a task whose model is also run on given
         boxes)."""
         return self.predict(model, images)
 

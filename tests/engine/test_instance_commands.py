@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import train_on_scenes_copy
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -27,30 +27,9 @@ TINY_MASK_RCNN = (
 def instance_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(scenes copy, run directory) of a one-epoch Mask R-CNN; every detection is kept
     (``score_thresh`` 0), so the untrained-looking model still predicts."""
-    from visionlab.data.scenes import render_scenes
-
-    root = tmp_path_factory.mktemp("instance")
-    data = render_scenes(root / "sc", n_train=4, n_val=2, size=64, progress=False, workers=0)
-    run = root / "run"
-    args = [
-        "train",
-        f"data={data}",
-        f"out={run}",
-        "task=instance",
-        "model=mask_rcnn",
-        TINY_MASK_RCNN,
-        "image_size=64",
-        "train.epochs=1",
-        "train.batch_size=2",
-        "train.progress=false",
-    ]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(args) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return data, run
+    return train_on_scenes_copy(
+        tmp_path_factory.mktemp("instance"), "instance", "mask_rcnn", TINY_MASK_RCNN
+    )
 
 
 def test_eval_reports_box_and_mask_ap(instance_run, capsys) -> None:

@@ -9,10 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import train_on_scenes_copy
 from PIL import Image
 
 from visionlab.cli import main
+from visionlab.data.scenes import PREDICATES
 
 TINY_RELATION = (
     "model_args={'backbone_width': 4, 'feature_stride': 8, 'box_head': {'fc_width': 32}, "
@@ -25,30 +26,9 @@ TINY_RELATION = (
 def relation_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(scenes copy, run directory) of a one-epoch relation model; every detection is kept
     (``score_thresh`` 0), so the barely trained model still predicts."""
-    from visionlab.data.scenes import render_scenes
-
-    root = tmp_path_factory.mktemp("relation")
-    data = render_scenes(root / "sc", n_train=4, n_val=2, size=64, progress=False, workers=0)
-    run = root / "run"
-    args = [
-        "train",
-        f"data={data}",
-        f"out={run}",
-        "task=relation",
-        "model=relation_rcnn",
-        TINY_RELATION,
-        "image_size=64",
-        "train.epochs=1",
-        "train.batch_size=2",
-        "train.progress=false",
-    ]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(args) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return data, run
+    return train_on_scenes_copy(
+        tmp_path_factory.mktemp("relation"), "relation", "relation_rcnn", TINY_RELATION
+    )
 
 
 def test_eval_reports_every_protocol_with_and_without_graph_constraint(relation_run, capsys):
@@ -67,16 +47,7 @@ def test_eval_reports_every_protocol_with_and_without_graph_constraint(relation_
     # predicate classification sees every ground-truth pair: with K >= all pairs, one
     # predicate per pair is found whenever it is the best one, so R@100 > 0 after training
     assert metrics["predicate_R@100"] > 0
-    assert set(metrics["predicate_per_predicate"]) <= {
-        "inside",
-        "in front of",
-        "overlapping",
-        "bigger than",
-        "left of",
-        "right of",
-        "above",
-        "below",
-    }
+    assert set(metrics["predicate_per_predicate"]) <= set(PREDICATES)
     evals = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     evals = [r for r in evals if r["type"] == "eval"]
     assert evals and {"val/relationship_R@50", "val/predicate_mR@50"} <= set(evals[-1])

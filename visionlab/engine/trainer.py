@@ -434,7 +434,7 @@ def evaluate(
         for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False):
             images = to_device(images, device)
             with autocast(device, amp):
-                outputs = task.eval_outputs(model, images, to_device(targets, device))
+                outputs = task.eval_outputs(model, images, targets)
             evaluator.update(to_device(outputs, "cpu"), task.eval_targets(targets))
     finally:
         model.train(was_training)

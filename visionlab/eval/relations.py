@@ -37,6 +37,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from visionlab.ops.boxes import enclosing_boxes
+
 __all__ = [
     "MODES",
     "PROTOCOLS",
@@ -82,10 +84,6 @@ def relation_triplets(image: Mapping[str, Any], with_scores: bool) -> dict[str, 
     return {k: v.detach().cpu() for k, v in out.items()}
 
 
-def _union(a: Tensor, b: Tensor) -> Tensor:
-    return torch.cat([torch.minimum(a[:, :2], b[:, :2]), torch.maximum(a[:, 2:], b[:, 2:])], 1)
-
-
 def _image_hits(pred: dict, gt: dict, k_max: int, protocol: str, iou_threshold: float):
     """Per kept prediction (score order, at most k_max): does it match a new gt triplet;
     and the kept predictions' predicates."""
@@ -100,8 +98,8 @@ def _image_hits(pred: dict, gt: dict, k_max: int, protocol: str, iou_threshold: 
         same &= pred[key].reshape(-1, 1) == gt[key].reshape(1, -1)
     if protocol == "phrase":
         ov = box_iou(
-            _union(pred["subject_boxes"], pred["object_boxes"]),
-            _union(gt["subject_boxes"], gt["object_boxes"]),
+            enclosing_boxes(pred["subject_boxes"], pred["object_boxes"]),
+            enclosing_boxes(gt["subject_boxes"], gt["object_boxes"]),
         )
     else:
         ov = torch.minimum(

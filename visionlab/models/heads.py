@@ -476,22 +476,18 @@ class RoIBoxPredictor(nn.Module):
         """Detections on ``batch.given`` boxes, in their order: given ``labels`` are kept
         (scores 1); without, each box gets its best foreground class and that class's
         probability (no box regression, no NMS: scene-graph classification)."""
-        out = []
-        unlabelled = [g["boxes"].float() for g in batch.given if g.get("labels") is None]
-        probs = iter([])
-        if unlabelled and sum(len(b) for b in unlabelled):
+        sizes = [len(p) for p in batch.proposals]  # the given boxes are the proposals
+        fg = batch.proposals[0].new_zeros((sum(sizes), self.num_classes - 1))
+        if sum(sizes) and any(g.get("labels") is None for g in batch.given):
             s = self.settings
-            logits, _ = self.head(batch.pool(unlabelled, s.pool_size, s.pooler))
+            logits, _ = self.head(batch.pool(batch.proposals, s.pool_size, s.pooler))
             fg = logits.float().softmax(dim=1)[:, 1:]
-            probs = iter(fg.split([len(b) for b in unlabelled]))
-        elif unlabelled:
-            probs = iter(b.new_zeros((0, self.num_classes - 1)) for b in unlabelled)
-        for g in batch.given:
-            boxes = g["boxes"].float()
+        out = []
+        for g, boxes, probs in zip(batch.given, batch.proposals, fg.split(sizes)):
             if g.get("labels") is not None:
                 labels, scores = g["labels"].long(), boxes.new_ones(len(boxes))
             else:
-                scores, best = next(probs).max(dim=1)
+                scores, best = probs.max(dim=1)
                 labels = best + 1
             out.append({"boxes": boxes, "labels": labels, "scores": scores})
         return out

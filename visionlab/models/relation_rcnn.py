@@ -51,7 +51,7 @@ from visionlab.models.faster_rcnn import faster_rcnn, faster_rcnn_arguments
 from visionlab.models.heads import RoIBatch, settings_from
 from visionlab.models.registry import register_model
 from visionlab.models.two_stage import TwoStageDetector
-from visionlab.ops import nms
+from visionlab.ops import enclosing_boxes, nms
 
 __all__ = [
     "FEATURES",
@@ -199,7 +199,7 @@ def spatial_encoding(subject: Tensor, obj: Tensor, image_size: tuple[int, int]) 
     rb = torch.minimum(subject[:, 2:], obj[:, 2:])
     inter = (rb - lt).clamp(min=0).prod(dim=1)
     iou = inter / (sw * sh + ow * oh - inter)
-    union = union_boxes(subject, obj)
+    union = enclosing_boxes(subject, obj)
     scale = union.new_tensor([width, height, width, height])
     union_area = (union[:, 2] - union[:, 0]) * (union[:, 3] - union[:, 1])
     return torch.stack(
@@ -215,13 +215,6 @@ def spatial_encoding(subject: Tensor, obj: Tensor, image_size: tuple[int, int]) 
             union_area / (width * height),
         ],
         dim=1,
-    )
-
-
-def union_boxes(subject: Tensor, obj: Tensor) -> Tensor:
-    """``Tensor[M, 4]``: the smallest box around each pair."""
-    return torch.cat(
-        [torch.minimum(subject[:, :2], obj[:, :2]), torch.maximum(subject[:, 2:], obj[:, 2:])], 1
     )
 
 
@@ -323,7 +316,7 @@ class RelationHead(nn.Module):
             return log_freq
         parts = []
         if "visual" in s.features:
-            unions = union_boxes(subj, obj)
+            unions = enclosing_boxes(subj, obj)
             sizes = [len(p) for p in pairs]
             pooled = batch.pool(unions.split(sizes), s.pool_size, "roi_align")
             if s.object_features:

@@ -20,6 +20,7 @@ __all__ = [
     "box_convert",
     "box_iou",
     "clip_boxes_to_image",
+    "enclosing_boxes",
     "generalized_box_iou",
     "nms",
     "remove_small_boxes",
@@ -90,6 +91,18 @@ def box_area(boxes: Tensor) -> Tensor:
     _check_boxes(boxes)
     boxes = _upcast(boxes)
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def enclosing_boxes(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """``Tensor[N, 4]``: the smallest box around each pair ``(boxes1[i], boxes2[i])`` (a
+    relationship's union box)."""
+    return torch.cat(
+        [
+            torch.minimum(boxes1[..., :2], boxes2[..., :2]),
+            torch.maximum(boxes1[..., 2:], boxes2[..., 2:]),
+        ],
+        dim=-1,
+    )
 
 
 def _inter_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
