@@ -82,10 +82,12 @@ class FakeDataset(torch.utils.data.Dataset):
         return image, target
 
 
-def test_draw_detections_marks_boxes_and_keeps_size():
+def test_draw_detections_marks_boxes_at_the_image_size():
     image = _image()
     boxes = torch.tensor([[10.0, 20.0, 40.0, 50.0]])
-    out = draw_detections(image, boxes, torch.tensor([2]), torch.tensor([0.9]), CLASSES)
+    out = draw_detections(
+        image, boxes, torch.tensor([2]), torch.tensor([0.9]), CLASSES, min_size=None
+    )
     assert out.size == (W, H) and out.mode == "RGB"
     changed = _changed(out, image)
     assert changed[35, 10] and changed[35, 40 - 1]  # left and right edges drawn
@@ -101,13 +103,20 @@ def test_draw_detections_threshold_masks_and_upscale():
     masks = torch.zeros(2, H, W, dtype=torch.bool)
     masks[1, 20:50, 60:80] = True
     out = draw_detections(
-        image, boxes, torch.tensor([1, 2]), torch.tensor([0.2, 0.8]), CLASSES, masks, 0.5
+        image,
+        boxes,
+        torch.tensor([1, 2]),
+        torch.tensor([0.2, 0.8]),
+        CLASSES,
+        masks,
+        0.5,
+        min_size=None,
     )
     changed = _changed(out, image)
     assert not changed[15, 5]  # the 0.2 box is below the threshold
     assert changed[35, 70]  # inside the mask of the kept box: tinted
     big = draw_detections(image, boxes, masks=masks, min_size=200)
-    assert big.size == (W * 4, H * 4)
+    assert big.size == (W * 3, H * 3)  # the longer side 96 -> 288, the first factor >= 200
     assert image.shape == (3, H, W) and (image == 0.5).all()  # input untouched
 
 
@@ -115,7 +124,7 @@ def test_draw_relations_draws_arrow_between_centres():
     image = _image()
     boxes = torch.tensor([[4.0, 24.0, 20.0, 40.0], [70.0, 24.0, 86.0, 40.0]])
     rel = torch.tensor([[0, 0, 1]])
-    out = draw_relations(image, boxes, rel, PREDICATES, draw_boxes=False)
+    out = draw_relations(image, boxes, rel, PREDICATES, draw_boxes=False, min_size=None)
     assert out.size == (W, H)
     changed = _changed(out, image)
     assert changed[32, 25] and changed[32, 60]  # along the line between the centres
@@ -124,11 +133,10 @@ def test_draw_relations_draws_arrow_between_centres():
         draw_relations(image, boxes, torch.tensor([[0, 0, 5]]), PREDICATES)
     # the mirror "1 right of 0" adds nothing to the picture once "0 left of 1" is drawn
     both = torch.tensor([[0, 0, 1], [1, 1, 0]])
-    one = draw_relations(image, boxes, both, PREDICATES, draw_boxes=False, one_per_pair=True)
+    kw = {"draw_boxes": False, "min_size": None}
+    one = draw_relations(image, boxes, both, PREDICATES, one_per_pair=True, **kw)
     assert _pixels(one).equal(_pixels(out))
-    assert not _pixels(draw_relations(image, boxes, both, PREDICATES, draw_boxes=False)).equal(
-        _pixels(out)
-    )
+    assert not _pixels(draw_relations(image, boxes, both, PREDICATES, **kw)).equal(_pixels(out))
 
 
 def test_draw_semantic_and_palette_png_round_trip(tmp_path):
@@ -136,7 +144,7 @@ def test_draw_semantic_and_palette_png_round_trip(tmp_path):
     sem[10:30, 10:40] = 1
     sem[40:60, 50:90] = 20
     sem[0] = 255
-    out = draw_semantic(_image(), sem, CLASSES, legend=False)
+    out = draw_semantic(_image(), sem, CLASSES, legend=False, min_size=None)
     changed = _changed(out, _image())
     assert out.size == (W, H) and changed[20, 20] and changed[50, 70] and not changed[35, 45]
     path = semantic_to_palette_png(sem, tmp_path / "sub" / "mask.png")
@@ -153,13 +161,13 @@ def test_draw_semantic_and_palette_png_round_trip(tmp_path):
 def test_proposals_anchors_grid_classification_sizes():
     image = _image()
     props = torch.tensor([[0.0, 0.0, 20.0, 20.0]] * 5 + [[40.0, 30.0, 60.0, 50.0]] * 5)
-    out = draw_proposals(image, props, max_boxes=5)
-    assert out.size == (W, H)
-    assert not _changed(out, image)[40, 40]  # proposals 6.. are not drawn
+    out = draw_proposals(image, props, max_boxes=5, min_size=None)
+    assert out.height == H and out.width > W  # the legend on the right
+    assert not _changed(out.crop((0, 0, W, H)), image)[40, 40]  # proposals 6.. are not drawn
     anchors = torch.tensor([[-16.0, -8.0, 48.0, 24.0], [8.0, 8.0, 24.0, 24.0]])
     a = draw_anchors((H, W), anchors, min_size=None)
     assert a.width > W and a.height > H  # margin for the anchor reaching past the border
-    grid = draw_grid(image, 4, torch.tensor([[0, 0]]))
+    grid = draw_grid(image, 4, torch.tensor([[0, 0]]), min_size=None)
     assert grid.size == (W, H)
     px = _pixels(grid)
     assert px[5, 5, 2] < px[5, 60, 2]  # the responsible cell is tinted yellow (less blue)
@@ -190,7 +198,7 @@ def test_show_dataset_writes_n_pictures_and_a_sheet(tmp_path, task):
     assert sorted(p.name for p in (tmp_path / task).iterdir()) == sorted(p.name for p in paths)
     for p in paths[:-1]:
         with Image.open(p) as im:
-            assert min(im.size) >= 384  # 32 px samples are enlarged to be readable
+            assert max(im.size) >= 512  # 32 px samples are enlarged to be readable
     again = show_dataset(ds, tmp_path / "again", n=3, seed=1, progress=False)
     assert [p.name for p in again] == [p.name for p in paths]  # same seed, same samples
     assert len(show_dataset(ds, tmp_path / "all", n=50, progress=False)) == len(ds) + 1
@@ -242,8 +250,9 @@ def test_draw_detections_colours_instances_apart_and_outlines_masks():
     masks[0, 15:35, 15:35] = True
     masks[1, 20:45, 55:85] = True
     labels, scores = torch.tensor([1, 1]), torch.tensor([0.9, 0.8])  # one class, two objects
-    by_class = _pixels(draw_detections(image, boxes, labels, scores, CLASSES, masks))
-    out = draw_detections(image, boxes, labels, scores, CLASSES, masks, color_by="instance")
+    kw = {"min_size": None}
+    by_class = _pixels(draw_detections(image, boxes, labels, scores, CLASSES, masks, **kw))
+    out = draw_detections(image, boxes, labels, scores, CLASSES, masks, color_by="instance", **kw)
     px = _pixels(out)
     # each mask's border in its instance's own colour, its inside tinted (translucent)
     assert tuple(px[25, 15].tolist()) == color_for(0)
@@ -363,15 +372,172 @@ def test_draw_relations_numbers_boxes_to_match_the_graph():
     image = _image()
     boxes = torch.tensor([[10.0, 20.0, 40.0, 50.0], [60.0, 20.0, 90.0, 50.0]])
     rel, labels = torch.tensor([[0, 0, 1]]), torch.tensor([1, 2])
-    plain = draw_relations(image, boxes, rel, PREDICATES, labels=labels, class_names=CLASSES)
-    same = draw_relations(
-        image, boxes, rel, PREDICATES, labels=labels, class_names=CLASSES, number_boxes=False
-    )
-    numbered = draw_relations(
-        image, boxes, rel, PREDICATES, labels=labels, class_names=CLASSES, number_boxes=True
-    )
+    kw = {"labels": labels, "class_names": CLASSES, "min_size": None}
+    plain = draw_relations(image, boxes, rel, PREDICATES, **kw)
+    same = draw_relations(image, boxes, rel, PREDICATES, number_boxes=False, **kw)
+    numbered = draw_relations(image, boxes, rel, PREDICATES, number_boxes=True, **kw)
     assert _pixels(same).equal(_pixels(plain))
     # "0: circle" is a wider label than "circle": more of the class colour above box 0
     above = slice(0, 20)
     wide = _where(_pixels(numbered)[above], color_for(1)).sum()
     assert wide > _where(_pixels(plain)[above], color_for(1)).sum()
+
+
+# Pictures a person can read: small images are drawn enlarged, labels stay inside the
+# picture, legends sit beside the image, masks are translucent.
+SMALL = 128  # the scenes dataset's image size
+BIG = 512  # the longer side a small image is drawn at by default
+
+
+def _small_image() -> torch.Tensor:
+    """A ``[3, SMALL, SMALL]`` image whose pixels all differ from their neighbours', so a
+    resize other than nearest-neighbour, or a shifted paste, changes the picture."""
+    return torch.rand(3, SMALL, SMALL, generator=torch.Generator().manual_seed(0))
+
+
+def _enlarged(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """``[H * factor, W * factor, 3]`` int: the image enlarged by repeating each pixel."""
+    px = (image.permute(1, 2, 0) * 255).round().long()
+    return px.repeat_interleave(factor, 0).repeat_interleave(factor, 1)
+
+
+def test_small_images_are_drawn_enlarged_with_boxes_cells_and_masks_scaled():
+    image = _small_image()
+    boxes = torch.tensor([[10.0, 20.0, 40.0, 50.0], [70.0, 60.0, 120.0, 100.0]])
+    labels, scores = torch.tensor([1, 2]), torch.tensor([0.9, 0.8])
+    masks = torch.zeros(2, SMALL, SMALL, dtype=torch.bool)
+    masks[0, 25:45, 15:35] = True
+    semantic = masks[0].long() + 2 * masks[1].long()
+    rel = torch.tensor([[0, 0, 1]])
+    drawings = {
+        "detections": draw_detections(image, boxes, labels, scores, CLASSES),
+        "instances": draw_detections(image, boxes, labels, scores, CLASSES, masks),
+        "semantic": draw_semantic(image, semantic, CLASSES),
+        "grid": draw_grid(image, 7, boxes=boxes, labels=labels, class_names=CLASSES),
+        "proposals": draw_proposals(image, boxes),
+        "relations": draw_relations(image, boxes, rel, PREDICATES, labels=labels),
+        "classification": draw_classification(image, [1], [0.9], CLASSES),
+    }
+    for name, drawing in drawings.items():
+        assert max(drawing.size) >= BIG, name
+        assert min(drawing.size) >= BIG, name  # a square image: both sides
+    factor = BIG // SMALL
+    # nothing to draw: exactly the image, every pixel repeated factor x factor times
+    plain = draw_detections(image, torch.zeros(0, 4))
+    assert _pixels(plain).equal(_enlarged(image, factor))
+    # the box (10, 20, 40, 50) is outlined at (40, 80, 160, 200): its left edge in the class
+    # colour, the pixels just outside it the image's
+    px = _pixels(drawings["detections"])
+    assert tuple(px[140, 40].tolist()) == color_for(1)
+    assert px[140, 39].equal(_enlarged(image, factor)[140, 39])
+    # the responsible cell of box 0's centre (25, 35) -> row 1, col 1 of 7 is tinted there
+    grid = _pixels(drawings["grid"]).float()
+    cell = BIG / 7
+    r = c = int(1.5 * cell)
+    assert grid[r, c - 10, 2] < _enlarged(image, factor)[r, c - 10, 2].float()  # less blue
+    # the mask covers (15..35, 25..45) of the small image: (60..140, 100..180) drawn
+    changed = (_pixels(drawings["instances"]) - _enlarged(image, factor)).abs().sum(-1) > 0
+    assert changed[100:180, 60:140].float().mean() > 0.9
+    # a wide image: enlarged until its longer side reaches the size, by a whole factor
+    wide = draw_detections(torch.rand(3, 64, 200), boxes)
+    assert wide.size == (600, 192)
+    # a large image is drawn as it is, and min_size=None draws any image as it is
+    assert draw_detections(torch.rand(3, 300, 600), boxes).size == (600, 300)
+    assert draw_semantic(image, semantic, legend=False, min_size=None).size == (SMALL, SMALL)
+
+
+def _glyphs(px: torch.Tensor) -> torch.Tensor:
+    """[H, W] bool: the white text pixels (nothing else in these pictures is white)."""
+    return (px == 255).all(-1)
+
+
+@pytest.mark.parametrize(
+    ("edge", "box"),
+    [
+        ("top", [40.0, 0.0, 70.0, 30.0]),  # no room above: the label goes inside the box
+        ("right", [104.0, 50.0, 128.0, 80.0]),  # a label wider than the room: shifted left
+        ("top right", [100.0, 0.0, 128.0, 30.0]),
+    ],
+)
+def test_labels_at_the_edges_lie_fully_inside_the_picture(edge, box):
+    image = torch.full((3, SMALL, SMALL), 0.5)
+    label = torch.tensor([3])  # "triangle", in color_for(3), red: white text
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    reference = torch.tensor([[50.0, 60.0, 50.0 + w, 60.0 + h]])  # a box of the same size
+    draw = lambda b: _pixels(  # noqa: E731
+        draw_detections(image, b, label, torch.tensor([0.99]), CLASSES)
+    )
+    free, edged = _glyphs(draw(reference)), _glyphs(draw(torch.tensor([box])))
+    assert free.sum() > 50  # the reference label is drawn
+    # the whole text is drawn at the edge: as many white pixels, in a box of the same size
+    assert edged.sum() == free.sum()
+    gx1, gy1, gx2, gy2 = _bbox(edged)
+    fx1, fy1, fx2, fy2 = _bbox(free)
+    assert (gx2 - gx1, gy2 - gy1) == (fx2 - fx1, fy2 - fy1)
+    # ... on its filled label box, with the label's padding inside the picture on every side
+    px = draw(torch.tensor([box]))
+    k = 4  # the scale factor of a 128 px image
+    assert gx1 > 1 and gy1 > 1 and gx2 < SMALL * k - 2 and gy2 < SMALL * k - 2
+    label_fill = _where(px, color_for(3))
+    rows, cols = slice(gy1, gy2 + 1), slice(gx1, gx2 + 1)
+    for strip in (
+        label_fill[rows, gx1 - 2 : gx1],  # left of the text
+        label_fill[rows, gx2 + 1 : gx2 + 3],  # right
+        label_fill[gy1 - 2 : gy1, cols],  # above
+        label_fill[gy2 + 1 : gy2 + 3, cols],  # below
+    ):
+        assert strip.float().mean() > 0.5
+    if "top" in edge:  # inside the box, just under its top edge
+        assert y1 * k <= gy1 and gy2 < y2 * k
+    if "right" in edge:  # shifted left so that it ends inside the picture, over the box
+        assert gx1 < x1 * k and gx2 < x2 * k
+
+
+def test_legends_sit_beside_the_image_never_over_it():
+    image = _small_image()
+    factor = BIG // SMALL
+    enlarged = _enlarged(image, factor)
+    sem = torch.zeros(SMALL, SMALL, dtype=torch.int64)
+    sem[60:100, 40:90] = 2  # "square", in VOC's green
+    out = draw_semantic(image, sem, CLASSES)
+    assert out.height == BIG and out.width > BIG  # a panel on the right
+    px = _pixels(out)
+    painted = (sem == 2).repeat_interleave(factor, 0).repeat_interleave(factor, 1)
+    inside = px[:, :BIG]
+    # every pixel of the image region outside the class region is the enlarged image's,
+    # the top-left corner (where a legend used to sit) included
+    assert inside[~painted].equal(enlarged[~painted])
+    assert _where(px[:, BIG:], voc_palette()[2]).sum() > 50  # the swatch, in the panel
+    # proposals: the count and the colour ranks are in the panel too
+    props = torch.tensor([[60.0, 60.0, 100.0, 100.0]])
+    drawn = draw_proposals(image, props)
+    assert drawn.height == BIG and drawn.width > BIG
+    corner = _pixels(drawn)[: BIG // 4, : BIG // 4]
+    assert corner.equal(enlarged[: BIG // 4, : BIG // 4])
+    # anchors: the shapes' legend is beside the canvas
+    anchors = torch.tensor([[8.0, 8.0, 40.0, 40.0]])
+    canvas = draw_anchors((SMALL, SMALL), anchors, image=image, margin=0)
+    assert _pixels(canvas)[: BIG // 8, BIG // 2 : BIG].equal(enlarged[: BIG // 8, BIG // 2 :])
+    assert canvas.width > BIG and _where(_pixels(canvas)[:, BIG:], color_for(0)).any()
+
+
+def _strictly_between(pixel: torch.Tensor, a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Every channel where ``a`` and ``b`` differ lies strictly between them (a blend)."""
+    return all(min(x, y) < int(p) < max(x, y) for p, x, y in zip(pixel, a, b) if x != y)
+
+
+def test_masks_are_blended_over_the_image():
+    image = torch.full((3, SMALL, SMALL), 0.4)
+    grey = (102, 102, 102)  # differs from both mask colours in every channel
+    masks = torch.zeros(1, SMALL, SMALL, dtype=torch.bool)
+    masks[0, 30:90, 30:90] = True
+    boxes = torch.tensor([[30.0, 30.0, 90.0, 90.0]])
+    inst = _pixels(draw_detections(image, boxes, torch.tensor([3]), masks=masks))
+    k = BIG // SMALL
+    assert tuple(inst[0, 0].tolist()) == grey
+    assert _strictly_between(inst[60 * k, 60 * k], grey, color_for(3))
+    assert tuple(inst[60 * k, 30 * k].tolist()) == color_for(3)  # the outline: full colour
+    sem = masks[0].long() * 3
+    blended = _pixels(draw_semantic(image, sem, CLASSES))[60 * k, 60 * k]
+    assert _strictly_between(blended, grey, voc_palette()[3])

@@ -2,7 +2,7 @@
 
 Public API (imported lazily so that ``import visionlab`` stays light):
 ``build_model``, ``list_models``, ``load_dataset``, ``train``, ``evaluate``, ``predict``,
-``load``.
+``predict_stream``, ``load``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ _LAZY = {
     "train": "visionlab.engine.api",
     "evaluate": "visionlab.engine.api",
     "predict": "visionlab.engine.api",
+    "predict_stream": "visionlab.engine.api",
     "load": "visionlab.engine.api",
 }
 

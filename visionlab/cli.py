@@ -1,4 +1,4 @@
-"""The `visionlab` command: data | train | eval | predict | export | models | bench | demo.
+"""The `visionlab` command: data | train | eval | predict | export | models | bench | app | demo.
 
 Each sub-command lives in its own module, imported only when it runs, so `visionlab --help`
 stays fast. A command module provides ``add_arguments(parser)`` and ``run(args) -> int``.
@@ -24,9 +24,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("visionlab.engine.commands_train", "train a model from a YAML recipe"),
     "eval": ("visionlab.engine.commands_eval", "evaluate a checkpoint, or a COCO results file"),
     "predict": ("visionlab.engine.commands_predict", "predict images and draw the results"),
-    "export": ("visionlab.engine.commands_export", "export a checkpoint (safetensors)"),
+    "explain": ("visionlab.explain.commands", "pictures of each step inside a model, index.html"),
+    "export": ("visionlab.engine.commands_export", "export a checkpoint (safetensors, ONNX, .pt2)"),
     "models": ("visionlab.models.commands", "list the registered models"),
     "bench": ("visionlab.bench.commands", "run benchmark suites, write benchmarks/*.md"),
+    "app": ("visionlab.app.commands", "a web page to try trained models in a browser"),
     "demo": ("visionlab.demo", "the main job on the built-in scenes dataset"),
 }
 # `visionlab eval detections --gt ... --dt ...` scores a COCO results file.

@@ -21,6 +21,7 @@ class DataError(VisionLabError):
     def __init__(self, path: object, message: str, *, field: str | None = None) -> None:
         self.path = str(path)
         self.field = field
+        self.reason = message  # the message without the file and field
         where = f"{self.path}" + (f" [{field}]" if field else "")
         super().__init__(f"{where}: {message}")
 

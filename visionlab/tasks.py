@@ -235,7 +235,12 @@ class RelationTask(DetectionTask):
         head = heads["relation"] if heads is not None and "relation" in heads else None
         for out in outputs:
             if not graph_constraint:  # as many triplets as the head keeps with it
-                k = head.settings.relations_per_image if head is not None else len(out["pairs"])
+                settings = head.settings if head is not None else None
+                k = (
+                    settings.relations_per_image
+                    if settings is not None
+                    else model.meta["relation_settings"]["relations_per_image"]  # an export
+                )
                 out["relations"], out["relation_scores"] = rank_triplets(
                     out["pairs"], out["predicate_scores"], k, graph_constraint=False
                 )

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from untrained import save_untrained
 
 from visionlab.cli import main
 from visionlab.engine.commands_export import export
@@ -25,24 +26,7 @@ CLASSES = ["circle", "square", "triangle"]
 
 
 def _save(path: Path, name: str, task: str, args: dict, image_size: int | None = SIZE) -> Path:
-    """An untrained ``name`` built with ``args`` and saved as the engine saves checkpoints."""
-    from visionlab.engine.checkpoint import save_checkpoint
-    from visionlab.models.registry import build_model
-
-    torch.manual_seed(0)
-    model = build_model(name, **args)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "model": model.state_dict(),
-        "model_name": name,
-        "model_args": {k: v for k, v in model.build_args.items() if k != "name"},
-        "task": task,
-        "classes": CLASSES,
-        "predicates": [],
-        "image_size": image_size,
-    }
-    save_checkpoint(path, state)
-    return path
+    return save_untrained(path, name, task, args, image_size=image_size, classes=CLASSES)
 
 
 def _images() -> dict[str, torch.Tensor]:
@@ -57,6 +41,16 @@ def _images() -> dict[str, torch.Tensor]:
 
 # family -> (registered model, task, tiny builder arguments); the detectors' score_thresh is
 # set by the fixture: above the blank image's best score, below the other images'
+# a tiny Faster R-CNN with FPN (two levels, for the pooler's level choice)
+TWO_STAGE_FPN = {
+    "num_classes": 4,
+    "backbone_width": 4,
+    "fpn": True,
+    "fpn_strides": [8, 16],
+    "fpn_channels": 8,
+    "rpn": {"anchor_sizes": [16, 32]},
+    "box_head": {"fc_width": 16},
+}
 FAMILIES = {
     "classification": ("tiny_cnn", "classification", {"num_classes": 3, "width": 4}),
     "segmentation": ("fcn8s", "segmentation", {"num_classes": 4, "fc_width": 16}),
@@ -76,18 +70,22 @@ FAMILIES = {
         "mask_rcnn",
         "instance",
         {
-            "num_classes": 4,
-            "backbone_width": 4,
-            "fpn": True,
-            "fpn_strides": [8, 16],
-            "fpn_channels": 8,
-            "rpn": {"anchor_sizes": [16, 32]},
-            "box_head": {"fc_width": 16},
+            **TWO_STAGE_FPN,
             "mask_head": {"width": 8, "num_convs": 1},
         },
     ),
+    "relation": (  # Faster R-CNN's graph and the relation head on its detections
+        "relation_rcnn",
+        "relation",
+        {
+            **TWO_STAGE_FPN,
+            "num_predicates": 3,
+            "relation_head": {"width": 8, "embed_dim": 4, "max_objects": 8},
+        },
+    ),
 }
-DETECTORS = ("yolo", "mask_rcnn")
+DETECTORS = ("yolo", "mask_rcnn", "relation")
+ONE_IMAGE = ("mask_rcnn", "relation")  # the two-stage graph proposes for one image
 
 
 def _threshold(ckpt: Path) -> float:
@@ -143,7 +141,7 @@ def test_exported_graph_predicts_as_pytorch(
     family: str, fmt: str, checkpoints: dict, exports: dict
 ) -> None:
     model = load_exported(exports[family, fmt])
-    one_image = family == "mask_rcnn"  # the two-stage graph proposes for one image
+    one_image = family in ONE_IMAGE
     assert model.meta["dynamic"] == {"batch": not one_image, "height": True, "width": True}
     counts = {}
     for key, batch in _images().items():
@@ -169,8 +167,30 @@ def test_exported_graph_predicts_as_pytorch(
                     assert g["masks"].shape == e["masks"].shape and torch.equal(
                         g["masks"], e["masks"]
                     )
+                if "relations" in e:  # indices into the detections, ranked inside
+                    assert g["relations"].tolist() == e["relations"].tolist()
+                    torch.testing.assert_close(
+                        g["relation_scores"], e["relation_scores"], atol=TOL, rtol=0
+                    )
+                    assert "pairs" not in g  # the extra, only when asked
     if family in DETECTORS:
         assert counts["blank"] == 0 and counts["model_size"] > 0 and counts["other_size"] > 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_relations_without_graph_constraint_rank_as_pytorch(
+    fmt: str, checkpoints: dict, exports: dict
+) -> None:
+    from visionlab.engine.api import load, predict
+
+    batch = list(_images()["model_size"])
+    options = {"graph_constraint": False, "device": "cpu"}
+    expected = predict(load(checkpoints["relation"]), batch, **options)
+    got = predict(load_exported(exports["relation", fmt]), batch, **options)
+    for g, e in zip(got, expected, strict=True):
+        assert len(e["relations"]) > len(e["boxes"])  # pairs with several predicates
+        assert g["relations"].tolist() == e["relations"].tolist()
+        torch.testing.assert_close(g["relation_scores"], e["relation_scores"], atol=TOL, rtol=0)
 
 
 def test_logits_equal_the_models(checkpoints: dict, exports: dict) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import train_on_scenes_copy
 from PIL import Image
 from pycocotools import mask as mask_utils
+from tiny_runs import train_on_scenes_copy
 
 from visionlab.cli import main
 from visionlab.eval.coco import STAT_KEYS
@@ -79,8 +79,10 @@ def test_predict_writes_rle_masks_coco_results_and_drawings(instance_run, tmp_pa
             assert isinstance(rle["counts"], str)
             decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
             assert np.array_equal(decoded.astype(bool), mask.numpy())
-        drawing = Image.open(out / record["drawing"])
-        assert drawing.size == (record["width"], record["height"])
+        drawing = Image.open(out / record["drawing"])  # upscaled by a whole factor to 512
+        scale = drawing.size[0] / record["width"]
+        assert scale == int(scale) and drawing.size[1] == scale * record["height"]
+        assert max(drawing.size) >= 512
     # COCO results: the same detections, image ids from the file names (000001.png -> 1)
     results = json.loads((out / "coco_results.json").read_text())
     assert len(results) == len(dets)

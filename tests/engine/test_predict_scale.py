@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from untrained import save_untrained
 
 from visionlab.cli import main
 
@@ -35,33 +36,16 @@ def _copy(folder_dataset: Path, dest: Path, colour: str = "red", n: int = 2) -> 
 def detector_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny Faster R-CNN keeping every detection (``score_thresh`` 0): its
     boxes are arbitrary, but there are five of them in every image."""
-    from visionlab.engine.checkpoint import save_checkpoint
-    from visionlab.models.registry import build_model
-
-    torch.manual_seed(0)
-    model = build_model(
-        "faster_rcnn",
-        num_classes=4,
-        backbone_width=4,
-        feature_stride=8,
-        box_head={"fc_width": 32},
-        score_thresh=0.0,
-        detections_per_img=5,
-    )
-    args = {k: v for k, v in model.build_args.items() if k != "name"}
     path = tmp_path_factory.mktemp("detector") / "checkpoints" / "best.pt"
-    path.parent.mkdir()
-    state = {
-        "model": model.state_dict(),
-        "model_name": "faster_rcnn",
-        "model_args": args,
-        "task": "detection",
-        "classes": ["circle", "square", "triangle"],
-        "predicates": [],
-        "image_size": 64,
+    args = {
+        "num_classes": 4,
+        "backbone_width": 4,
+        "feature_stride": 8,
+        "box_head": {"fc_width": 32},
+        "score_thresh": 0.0,
+        "detections_per_img": 5,
     }
-    save_checkpoint(path, state)
-    return path
+    return save_untrained(path, "faster_rcnn", "detection", args)
 
 
 def _write_video(path: Path, n_frames: int, fps: float = 10.0) -> list[np.ndarray]:

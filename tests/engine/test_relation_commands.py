@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import train_on_scenes_copy
 from PIL import Image
+from tiny_runs import train_on_scenes_copy
 
 from visionlab.cli import main
 from visionlab.data.scenes import PREDICATES

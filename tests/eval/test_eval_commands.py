@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_runs import train_on_scenes_copy
 
 from visionlab.bench.coco_eval import synthetic_coco
 from visionlab.cli import main
@@ -101,3 +102,71 @@ def test_segm_needs_segmentation(tmp_path, capsys):
         tmp_path, capsys, json.dumps(GT), json.dumps([DET]), ["--iou-type", "segm"]
     )
     assert code == 2 and "segmentation" in err and "gt.json" in err
+
+
+TINY_FASTER_RCNN = (
+    "model_args={'backbone_width': 4, 'feature_stride': 8, 'box_head': {'fc_width': 32}, "
+    "'score_thresh': 0.0, 'detections_per_img': 5}"
+)
+
+
+@pytest.fixture(scope="module")
+def detector_run(tmp_path_factory):
+    """(scenes copy, checkpoint) of a one-epoch Faster R-CNN that keeps every detection."""
+    data, run = train_on_scenes_copy(
+        tmp_path_factory.mktemp("detector"), "detection", "faster_rcnn", TINY_FASTER_RCNN
+    )
+    return data, run / "checkpoints" / "best.pt"
+
+
+def test_eval_plots_writes_the_error_analysis(detector_run, tmp_path, capsys):
+    from PIL import Image
+
+    from visionlab.data.datasets import load_dataset
+
+    data, ckpt = detector_run
+    capsys.readouterr()
+    assert main(["eval", str(ckpt), "--data", str(data), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    out = tmp_path / "plots"
+    argv = ["eval", str(ckpt), "--data", str(data), "--json", "--plots", str(out)]
+    assert main([*argv, "--plots-score", "0"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == plain  # the same metrics, still one JSON object
+    assert str(out) in captured.err and "analysis.json" in captured.err
+
+    report = json.loads((out / "analysis.json").read_text())
+    assert report["task"] == "detection" and report["score_threshold"] == 0.0
+    for name in report["files"]:
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and min(im.size) > 100, name
+    assert {"pr_curves.png", "ap_by_size.png", "confusion.png", "error_breakdown.png"} <= set(
+        report["files"]
+    )
+    # every ground-truth object is in exactly one cell of its class's row
+    dataset = load_dataset(data, "val", task="detection")
+    classes = list(dataset.classes)
+    labels = [int(c) for i in range(len(dataset)) for c in dataset.annotations(i)["labels"]]
+    matrix = report["confusion"]["matrix"]
+    assert report["confusion"]["rows"] == [*classes, "background"]
+    assert [sum(row) for row in matrix[:-1]] == [labels.count(k) for k in range(1, 8)]
+    detections = sum(sum(row[:-1]) for row in matrix)
+    assert detections > 0, "the model predicted nothing: the analysis would be empty"
+    # the curves and sizes are the evaluator's numbers
+    curves = report["pr_curves"]["curves"]
+    ap50 = [c["AP"] for c in curves["0.5"].values()]
+    assert sum(ap50) / len(ap50) == pytest.approx(plain["AP50"])
+    assert set(curves["0.5"]) == {classes[k - 1] for k in set(labels)}
+    for size, key in zip(("small", "medium", "large"), ("APs", "APm", "APl")):
+        if plain[key] > -1:
+            assert report["ap_by_size"]["all"][size] == pytest.approx(plain[key])
+    assert report["ap_by_size"]["area"]["ground truth"] == "box area (w * h)"
+    counts = report["error_breakdown"]["counts"]
+    assert 0 < counts["detections"] <= len(labels)
+    assert (
+        sum(counts[k] for k in ("correct", "localization", "similar", "other", "background"))
+        == counts["detections"]
+    )
+    worst = report["worst_images"]
+    assert worst and worst[0]["errors"] >= worst[-1]["errors"] > 0
+    assert all((out / w["png"]).is_file() and w["file"] for w in worst)

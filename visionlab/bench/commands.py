@@ -22,6 +22,8 @@ SUITES: dict[str, tuple[str, str]] = {
     "peers": ("visionlab.bench.peers", "Faster R-CNN vs torchvision; Fast/Faster test-time split"),
     "mask": ("visionlab.bench.mask", "Mask R-CNN vs torchvision; Table 2b/2c; masks vs boxes"),
     "relations": ("visionlab.bench.relations", "relations: frequency baseline, feature ablation"),
+    "predict": ("visionlab.bench.predict", "prediction images/s: eager vs onnxruntime vs .pt2"),
+    "lineage": ("visionlab.bench.lineage", "R-CNN to YOLO on one split: AP, time split, claims"),
 }
 
 

@@ -329,10 +329,20 @@ def _lines(record: ImageRecord, notes: set[str], segments: bool) -> list[str]:
             norm = [min(max(v / (w if k % 2 == 0 else h), 0.0), 1.0) for k, v in enumerate(coords)]
             lines.append(f"{cls} " + " ".join(f"{v:.6f}" for v in norm) + "\n")
             continue
-        x1, y1, x2, y2 = (float(v) for v in record.boxes[j])
-        values = ((x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h)
-        lines.append(f"{cls} " + " ".join(f"{v:.6f}" for v in values) + "\n")
+        lines.append(box_line(cls, [float(v) for v in record.boxes[j]], w, h))
     return lines
+
+
+def box_line(
+    cls: int, box: list[float], width: float, height: float, score: float | None = None
+) -> str:
+    """One YOLO label line ``class cx cy w h`` (and `` conf`` with ``score``, as detectors
+    write their results): ``cls`` from 0, ``box`` ``[x1, y1, x2, y2]`` in pixels, normalised
+    by the image's ``width`` and ``height``."""
+    x1, y1, x2, y2 = box
+    values = ((x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height)
+    conf = f" {score:.5f}" if score is not None else ""
+    return f"{cls} " + " ".join(f"{v:.6f}" for v in values) + conf + "\n"
 
 
 def _polygons(record: ImageRecord, notes: set[str]) -> list[list[float]]:

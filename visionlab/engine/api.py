@@ -7,7 +7,7 @@ DistributedDataParallel. ``load`` rebuilds a model from a checkpoint or an expor
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,6 +204,7 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = True,
     limit: int | None = None,
+    wrap_evaluator: Callable[[Any, Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Score a checkpoint on a dataset split with the task's evaluator.
 
@@ -211,6 +212,10 @@ def evaluate(
         data: a dataset path (any format) or "scenes"; default: the recipe's dataset.
         limit: score only the split's first ``limit`` images (a quick look; the figures
             of record use the whole split).
+        wrap_evaluator: ``(evaluator, dataset) -> evaluator``: the evaluator to run instead
+            of the task's, e.g. a wrapper that also keeps the predictions
+            (:class:`visionlab.eval.analysis.AnalysisCollector`); ``dataset`` is the split as
+            the model sees it, in the order evaluated.
 
     Returns:
         The task evaluator's metrics (``top1``, ``mIoU``, ``AP``, ``mask_AP``, ...).
@@ -242,6 +247,8 @@ def evaluate(
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be a positive number of images, got {limit}")
     evaluator = task.evaluator(dataset.classes, getattr(dataset, "predicates", []))
+    if wrap_evaluator is not None:
+        evaluator = wrap_evaluator(evaluator, dataset)
     loader = eval_loader(dataset, batch_size=batch_size, num_workers=num_workers, limit=limit or 0)
     return run_eval(model, task, loader, evaluator, device=dev, progress=progress)
 

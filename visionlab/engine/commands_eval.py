@@ -1,4 +1,5 @@
-"""`visionlab eval CKPT [--data DATASET] [--split val] [--limit N] [--json]`: score a checkpoint.
+"""`visionlab eval CKPT [--data DATASET] [--split val] [--limit N] [--json] [--plots DIR]`:
+score a checkpoint.
 
 Metric names are those of the task's evaluator: classification ``top1`` / ``top5``,
 segmentation ``mIoU`` / ``pixel_acc``, detection ``AP`` / ``AP50`` / ..., instance
@@ -7,6 +8,14 @@ segmentation the box numbers and the mask numbers (``mask_AP`` / ``mask_AP50`` /
 lives in a run directory (``RUN/checkpoints/*.pt``) the printed result is also written to
 ``RUN/eval.json``; a run folder that refuses the file gets a warning, not an error.
 (`visionlab eval detections --gt ... --dt ...` scores a COCO results file.)
+
+``--plots DIR`` also writes the error analysis of the same pass (the metrics are unchanged):
+detectors (relation models: their boxes) precision/recall curves per class at IoU 0.5 and
+0.75, AP by object size, a confusion matrix with a background row and column, Hoiem et al.'s
+error breakdown and the worst images drawn; segmentation the IoU per class and the pixel
+confusion matrix; classification the confusion matrix; with ``DIR/analysis.json``
+(:mod:`visionlab.eval.analysis`). The detection confusion matrix and the worst images take the
+detections scoring at least ``--plots-score`` (0.3, predict's default).
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from visionlab.argtypes import unit_interval
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +40,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON")
     parser.add_argument(
         "--limit", type=int, default=None, help="score only the split's first N images"
+    )
+    parser.add_argument(
+        "--plots",
+        metavar="DIR",
+        help="also write the error analysis (PNGs and analysis.json) into DIR",
+    )
+    parser.add_argument(
+        "--plots-score",
+        type=unit_interval,
+        default=0.3,
+        metavar="S",
+        help="score threshold of the confusion matrix and worst images (default: 0.3, as "
+        "predict's)",
     )
 
 
@@ -54,6 +78,15 @@ def run(args: argparse.Namespace) -> int:
 
     model = load(args.checkpoint, resolve_device(args.device))
     data = args.data or (model.meta.get("config") or {}).get("data")
+    seen: dict[str, Any] = {}
+
+    def collect(evaluator: Any, dataset: Any) -> Any:
+        from visionlab.eval.analysis import AnalysisCollector
+
+        seen["dataset"] = dataset
+        seen["collector"] = AnalysisCollector(evaluator, model.task, dataset.classes)
+        return seen["collector"]
+
     metrics = evaluate(
         model,
         data,
@@ -62,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.json,
         limit=args.limit,
+        wrap_evaluator=collect if args.plots else None,
     )
+    seen["metrics"] = metrics
     ckpt = Path(args.checkpoint)
     if args.json:
         print(json.dumps(to_plain(metrics)))
@@ -85,4 +120,42 @@ def run(args: argparse.Namespace) -> int:
         except OSError as err:  # the metrics above are the result; the copy is a convenience
             reason = err.strerror or str(err)
             print(f"visionlab eval: warning: could not write {path}: {reason}", file=sys.stderr)
+    if args.plots:
+        return _write_plots(args, model, data, seen)
+    return 0
+
+
+def _write_plots(args: argparse.Namespace, model: Any, data: Any, seen: dict[str, Any]) -> int:
+    """The error analysis of the pass just run: PNGs and ``analysis.json`` in ``--plots``."""
+    from visionlab.eval.analysis_plots import write_analysis
+
+    header = {
+        "checkpoint": str(args.checkpoint),
+        "data": str(data),
+        "split": args.split,
+        "task": model.task,
+        "images": "all" if args.limit is None else f"first {args.limit}",
+        "score_threshold": args.plots_score,
+    }
+    try:
+        files = write_analysis(
+            seen["collector"],
+            seen["dataset"],
+            args.plots,
+            metrics=seen["metrics"],
+            score_threshold=args.plots_score,
+            header=header,
+        )
+    except OSError as err:
+        reason = err.strerror or str(err)
+        print(
+            f"visionlab eval: error: cannot write the analysis to {args.plots}: {reason}",
+            file=sys.stderr,
+        )
+        return 1
+    names = ", ".join(p.name for p in files)
+    print(
+        f"analysis: {len(files)} files in {args.plots} ({names})",
+        file=sys.stderr if args.json else sys.stdout,
+    )
     return 0

@@ -67,10 +67,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from visionlab.argtypes import non_negative_int, positive_int, unit_interval
 from visionlab.constants import BOX_TASKS
 from visionlab.engine.predict_outputs import LABELS, PredictionWriter
 from visionlab.engine.streaming import VIDEO_EXTENSIONS, default_workers
@@ -92,11 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", help="output folder (default: RUN/predictions for a checkpoint in a run)"
     )
     parser.add_argument(
-        "--topk", type=_positive_int, default=5, help="classes per image (classification)"
+        "--topk", type=positive_int, default=5, help="classes per image (classification)"
     )
     parser.add_argument(
         "--score-threshold",
-        type=_unit_interval,
+        type=unit_interval,
         default=0.3,
         help="drop detections scoring below this (0..1)",
     )
@@ -117,12 +117,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-relations",
-        type=_positive_int,
+        type=positive_int,
         default=20,
         help="relation models: relationships drawn per image (the JSON lists them all)",
     )
     parser.add_argument(
-        "--every", type=_positive_int, default=1, help="videos: predict every N-th frame"
+        "--every", type=positive_int, default=1, help="videos: predict every N-th frame"
     )
     parser.add_argument(
         "--save-images",
@@ -135,44 +135,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="detectors: also write labels/NAME.txt, YOLO lines 'class cx cy w h conf'",
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=16)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
     parser.add_argument(
         "--workers",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=default_workers(),
         help="processes decoding the inputs (0: in the main process)",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-
-
-def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
-    """An argparse ``type``: a whole number ``>= minimum``, else a usage error saying
-    ``what`` was expected."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "a whole number, 0 or more")
-
-
-def _unit_interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
 
 
 def _warn_skipped(entry: dict[str, str]) -> None:

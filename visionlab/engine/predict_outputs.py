@@ -44,7 +44,7 @@ def _record(
     image: Tensor,
     pred: dict[str, Tensor],
     model: Any,
-    out: Path,
+    out: Path | None,
     used: set[str],
     *,
     stem: str,
@@ -54,12 +54,13 @@ def _record(
 ) -> tuple[dict[str, Any], Any]:
     """The JSON record of one image (``stem`` names its files in ``out``) and, with
     ``draw``, its drawing (a PIL image), saved as ``STEM.png`` too with ``png``. The class
-    map of segmentation and the ``--show-proposals`` sheet are written either way."""
+    map of segmentation and the ``--show-proposals`` sheet are written either way, unless
+    ``out`` is None (then no file is written)."""
     from visionlab import viz
 
     classes = model.classes
     record: dict[str, Any] = {"file": str(path), "height": image.shape[1], "width": image.shape[2]}
-    drawn = _unique_path(out, stem, used) if draw and png else None
+    drawn = _unique_path(out, stem, used) if draw and png and out is not None else None
     stem = drawn.stem if drawn is not None else stem
     drawing = None
     if model.task == "classification":
@@ -72,9 +73,10 @@ def _record(
             drawing = viz.draw_classification(image, pred["labels"], pred["scores"], classes)
     elif model.task == "segmentation":
         semantic = pred["semantic"]
-        mask_png = viz.semantic_to_palette_png(semantic, _unique_path(out, f"{stem}_mask", used))
+        if out is not None:
+            mask_path = _unique_path(out, f"{stem}_mask", used)
+            record["semantic_png"] = viz.semantic_to_palette_png(semantic, mask_path).name
         present = [int(v) for v in semantic.unique().tolist() if v not in (0, IGNORE_INDEX)]
-        record["semantic_png"] = mask_png.name
         record["classes_present"] = [classes[v - 1] for v in present if v - 1 < len(classes)]
         if draw:
             drawing = viz.draw_semantic(image, semantic, classes)
@@ -97,7 +99,6 @@ def _record(
                 boxes=pred["boxes"],
                 labels=pred["labels"],
                 class_names=classes,
-                min_size=384,  # small images: the grid lines and labels need the room
             )
         elif draw:
             drawing = viz.draw_detections(
@@ -112,7 +113,9 @@ def _record(
     if drawn is not None:
         drawing.save(drawn)
         record["drawing"] = drawn.name
-    if "proposals" in pred:  # --show-proposals: a PNG, and a count (never the raw tensor)
+    if (
+        "proposals" in pred and out is not None
+    ):  # --show-proposals: a PNG, and a count (never the raw tensor)
         record["num_proposals"] = len(pred["proposals"])
         sheet = _proposals_sheet(image, pred["proposals"], model)
         proposals_png = _unique_path(out, f"{stem}_proposals", used)
@@ -121,17 +124,32 @@ def _record(
     return record, drawing
 
 
+def render_prediction(
+    image: Tensor, pred: dict[str, Tensor], model: Any, *, name: str, max_relations: int = 20
+) -> tuple[dict[str, Any], Any]:
+    """One image's JSON record and drawing (a PIL image) as ``visionlab predict`` makes
+    them, without writing any file (the web app's view); ``name`` is the record's ``file``."""
+    return _record(
+        Path(name),
+        image,
+        pred,
+        model,
+        None,
+        set(),
+        stem=Path(name).stem,
+        png=False,
+        max_relations=max_relations,
+    )
+
+
 def _yolo_txt(record: dict[str, Any]) -> str:
-    """A record's detections as YOLO label lines ``class cx cy w h conf``: the class from 0,
-    the box normalised by the image's width and height."""
+    """A record's detections as YOLO label lines ``class cx cy w h conf``."""
+    from visionlab.data.yolo import box_line
+
     h, w = record["height"], record["width"]
-    lines = []
-    for det in record["detections"]:
-        x1, y1, x2, y2 = det["box"]
-        values = ((x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h)
-        numbers = " ".join(f"{v:.6f}" for v in values)
-        lines.append(f"{det['label'] - 1} {numbers} {det['score']:.5f}\n")
-    return "".join(lines)
+    return "".join(
+        box_line(det["label"] - 1, det["box"], w, h, det["score"]) for det in record["detections"]
+    )
 
 
 def _relations(pred: dict[str, Tensor], predicates: list[str]) -> list[dict[str, Any]]:
@@ -163,7 +181,6 @@ def _relations_sheet(image: Tensor, pred: dict[str, Tensor], model: Any, limit: 
         pred["relations"],
         labels=pred["labels"],
         number_boxes=True,
-        min_size=384,
         **common,
     )
     graph = viz.draw_scene_graph(pred["labels"], pred["relations"], size=arrows.height, **common)
@@ -178,8 +195,8 @@ def _proposals_sheet(image: Tensor, proposals: Tensor, model: Any) -> Any:
     theirs = selective_search(image, "fast", max_boxes=2000)
     name = getattr(model, "meta", {}).get("model_name", "model")
     panels = [
-        viz.draw_proposals(image, proposals, max_boxes=100, min_size=256),
-        viz.draw_proposals(image, theirs, max_boxes=100, min_size=256),
+        viz.draw_proposals(image, proposals, max_boxes=100),
+        viz.draw_proposals(image, theirs, max_boxes=100),
     ]
     titles = [f"{name}: {len(proposals)}", f"selective search: {len(theirs)}"]
     return viz.image_grid(panels, cols=2, titles=titles)

@@ -66,12 +66,18 @@ class CocoDetections:
 @dataclass
 class CocoEvalResult:
     """pycocotools' ``eval['precision']`` ``[T, R, K, A, M]`` and ``eval['recall']``
-    ``[T, K, A, M]`` (-1 where a category/area has no ground truth), and the summaries."""
+    ``[T, K, A, M]`` (-1 where a category/area has no ground truth), and the summaries.
+
+    ``dt_match`` ``[T, D]``: for each detection (in the order given) and IoU threshold, the
+    row of the ground truth it matched in area range "all" (-1: unmatched, or cut by the
+    100 detections per image and category); a match may be an ignored (crowd) ground truth.
+    """
 
     precision: np.ndarray
     recall: np.ndarray
     stats: dict[str, float]
     per_class: dict[str, float]
+    dt_match: np.ndarray | None = None
 
 
 def pair_index(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -121,16 +127,18 @@ def _match(dt_key, pair_dt, pair_gt, pair_iou, gt_ig, gt: CocoGroundTruth, n_dt:
 
     Detections are indexed in (group, score) order, so each group's detections are
     consecutive and pairs come ordered by (detection, gt). Returns ``matched`` (a match that
-    counts: gt id != 0) and ``matched_ignored`` (matched to an ignored gt), both ``[A, T, D]``.
+    counts: gt id != 0) and ``matched_ignored`` (matched to an ignored gt), both ``[A, T, D]``,
+    and ``matched_gt`` ``[T, D]``: the gt each detection took in area range "all" (-1: none).
     """
     n_area, n_thr = gt_ig.shape[0], len(IOU_THRESHOLDS)
     thr = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)
     matched = np.zeros((n_area, n_thr, n_dt), dtype=bool)
     matched_ignored = np.zeros((n_area, n_thr, n_dt), dtype=bool)
+    matched_gt = np.full((n_thr, n_dt), -1, dtype=np.int64)
     keep = pair_iou >= thr.min()
     pair_dt, pair_gt, pair_iou = pair_dt[keep], pair_gt[keep], pair_iou[keep]
     if not len(pair_dt):
-        return matched, matched_ignored
+        return matched, matched_ignored, matched_gt
     # step = rank of a detection among its group's detections that have a candidate
     cand_dt = np.unique(pair_dt)
     run_key = dt_key[cand_dt]
@@ -161,9 +169,11 @@ def _match(dt_key, pair_dt, pair_gt, pair_iou, gt_ig, gt: CocoGroundTruth, n_dt:
         g, d = pg[p], pd[p]
         matched[a, t, d] = ~gt.zero_id[g]
         matched_ignored[a, t, d] = gt_ig[a, g]
+        whole = a == 0
+        matched_gt[t[whole], d[whole]] = g[whole]
         once = ~crowd[g]
         taken[a[once], t[once], g[once]] = True
-    return matched, matched_ignored
+    return matched, matched_ignored, matched_gt
 
 
 def _accumulate(gt_cat, gt_ig, dt_cat, dt_img, dt_rank, dt_score, tps, fps, n_cat: int):
@@ -277,7 +287,9 @@ def evaluate_arrays(gt: CocoGroundTruth, dt: CocoDetections, iou_type: str) -> C
     lo, hi = AREA_RANGES[:, :1], AREA_RANGES[:, 1:]
     gt_ig = gts.ignore[None] | (gts.area[None] < lo) | (gts.area[None] > hi)  # [A, G]
     dt_out = (d_area[None] < lo) | (d_area[None] > hi)  # [A, D]
-    matched, matched_ignored = _match(d_key, pair_dt, pair_gt, pair_iou, gt_ig, gts, len(d_key))
+    matched, matched_ignored, matched_gt = _match(
+        d_key, pair_dt, pair_gt, pair_iou, gt_ig, gts, len(d_key)
+    )
     dt_ig = matched_ignored | (~matched & dt_out[:, None, :])
     tps, fps = matched & ~dt_ig, ~matched & ~dt_ig
 
@@ -290,4 +302,7 @@ def evaluate_arrays(gt: CocoGroundTruth, dt: CocoDetections, iou_type: str) -> C
         p = precision[:, :, k, 0, -1]
         p = p[p > -1]
         per_class[name] = float(np.mean(p)) if p.size else float("nan")
-    return CocoEvalResult(precision, recall, _summarize(precision, recall), per_class)
+    dt_match = np.full((len(IOU_THRESHOLDS), len(dt.scores)), -1, dtype=np.int64)
+    found = matched_gt >= 0
+    dt_match[:, d_order] = np.where(found, g_order[np.maximum(matched_gt, 0)], -1)
+    return CocoEvalResult(precision, recall, _summarize(precision, recall), per_class, dt_match)

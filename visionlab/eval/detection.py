@@ -279,7 +279,11 @@ class DetectionEvaluator:
             self._dt.append(self._image(p, "prediction", has_scores=True))
             self._gt.append(self._image(t, "target", has_scores=False))
 
-    def _arrays(self) -> tuple[CocoGroundTruth, CocoDetections]:
+    def arrays(self, iou_type: str = "bbox") -> tuple[CocoGroundTruth, CocoDetections]:
+        """Every image seen as the COCO engine's arrays (image ``k`` is the ``k``-th seen,
+        label ``c`` is category index ``c - 1``); ``"segm"`` (an evaluator of masks): the
+        detections' areas are their mask areas and they carry their RLEs."""
+
         def cat(items: list[dict], key: str, width: int = 0, dtype: Any = np.float64):
             parts = [i[key] for i in items]
             empty = np.zeros((0, width) if width else 0, dtype=dtype)
@@ -318,27 +322,38 @@ class DetectionEvaluator:
             area=cat(self._dt, "area"),
             scores=cat(self._dt, "scores"),
         )
+        if iou_type == "segm":  # the same matching rules on the masks
+            dt = replace(
+                dt,
+                area=np.concatenate([i["mask_area"] for i in self._dt] or [np.zeros(0)]),
+                rles=[r for i in self._dt for r in i["rles"]],
+            )
         return gt, dt
 
     def compute(self) -> dict[str, Any]:
         """The 12 COCO box stats, ``per_class``, ``voc07_mAP`` and ``voc_mAP`` of every image
         seen since the last :meth:`reset`, and for ``segm`` the 12 ``mask_*`` stats and
         ``mask_per_class`` (floats in [0, 1]; -1 / NaN without ground truth)."""
-        gt, dt = self._arrays()
+        gt, dt = self.arrays()
         boxes = evaluate_arrays(gt, dt, "bbox")
         dets, gts = voc_inputs(gt, dt)
         voc07, _ = voc_map(dets, gts, use_07_metric=True)
         voc, _ = voc_map(dets, gts, use_07_metric=False)
         out: dict[str, Any] = dict(boxes.stats)
         mask_per_class = {}
-        if self.iou_type == "segm":  # the same matching rules on the masks
-            dt_masks = replace(
-                dt,
-                area=np.concatenate([i["mask_area"] for i in self._dt] or [np.zeros(0)]),
-                rles=[r for i in self._dt for r in i["rles"]],
-            )
-            masks = evaluate_arrays(gt, dt_masks, "segm")
+        if self.iou_type == "segm":
+            masks = evaluate_arrays(*self.arrays("segm"), "segm")
             out.update({MASK_PREFIX + k: masks.stats[k] for k in STAT_KEYS})
             mask_per_class = {MASK_PREFIX + "per_class": masks.per_class}
         out.update(per_class=boxes.per_class, voc07_mAP=voc07, voc_mAP=voc)
         return {**out, **mask_per_class}
+
+
+def score_detections(
+    preds: list[dict], targets: list[dict], classes: list[str]
+) -> dict[str, float]:
+    """The COCO box stats (``AP``, ``AP50``, ...) of per-image predictions against their
+    targets, in one :class:`DetectionEvaluator` pass (the plain numbers only)."""
+    evaluator = DetectionEvaluator(classes)
+    evaluator.update(preds, targets)
+    return {k: float(v) for k, v in evaluator.compute().items() if isinstance(v, int | float)}

@@ -182,7 +182,7 @@ class _RecallCounts:
 
 
 def rank_triplets(
-    pairs: Tensor, scores: Tensor, k: int, graph_constraint: bool = True
+    pairs: Tensor, scores: Tensor, k: int, graph_constraint: bool = True, *, stable: bool = True
 ) -> tuple[Tensor, Tensor]:
     """The ``k`` best triplets of one image from every pair's predicate scores.
 
@@ -192,20 +192,27 @@ def rank_triplets(
         k: triplets kept.
         graph_constraint: one predicate per pair, its best (Lu et al. 2016); ``False``: any
             (pair, predicate), so a pair may appear with several predicates.
+        stable: equal scores in pair order, by a stable sort; ``False``: by ``topk`` (the
+            exported graphs: ONNX has no stable sort, and its TopK keeps equal scores in
+            index order).
 
     Returns:
         ``(relations [R, 3] (subject, predicate, object), relation_scores [R])``, best first,
         ``R <= k``.
     """
-    if scores.numel() == 0:
-        return pairs.new_zeros((0, 3)), scores.new_zeros(0)
-    if graph_constraint:
+
+    def best_first(values: Tensor) -> Tensor:
+        if stable:
+            return torch.argsort(values, descending=True, stable=True)[:k]
+        return values.topk(torch.sym_min(k, values.shape[0])).indices
+
+    if graph_constraint:  # no branch on the number of pairs: the exported graphs trace this
         best, predicate = scores.max(dim=1)
-        top = torch.argsort(best, descending=True, stable=True)[:k]
+        top = best_first(best)
         rows, predicate, kept = top, predicate[top], best[top]
     else:
         flat = scores.reshape(-1)
-        top = torch.argsort(flat, descending=True, stable=True)[:k]
+        top = best_first(flat)
         n_pred = max(scores.shape[1], 1)
         rows, predicate, kept = top // n_pred, top % n_pred, flat[top]
     relations = torch.stack([pairs[rows, 0], predicate.long(), pairs[rows, 1]], dim=1)

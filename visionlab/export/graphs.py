@@ -145,7 +145,11 @@ class SegmentationGraph(nn.Module):
         logits = logits.float()
         if logits.shape[-2:] != x.shape[-2:]:
             logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        scores, semantic = logits.softmax(dim=1).max(dim=1, keepdim=True)
+        # the largest softmax probability without the whole softmax (the largest logit's
+        # exp over the sum of exps): onnxruntime's Softmax over the class axis cost half of
+        # the graph's time (benchmarks/predict.md)
+        best, semantic = logits.max(dim=1, keepdim=True)
+        scores = (logits - best).exp().sum(dim=1, keepdim=True).reciprocal()
         semantic = F.interpolate(semantic.float(), size=(height, width), mode="nearest")
         scores = F.interpolate(scores, size=(height, width), mode="bilinear")
         return logits, semantic[:, 0].long(), scores[:, 0]

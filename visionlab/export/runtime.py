@@ -10,6 +10,7 @@ ONNX files run on onnxruntime's CPU provider; ``.pt2`` programs through
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from visionlab.constants import STACKED_TASKS
 from visionlab.engine.checkpoint import WEIGHTS
 from visionlab.errors import CheckpointError
+from visionlab.export.two_stage import RELATION_OUTPUTS
 from visionlab.export.writers import META_FILE, META_KEY, ONNX_FILE, PROGRAM_FILE
 
 EXPORT_SUFFIXES = (".onnx", ".pt2")
@@ -55,12 +57,18 @@ class ExportedModel(nn.Module):
         out = self._run(images.detach().float().cpu().contiguous())
         return {k: v.to(images.device) for k, v in out.items()}
 
-    def forward(self, images: Tensor | list[Tensor]) -> Any:
+    def forward(self, images: Tensor | list[Tensor], extras: Collection[str] = ()) -> Any:
         """As the eager model answers: classifier and FCN logits for a stacked batch,
-        per-image detection dicts for a list of images."""
+        per-image detection dicts for a list of images (a relation model's ``pairs`` and
+        ``predicate_scores`` only with the extra ``relation_pairs``, as the eager head)."""
         if self.task in STACKED_TASKS:
             return self.outputs(images)["logits"]
-        return self._detect(list(images))
+        results = self._detect(list(images))
+        if "relation_pairs" not in extras:
+            for out in results:
+                out.pop("pairs", None)
+                out.pop("predicate_scores", None)
+        return results
 
     def _detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """One graph call for images of one size, one per image otherwise (and always for a
@@ -75,7 +83,13 @@ class ExportedModel(nn.Module):
             index = out["batch_index"]
             for i in range(len(group)):
                 keep = index == i
-                results.append({k: v[keep] for k, v in out.items() if k != "batch_index"})
+                results.append(
+                    {
+                        k: v if k in RELATION_OUTPUTS else v[keep]  # one image a call
+                        for k, v in out.items()
+                        if k != "batch_index"
+                    }
+                )
         return results
 
 
@@ -85,6 +99,11 @@ def _onnx_runner(path: Path) -> tuple[Any, dict[str, Any]]:
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # torch's thread count (``torch.set_num_threads``, ``--threads``) for both runtimes;
+        # idle threads sleep instead of spinning, which would take the cores from whatever
+        # runs next in the process (the eager models, the data loader's work)
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types
         raise CheckpointError(f"{path}: not an ONNX model onnxruntime can run ({err})") from None

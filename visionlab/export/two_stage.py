@@ -1,6 +1,7 @@
-"""The exportable graph of Faster R-CNN and Mask R-CNN (``models/two_stage.py`` with an RPN):
-one image in, its detections (and masks) out, the proposal and detection post-processing
-rewritten with masks instead of the eager code's per-image Python branches.
+"""The exportable graph of Faster R-CNN, Mask R-CNN and the relation models
+(``models/two_stage.py`` with an RPN): one image in, its detections (and masks, or pairs and
+relations) out, the proposal and detection post-processing rewritten with masks instead of
+the eager code's per-image Python branches.
 
 What differs from the eager path, and why: the batch is one image (the eager skeleton
 batches a list of images of different sizes in Python); with FPN every RoI is pooled from
@@ -11,12 +12,19 @@ each box (the eager code loops over the boxes). The numbers are the eager model'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionlab.eval.relations import rank_triplets
 from visionlab.export.graphs import clip_to, nms, resize_input, scalar_like, select_detections
 from visionlab.models.heads import _pool_level
+from visionlab.models.relation_rcnn import all_pairs
+
+# a relation model's outputs past the detections: per image, not per detection
+RELATION_OUTPUTS = ("pairs", "predicate_scores", "relations", "relation_scores")
 
 
 def _pool(model: nn.Module, features: list[Tensor], rois: Tensor, size: int, kind: str) -> Tensor:
@@ -82,6 +90,38 @@ def _paste(masks: Tensor, boxes: Tensor, height: int, width: int, threshold: flo
     return (sampled >= threshold) & inside_y[:, :, None] & inside_x[:, None, :]
 
 
+class _OneImage:
+    """What :meth:`RelationHead.logits` reads of an :class:`RoIBatch`, for one traced image:
+    its size and pooling from its features."""
+
+    def __init__(self, model: nn.Module, features: list[Tensor], size: tuple) -> None:
+        self.model, self.features, self.image_sizes = model, features, [size]
+
+    def pool(self, rois: Sequence[Tensor], output_size: int, kind: str = "roi_align") -> Tensor:
+        return _pool(self.model, self.features, rois[0], output_size, kind)
+
+
+def _relations(
+    head: nn.Module, batch: _OneImage, boxes: Tensor, scores: Tensor, labels: Tensor
+) -> tuple[Tensor, ...]:
+    """:meth:`RelationHead.forward` for one image's detections: ``pairs [M, 2]`` and
+    ``predicate_scores [M, P]`` of every ordered pair of the objects kept, and the ranked
+    ``relations [R, 3]``, ``relation_scores [R]``."""
+    s = head.settings
+    if s.object_nms < 1:
+        objects = nms(boxes.float(), scores.float(), s.object_nms)[: s.max_objects]
+    else:
+        objects = torch.arange(boxes.shape[0], device=boxes.device)[: s.max_objects]
+    kept, kept_scores = boxes[objects], scores[objects].float()
+    pairs = all_pairs(kept.shape[0], kept.device)
+    logits = head.logits(batch, [kept], [labels[objects]], [pairs])
+    probs = logits.float().softmax(dim=1)[:, 1:]
+    triplets = kept_scores[pairs[:, 0], None] * kept_scores[pairs[:, 1], None] * probs
+    pairs = objects[pairs]  # indices into the detections
+    ranked = rank_triplets(pairs, triplets, s.relations_per_image, s.graph_constraint, stable=False)
+    return (pairs, triplets, *ranked)
+
+
 class TwoStageGraph(nn.Module):
     """One image ``[1, 3, H, W]`` in [0, 1] -> ``boxes [M, 4]``, ``scores [M]``, ``labels
     [M]``, ``batch_index [M]`` (zeros) and, for Mask R-CNN, ``masks [M, H, W]`` bool: the
@@ -93,9 +133,12 @@ class TwoStageGraph(nn.Module):
         super().__init__()
         self.model, self.image_size = model, image_size
         self.has_masks = "mask" in model.roi_heads
+        self.has_relations = "relation" in model.roi_heads
         self.outputs = ("boxes", "scores", "labels", "batch_index") + (
             ("masks",) if self.has_masks else ()
         )
+        if self.has_relations:
+            self.outputs += RELATION_OUTPUTS
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         model = self.model
@@ -120,6 +163,10 @@ class TwoStageGraph(nn.Module):
             [scalar_like(x, width) / size[1], scalar_like(x, height) / size[0]]
         ).repeat(2)
         outputs = (det_boxes * scale, det_scores, labels, image)
+        if self.has_relations:
+            batch = _OneImage(model, features, size)
+            head = model.roi_heads["relation"]
+            return (*outputs, *_relations(head, batch, det_boxes, det_scores, labels))
         if not self.has_masks:
             return outputs
         mask_head, ms = model.roi_heads["mask"], model.roi_heads["mask"].settings

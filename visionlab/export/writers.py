@@ -30,6 +30,9 @@ OUTSIDE = {
     "segmentation": "nothing",
     "detection": "the score threshold of `visionlab predict` (an option), applied to the "
     "detections past the model's own score_thresh, which is inside",
+    "relation": "the score threshold of `visionlab predict`, as for detection; the triplets "
+    "are ranked inside with the model's graph constraint, and `--no-graph-constraint` ranks "
+    "the graph's pairs and predicate_scores outside",
 }
 
 
@@ -56,9 +59,9 @@ def build_graph(model: nn.Module) -> nn.Module:
         return TwoStageGraph(model, model.image_size)
     raise VisionLabError(
         f"{name}: ONNX / torch.export cover the classifiers, the FCNs, YOLO and Faster / Mask "
-        "R-CNN; R-CNN, SPPNet and Fast R-CNN take their proposals from selective search "
-        "(OpenCV, outside any graph) and the relation models' pair ranking is not written "
-        "for tracing; export them with --format safetensors"
+        "R-CNN and the relation models; R-CNN, SPPNet and Fast R-CNN take their proposals "
+        "from selective search (OpenCV, outside any graph): export them with --format "
+        "safetensors"
     )
 
 
@@ -71,7 +74,7 @@ def _is_faster_rcnn(model: nn.Module) -> bool:
     return (
         isinstance(model, TwoStageDetector)
         and isinstance(model.proposer, RPN)
-        and set(model.roi_heads) <= {"box", "mask"}
+        and set(model.roi_heads) in ({"box"}, {"box", "mask"}, {"box", "relation"})
     )
 
 
@@ -95,6 +98,11 @@ def export_meta(model: nn.Module, graph: nn.Module, fmt: str, dynamic: dict[str,
         "dynamic": dynamic,
         "outputs": list(graph.outputs),
         "detection_settings": asdict(settings) if settings is not None else None,
+        "relation_settings": (
+            asdict(heads["relation"].settings)
+            if heads is not None and "relation" in heads
+            else None
+        ),
         "outside_graph": OUTSIDE["detection" if model.task == "instance" else model.task],
         "opset": OPSET if fmt == "onnx" else None,
         "torch": torch.__version__,

@@ -317,7 +317,7 @@ class RelationHead(nn.Module):
         parts = []
         if "visual" in s.features:
             unions = enclosing_boxes(subj, obj)
-            sizes = [len(p) for p in pairs]
+            sizes = [p.shape[0] for p in pairs]
             pooled = batch.pool(unions.split(sizes), s.pool_size, "roi_align")
             if s.object_features:
                 pooled = torch.cat(

@@ -3,8 +3,12 @@ scene graphs, semantic maps, proposals, anchors, the YOLO grid, classification c
 dataset contact sheets and training curves.
 
 Drawing uses Pillow (built-in font, fixed colours per class) and returns RGB PIL images;
-``image.save("x.png")`` writes them. Images may be float ``[3, H, W]`` tensors in [0, 1] or PIL
-images; boxes are always ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)`` pixels.
+``image.save("x.png")`` writes them. Small images are drawn enlarged (nearest neighbour, by a
+whole factor) until their longer side reaches ``min_size`` (512 by default), with boxes, masks
+and cells scaled alike; labels are sized to their box and kept inside the picture, legends sit
+in a panel to the right of the image, and masks are blended over it. Images may be float
+``[3, H, W]`` tensors in [0, 1] or PIL images; boxes are always ``Tensor[N, 4]`` in
+``(x1, y1, x2, y2)`` pixels.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Shared drawing helpers: image conversion, fixed colour palettes, fonts, labelled text, arrows
-and the choice of which relations a picture shows."""
+"""Shared drawing helpers: image conversion and enlargement, fixed colour palettes, fonts,
+labels placed clear of each other, legend panels, translucent masks, arrows and the choice of
+which relations a picture shows."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ PALETTE: tuple[Color, ...] = (
     (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
 )  # fmt: skip
 IGNORE_COLOR: Color = (224, 224, 192)  # VOC's colour for the 255 "ignore / boundary" label
+WHITE: Color = (255, 255, 255)
+INK: Color = (60, 60, 60)  # text and swatch outlines on white panels and canvases
 
 
 def color_for(index: int) -> Color:
@@ -69,12 +72,18 @@ def to_pil(image: Tensor | Image.Image) -> Image.Image:
     return Image.fromarray(x.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
 
 
-def upscale(image: Image.Image, min_size: int | None) -> tuple[Image.Image, float]:
-    """Enlarge ``image`` so its shorter side is at least ``min_size`` (integer factor, nearest,
-    so pixels stay crisp). Returns the image and the factor applied to coordinates."""
-    if not min_size or min(image.size) >= min_size:
+# Small images are drawn enlarged until their longer side reaches this many pixels, so that
+# labels, outlines and legends have room to be read (every drawing's ``min_size`` default).
+MIN_SIZE = 512
+
+
+def upscale(image: Image.Image, min_size: int | None = MIN_SIZE) -> tuple[Image.Image, float]:
+    """Enlarge ``image`` so its longer side is at least ``min_size`` (integer factor, nearest,
+    so pixels stay crisp; None or 0: as it is). Returns the image and the factor applied to
+    coordinates."""
+    if not min_size or max(image.size) >= min_size:
         return image, 1.0
-    factor = -(-min_size // min(image.size))  # ceil
+    factor = -(-min_size // max(image.size))  # ceil
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST), float(factor)
 
 
@@ -85,9 +94,24 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 
 def style_for(image: Image.Image) -> tuple[int, int]:
-    """(line width, font size) that read well at this image's size."""
+    """(line width, font size) that read well at this image's size; the font size is the
+    largest a label on this image gets (see :func:`label_font_size`)."""
     side = min(image.size)
     return max(1, round(side / 180)), max(11, round(side / 26))
+
+
+def small_font_size(image: Image.Image) -> int:
+    """The font size of the smallest labels on ``image`` (three fifths of :func:`style_for`'s):
+    small objects' labels, and text that comes second, such as an arrow's predicate."""
+    return max(10, round(0.6 * style_for(image)[1]))
+
+
+def label_font_size(box_w: float, box_h: float, image: Image.Image) -> int:
+    """The font size of a label for a ``box_w`` x ``box_h`` box on ``image``: in proportion
+    to the box, between :func:`small_font_size` and :func:`style_for`'s size, so a small
+    object's label hides less of the picture and a large one's reads at a glance."""
+    by_box = round(math.sqrt(max(0.0, box_w) * max(0.0, box_h)) / 4)
+    return int(min(style_for(image)[1], max(small_font_size(image), by_box)))
 
 
 def text_color(background: Color) -> Color:
@@ -123,27 +147,58 @@ def _paint_label(
 
 
 def draw_label(
-    draw: ImageDraw.ImageDraw,
-    xy: tuple[float, float],
-    text: str,
-    color: Color,
-    font_size: int,
-    *,
-    anchor_above: bool = True,
-    bounds: tuple[int, int] | None = None,
+    draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, color: Color, font_size: int
 ) -> int:
-    """Text on a filled box of ``color``. ``xy`` is the box's top-left corner (with
-    ``anchor_above``: the point the label sits on top of). Kept inside ``bounds`` (W, H).
-    Returns the label's height (the same for every text at one font size)."""
-    w, h, _ = _label_size(draw, text, font_size)
-    x, y = xy
-    if anchor_above:
-        y = y - h if y - h >= 0 else y  # no room above: put it just inside the box
-    if bounds is not None:
-        x = min(max(0, x), max(0, bounds[0] - w))
-        y = min(max(0, y), max(0, bounds[1] - h))
-    _paint_label(draw, x, y, text, color, font_size)
-    return h
+    """Text on a filled box of ``color`` whose top-left corner is ``xy``. Returns the label's
+    height (the same for every text at one font size)."""
+    _paint_label(draw, *xy, text, color, font_size)
+    return _label_size(draw, text, font_size)[1]
+
+
+def add_legend(
+    image: Image.Image,
+    entries: Sequence[tuple[str, Color | None]],
+    font_size: int | None = None,
+) -> Image.Image:
+    """``image`` with a white panel on its right listing ``entries`` top to bottom: a swatch
+    of the colour, then the text (colour None: a line of text alone), in as many columns as
+    the image's height needs. The image keeps its place (0, 0) and every pixel, so a legend
+    never hides any of it. No entries: ``image`` itself."""
+    if not entries:
+        return image
+    if font_size is None:
+        _, font_size = style_for(image)
+    f = font(font_size)
+    ascent, descent = f.getmetrics()
+    pad = max(2, font_size // 3)
+    line = ascent + descent + pad
+    swatch = ascent
+    rows = max(1, (image.height - pad) // line)
+    columns = [entries[k : k + rows] for k in range(0, len(entries), rows)]
+    measure = ImageDraw.Draw(image)
+
+    def entry_width(text: str, color: Color | None) -> float:
+        return measure.textlength(text, font=f) + (swatch + pad if color is not None else 0)
+
+    widths = [max(entry_width(*e) for e in col) for col in columns]
+    panel_w = round(sum(widths) + pad * (2 * len(columns) + 1))
+    height = max(image.height, pad + min(rows, len(entries)) * line)
+    out = Image.new("RGB", (image.width + panel_w, height), WHITE)
+    out.paste(image, (0, 0))
+    draw = ImageDraw.Draw(out)
+    x = image.width + 2 * pad
+    for col, col_w in zip(columns, widths):
+        y = pad
+        for text, color in col:
+            tx = x
+            if color is not None:
+                top = y + (ascent + descent - swatch) / 2
+                draw.rectangle((x, top, x + swatch, top + swatch), fill=color, outline=INK)
+                tx += swatch + pad
+            draw.text((tx, y), text, fill=INK, font=f)
+            y += line
+        x += col_w + 2 * pad
+    return out
 
 
 class LabelPlacer:
@@ -206,20 +261,6 @@ def blend_masks(
             )
             image = Image.composite(solid, image, border)
     return image
-
-
-def blend_label_map(
-    image: Image.Image, labels: Tensor, palette: Sequence[Color], alpha: float = 0.5
-) -> Image.Image:
-    """Paint a class map (int ``[h, w]`` in 0..255, the image's size or an integer fraction of
-    it) in ``palette[label]`` colours; label 0 (background) is left unpainted."""
-    colored = Image.fromarray(labels.to(torch.uint8).numpy(), mode="L")
-    colored.putpalette([c for rgb in palette for c in rgb])
-    colored = colored.convert("RGB")
-    if colored.size != image.size:
-        colored = colored.resize(image.size, Image.NEAREST)
-    tinted = Image.blend(image, colored, alpha)
-    return Image.composite(tinted, image, _mask_image(labels != 0, image.size))
 
 
 def as_boxes(boxes: Tensor | None) -> Tensor:

@@ -12,23 +12,28 @@ from torch import Tensor
 
 from visionlab.errors import VisionLabError
 from visionlab.viz._common import (
+    MIN_SIZE,
     Color,
     LabelPlacer,
+    add_legend,
     along,
     as_boxes,
     blend_masks,
     class_name,
     color_for,
     draw_arrow,
-    draw_label,
+    label_font_size,
     predicate_label,
     select_relations,
+    small_font_size,
     style_for,
     to_pil,
     upscale,
 )
 
 ImageLike = Tensor | Image.Image
+# a label to place: (text, colour, font size, candidate top-left corners, best first)
+LabelJob = tuple[str, Color, int, list[tuple[float, float]]]
 
 
 def _outline(x1: float, y1: float, x2: float, y2: float) -> tuple[float, float, float, float]:
@@ -49,11 +54,14 @@ def _prepare_detections(
     mask_alpha: float,
     color_by: str = "class",
     number: bool = False,
-) -> tuple[Image.Image, list[tuple[str, Color, list[tuple[float, float]]]]]:
+) -> tuple[Image.Image, list[LabelJob]]:
     """Masks (filled and outlined) and box outlines drawn; the box labels returned as (text,
-    colour, candidate top-left positions) for a :class:`LabelPlacer`, so later labels can
-    avoid them. ``color_by``: ``"class"`` (colour of the label) or ``"instance"`` (detection
-    i gets ``color_for(i)``). ``number``: labels read "i: name" (i = the detection's index)."""
+    colour, font size, candidate top-left positions) for a :class:`LabelPlacer`, so later
+    labels can avoid them. Each label's font is sized to its box, and its first choice is
+    above the box, then inside its top, below it, then at its right end (all kept inside the
+    picture by the placer). ``color_by``: ``"class"`` (colour of the label) or ``"instance"``
+    (detection i gets ``color_for(i)``). ``number``: labels read "i: name" (i = the
+    detection's index)."""
     if color_by not in ("class", "instance"):
         raise VisionLabError(f"color_by must be 'class' or 'instance', got {color_by!r}")
     n = len(boxes)
@@ -66,7 +74,7 @@ def _prepare_detections(
     if scores is not None:
         order = order[scores[order].argsort(descending=True)]
     colors = [color_for(int(labels[i]) if color_by == "class" else i) for i in order.tolist()]
-    width, font_size = style_for(pil)
+    width, _ = style_for(pil)
     if masks is not None and len(order):
         m = torch.as_tensor(masks).detach().cpu()[order.flip(0)]  # best painted last, on top
         m = m > 0.5 if m.is_floating_point() else m.bool()
@@ -87,9 +95,10 @@ def _prepare_detections(
             text = f"{i}: {text}"
         if scores is not None:
             text += f" {float(scores[i]):.2f}"
+        font_size = label_font_size(x2 - x1, y2 - y1, pil)
         w, h = measure.size(text, font_size)
         places = [(x1, y1 - h), (x1, y1), (x1, y2), (x2 - w, y1 - h), (x1, y2 - h), (x2 - w, y2)]
-        jobs.append((text, color, places))
+        jobs.append((text, color, font_size, places))
     return pil, jobs
 
 
@@ -102,7 +111,7 @@ def draw_detections(
     masks: Tensor | None = None,
     score_threshold: float = 0.0,
     *,
-    min_size: int | None = None,
+    min_size: int | None = MIN_SIZE,
     mask_alpha: float = 0.45,
     color_by: str = "class",
 ) -> Image.Image:
@@ -114,15 +123,16 @@ def draw_detections(
         labels: ``Tensor[N]`` int, 1..C (label k is ``class_names[k - 1]``; 0 = background).
         scores: ``Tensor[N]`` in [0, 1]; boxes below ``score_threshold`` are not drawn.
         masks: bool (or probabilities, cut at 0.5) ``[N, H, W]``.
-        min_size: enlarge the picture first so its shorter side is at least this many pixels.
+        min_size: enlarge the picture first so its longer side is at least this many pixels
+            (None: draw at the image's own size).
         color_by: ``"class"`` (a fixed colour per class) or ``"instance"`` (detection i,
             with its mask, outline and label, in ``color_for(i)``: neighbouring instances of
             one class stay apart).
 
     Returns:
         An RGB image the size of ``image`` (times the ``min_size`` factor). Higher scores are
-        drawn on top, and labels are placed so that they overlap as little as possible
-        (above the box, else inside, else below).
+        drawn on top; labels, in a font sized to their box, are placed inside the picture so
+        that they overlap as little as possible (above the box, else inside, else below).
     """
     pil, factor = upscale(to_pil(image), min_size)
     pil, jobs = _prepare_detections(
@@ -138,8 +148,7 @@ def draw_detections(
         color_by,
     )
     placer = LabelPlacer(ImageDraw.Draw(pil), pil.size)
-    _, font_size = style_for(pil)
-    for text, color, places in jobs:
+    for text, color, font_size, places in jobs:
         placer.place(text, color, font_size, places)
     return pil
 
@@ -159,7 +168,7 @@ def draw_relations(
     one_per_pair: bool = False,
     draw_boxes: bool = True,
     number_boxes: bool = False,
-    min_size: int | None = None,
+    min_size: int | None = MIN_SIZE,
 ) -> Image.Image:
     """Arrows from each subject box centre to its object box centre, labelled with the
     predicate (and score) along the arrow.
@@ -176,10 +185,13 @@ def draw_relations(
         draw_boxes: also draw the boxes, masks and class labels.
         number_boxes: box labels read "k: class" (k = the box's index), matching the nodes of
             :func:`~visionlab.viz.draw_scene_graph`.
+        min_size: enlarge the picture first so its longer side is at least this many pixels.
+
+    Box labels are sized to their box; predicate labels, which come second, are small.
     """
     boxes = as_boxes(boxes)
     pil, factor = upscale(to_pil(image), min_size)
-    jobs: list[tuple[str, Color, list[tuple[float, float]]]] = []
+    jobs: list[LabelJob] = []
     if draw_boxes:
         pil, jobs = _prepare_detections(
             pil, factor, boxes, labels, None, class_names, masks, 0.0, 0.45, number=number_boxes
@@ -189,8 +201,8 @@ def draw_relations(
     )
     draw = ImageDraw.Draw(pil)
     placer = LabelPlacer(draw, pil.size)
-    width, font_size = style_for(pil)
-    small = max(10, font_size - 2)
+    width, _ = style_for(pil)
+    small = small_font_size(pil)
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2 * factor
     for i in order.flip(0).tolist():  # best last, on top
         s, p, o = rel[i].tolist()
@@ -204,10 +216,10 @@ def draw_relations(
         else:
             draw_arrow(draw, start, end, color, width + 1)
         places = along(start, end, placer.size(text, small), (0.5, 0.35, 0.65, 0.2, 0.8))
-        jobs.append((text, color, places))
+        jobs.append((text, color, small, places))
     # labels after all outlines and arrows, so no line crosses a label
-    for k, (text, color, places) in enumerate(jobs):
-        placer.place(text, color, font_size if k < len(jobs) - len(order) else small, places)
+    for text, color, font_size, places in jobs:
+        placer.place(text, color, font_size, places)
     return pil
 
 
@@ -217,13 +229,15 @@ def draw_proposals(
     max_boxes: int = 200,
     *,
     scores: Tensor | None = None,
-    min_size: int | None = None,
+    min_size: int | None = MIN_SIZE,
 ) -> Image.Image:
-    """Region proposals as thin outlines, coloured by rank (first / best proposals warm).
+    """Region proposals as thin outlines, coloured by rank (first / best proposals warm),
+    with a legend on the right saying how many there were and which colour is first.
 
     Args:
         boxes: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``, ranked (best first) unless ``scores``.
-        max_boxes: draw at most this many; the caption says how many there were.
+        max_boxes: draw at most this many.
+        min_size: enlarge the picture first so its longer side is at least this many pixels.
     """
     boxes = as_boxes(boxes)
     if scores is not None:
@@ -231,20 +245,25 @@ def draw_proposals(
     shown = boxes[:max_boxes]
     pil, factor = upscale(to_pil(image), min_size)
     draw = ImageDraw.Draw(pil)
-    width, font_size = style_for(pil)
+    width, _ = style_for(pil)
     k = max(1, len(shown) - 1)
     for i in range(len(shown) - 1, -1, -1):  # best drawn last, on top
-        t = i / k  # 0 best .. 1 worst: red -> yellow -> cyan
-        color = (int(255 * (1 - t) ** 0.5), int(80 + 175 * min(1.0, 2 * t)), int(255 * t))
         x1, y1, x2, y2 = (shown[i] * factor).tolist()
-        draw.rectangle(_outline(x1, y1, x2, y2), outline=color, width=max(1, width - 1))
-    caption = (
-        f"{len(shown)} of {len(boxes)} proposals"
-        if len(boxes) > len(shown)
-        else f"{len(boxes)} proposals"
-    )
-    draw_label(draw, (2, 2), caption, (0, 0, 0), font_size, anchor_above=False)
-    return pil
+        draw.rectangle(
+            _outline(x1, y1, x2, y2), outline=_rank_color(i / k), width=max(1, width - 1)
+        )
+    count = f"{len(shown)} of {len(boxes)}" if len(boxes) > len(shown) else f"{len(boxes)}"
+    entries: list[tuple[str, Color | None]] = [(f"{count} proposals", None)]
+    if len(shown):
+        entries.append(("first", _rank_color(0.0)))
+    if len(shown) > 1:
+        entries.append(("last", _rank_color(1.0)))
+    return add_legend(pil, entries)
+
+
+def _rank_color(t: float) -> Color:
+    """The colour of a proposal ``t`` of the way down the ranking: red -> yellow -> cyan."""
+    return (int(255 * (1 - t) ** 0.5), int(80 + 175 * min(1.0, 2 * t)), int(255 * t))
 
 
 def draw_anchors(
@@ -254,16 +273,18 @@ def draw_anchors(
     image: ImageLike | None = None,
     max_anchors: int = 100,
     margin: int | None = None,
-    min_size: int | None = 384,
+    min_size: int | None = MIN_SIZE,
 ) -> Image.Image:
     """Anchor boxes on a blank canvas (or over ``image``) with a margin, so anchors that reach
-    past the image border stay visible; each anchor shape (w, h) has its own colour.
+    past the image border stay visible; each anchor shape (w, h) has its own colour, named in
+    a legend on the right.
 
     Args:
         image_size: ``(H, W)`` of the image the anchors belong to.
         anchors: ``Tensor[A, 4]`` in ``(x1, y1, x2, y2)`` image pixels, e.g. the anchors of one
             feature-map location, or all of them (the first ``max_anchors`` are drawn).
         margin: canvas pixels around the image (default: what the anchors need, capped).
+        min_size: enlarge the image first so its longer side is at least this many pixels.
     """
     h, w = image_size
     anchors = as_boxes(anchors)[:max_anchors]
@@ -279,7 +300,7 @@ def draw_anchors(
     canvas = Image.new("RGB", (base.width + 2 * margin, base.height + 2 * margin), (255, 255, 255))
     canvas.paste(base, (margin, margin))
     draw = ImageDraw.Draw(canvas)
-    width, font_size = style_for(base)
+    width, _ = style_for(base)
     draw.rectangle(
         (margin - 1, margin - 1, margin + base.width, margin + base.height),
         outline=(0, 0, 0),
@@ -291,11 +312,10 @@ def draw_anchors(
         color = color_for(shapes.setdefault(shape, len(shapes)))
         x1, y1, x2, y2 = (a * factor + margin).tolist()
         draw.rectangle(_outline(x1, y1, x2, y2), outline=color, width=width)
-    y = 2
-    for (aw, ah), k in shapes.items():
-        label = f"{aw}x{ah}"
-        y += draw_label(draw, (2, y), label, color_for(k), font_size, anchor_above=False) + 2
-    return canvas
+    _, font_size = style_for(base)
+    return add_legend(
+        canvas, [(f"{aw}x{ah}", color_for(k)) for (aw, ah), k in shapes.items()], font_size
+    )
 
 
 def responsible_cells_of(boxes: Tensor, image_size: tuple[int, int], S: int) -> Tensor:
@@ -318,7 +338,7 @@ def draw_grid(
     boxes: Tensor | None = None,
     labels: Tensor | None = None,
     class_names: Sequence[str] | None = None,
-    min_size: int | None = None,
+    min_size: int | None = MIN_SIZE,
 ) -> Image.Image:
     """YOLO's S x S grid, with the responsible cells shaded and (optionally) the boxes and
     their centres.
@@ -328,6 +348,8 @@ def draw_grid(
         responsible_cells: ``Tensor[K, 2]`` (row, col), or bool ``[S, S]``; default: the cells
             holding the centres of ``boxes``.
         boxes: ``Tensor[N, 4]`` in ``(x1, y1, x2, y2)``; drawn with their centre points.
+        min_size: enlarge the picture first so its longer side is at least this many pixels
+            (cells, boxes and centres scale with it).
     """
     if S < 1:
         raise VisionLabError(f"S must be >= 1, got {S}")
@@ -353,7 +375,7 @@ def draw_grid(
         return out
     # boxes, labels and centre dots on top of the grid, so the grid never hides a label
     b = as_boxes(boxes) * factor
-    out = draw_detections(out, b, labels, class_names=class_names)
+    out = draw_detections(out, b, labels, class_names=class_names, min_size=None)
     draw = ImageDraw.Draw(out)
     r = 2 + width
     labs = torch.ones(len(b)) if labels is None else torch.as_tensor(labels)

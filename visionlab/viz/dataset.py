@@ -13,7 +13,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from visionlab.errors import VisionLabError
-from visionlab.viz._common import draw_label, style_for
+from visionlab.viz._common import INK, MIN_SIZE, draw_label, style_for
 from visionlab.viz.boxes import draw_relations
 from visionlab.viz.labels import draw_classification, draw_semantic
 
@@ -52,9 +52,7 @@ def image_grid(
             im.convert("RGB"), (x + (cell_w - im.width) // 2, y + (cell_h - im.height) // 2)
         )
         if titles:
-            draw_label(
-                draw, (x, y + cell_h + 2), titles[k], (40, 40, 40), font_size, anchor_above=False
-            )
+            draw_label(draw, (x, y + cell_h + 2), titles[k], INK, font_size)
     return sheet
 
 
@@ -70,7 +68,7 @@ def draw_sample(
     classes: Sequence[str] | None = None,
     predicates: Sequence[str] | None = None,
     task: str | None = None,
-    min_size: int = 384,
+    min_size: int | None = MIN_SIZE,
     max_relations: int = 12,
 ) -> Image.Image:
     """Draw one ``(image, target)`` of the data contract, whatever the task: semantic
@@ -80,6 +78,7 @@ def draw_sample(
         classes: foreground class names (detection label k is ``classes[k - 1]``,
             classification label k is ``classes[k]``).
         task: the dataset's task; inferred from the target's fields when None.
+        min_size: enlarge the picture first so its longer side is at least this many pixels.
         max_relations: relationship arrows drawn at most, one per pair of objects.
     """
     if task is None:
@@ -120,7 +119,7 @@ def show_dataset(
     n: int = 8,
     seed: int = 0,
     *,
-    min_size: int = 384,
+    min_size: int | None = MIN_SIZE,
     cols: int = 4,
     progress: bool = True,
 ) -> list[Path]:
@@ -130,7 +129,7 @@ def show_dataset(
     Args:
         dataset: a dataset of the contract: ``dataset[i] -> (image, target)``, ``len()``, and
             optional ``classes``, ``predicates``, ``task`` attributes.
-        min_size: small images are enlarged (integer factor) until their shorter side reaches
+        min_size: small images are enlarged (integer factor) until their longer side reaches
             this, so labels are readable.
 
     Returns:
@@ -159,7 +158,7 @@ def show_dataset(
         paths.append(path)
         drawn.append(picture)
         titles.append(f"#{i} {name}")
-    tile = max(min_size, 128)
+    tile = max(min_size or 0, 128)
     thumbs = [p.copy() for p in drawn]
     for t in thumbs:
         t.thumbnail((tile, tile + tile // 2), Image.BILINEAR)

@@ -11,6 +11,8 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from visionlab.viz._common import (
+    INK,
+    WHITE,
     Color,
     LabelPlacer,
     along,
@@ -24,8 +26,6 @@ from visionlab.viz._common import (
     text_color,
 )
 
-WHITE: Color = (255, 255, 255)
-INK: Color = (60, 60, 60)  # title and "no relations"
 LABEL_AT = 0.4  # predicate labels sit 40% of the way from the subject, so A->B and B->A differ
 
 Node = tuple[tuple[float, float], tuple[float, float]]  # (centre, half sizes)

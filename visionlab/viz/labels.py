@@ -14,10 +14,11 @@ from torch import Tensor
 from visionlab.constants import IGNORE_INDEX
 from visionlab.errors import VisionLabError
 from visionlab.viz._common import (
-    blend_label_map,
+    MIN_SIZE,
+    add_legend,
+    blend_masks,
     class_name,
     color_for,
-    draw_label,
     font,
     style_for,
     to_pil,
@@ -48,13 +49,19 @@ def draw_semantic(
     alpha: float = 0.5,
     *,
     legend: bool = True,
-    min_size: int | None = None,
+    min_size: int | None = MIN_SIZE,
 ) -> Image.Image:
-    """Overlay a class map in VOC colours, with a legend of the classes present.
+    """Blend a class map in VOC colours over the image (each class region tinted and
+    outlined), with a legend of the classes present in a panel on the right.
 
     Args:
         semantic: int ``[H, W]``: 0 = background (not painted), k = ``class_names[k - 1]``,
             255 = ignore (VOC's cream).
+        alpha: how much of a class colour replaces the image under it.
+        min_size: enlarge the picture first so its longer side is at least this many pixels.
+
+    Returns:
+        The (enlarged) image, wider by the legend when a class is present.
     """
     sem = _check_semantic(semantic)
     src = to_pil(image)
@@ -62,16 +69,16 @@ def draw_semantic(
         raise VisionLabError(f"semantic is {tuple(sem.shape)}, image is {(src.height, src.width)}")
     pil, _ = upscale(src, min_size)
     present = [int(v) for v in sem.unique().tolist() if v != 0]
+    if not present:
+        return pil
     palette = voc_palette()
-    pil = blend_label_map(pil, sem, palette, alpha)
-    if legend and present:
-        draw = ImageDraw.Draw(pil)
-        _, font_size = style_for(pil)
-        y = 2
-        for v in present:
-            name = "ignore" if v == IGNORE_INDEX else class_name(v, class_names, 1)
-            y += draw_label(draw, (2, y), name, palette[v], font_size, anchor_above=False) + 2
-    return pil
+    colors = [palette[v] for v in present]
+    width, _ = style_for(pil)
+    pil = blend_masks(pil, torch.stack([sem == v for v in present]), colors, alpha, width)
+    if not legend:
+        return pil
+    names = ["ignore" if v == IGNORE_INDEX else class_name(v, class_names, 1) for v in present]
+    return add_legend(pil, list(zip(names, colors)))
 
 
 def semantic_to_palette_png(semantic: Tensor, path: str | Path) -> Path:
@@ -99,7 +106,7 @@ def draw_classification(
     class_names: Sequence[str] | None = None,
     *,
     true_label: int | None = None,
-    min_size: int | None = 256,
+    min_size: int | None = MIN_SIZE,
 ) -> Image.Image:
     """The image with a caption strip below: one line per top-k class with a score bar.
 
@@ -108,6 +115,7 @@ def draw_classification(
         top_scores: ``[K]`` probabilities.
         true_label: when given, the caption names it (green if it is the top-1, else red);
             with no top labels the caption is just "label: name" (a ground-truth picture).
+        min_size: enlarge the picture first so its longer side is at least this many pixels.
 
     Returns:
         An image as wide as the (upscaled) input and taller by the caption.
