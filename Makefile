@@ -41,8 +41,12 @@ chromium:
 # .venv-peers; a .pth file appends .venv's site-packages AFTER its own, so torch is shared
 # (not a second 5.5 GB copy) while its own cv2 wins.
 PEERS := .venv-peers
-peers: $(STAMP)
-	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+PEERS_STAMP := $(PEERS)/.installed
+
+$(PEERS)/bin/python:
+	$(PYTHON) -m venv $(PEERS)
+
+$(PEERS_STAMP): pyproject.toml $(STAMP) | $(PEERS)/bin/python
 	echo '*' > $(PEERS)/.gitignore
 	$(BIN)/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
 	  "$$($(PEERS)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/visionlab_venv.pth"
@@ -50,6 +54,9 @@ peers: $(STAMP)
 	$(PEERS)/bin/python -m pip install --quiet $$($(PEERS)/bin/python -c "import tomllib; \
 	  print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['peers'])")
 	YOLO_CONFIG_DIR=$(PEERS)/.config YOLO_OFFLINE=1 $(PEERS)/bin/python -c "import ultralytics, torch; print('ultralytics', ultralytics.__version__, 'torch', torch.__version__)"
+	touch $(PEERS_STAMP)
+
+peers: $(PEERS_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -80,7 +80,7 @@ def train_overrides(step: str, classifier: Path) -> list[str]:
     """The demo's `visionlab train` overrides of one step: its short schedule and, past the
     classifier, the recipes' initialisation from the classifier the demo trained (random
     weights when that step did not run)."""
-    overrides = list(DEMO_OVERRIDES.get(step, ([], []))[0])
+    overrides = list(DEMO_OVERRIDES[step][0])
     if step != "classify":  # the papers' ImageNet step, the demo's own classifier
         source = classifier if classifier.is_file() else "null"
         overrides.append(f"model_args.pretrained_backbone={source}")
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     for step in trained:
         recipe, folder, val_images = RECIPES[step]
         images = _val_images(root / val_images, args.predict_n)
-        flags = DEMO_OVERRIDES.get(step, ([], []))[1]
+        flags = DEMO_OVERRIDES[step][1]
         _train_and_predict(recipe, out / folder, images, train_overrides(step, classifier), flags)
     minutes = (time.perf_counter() - start) / 60
     rows = collect_rows(out, {step: RECIPES[step][1] for step in trained})

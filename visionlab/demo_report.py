@@ -123,8 +123,9 @@ def format_table(rows: list[Row]) -> str:
 
 def markdown_table(rows: list[Row]) -> str:
     """The rows as a Markdown table (the report's and the README's)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|---|---|---|---:|---:|"]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    from visionlab.bench.machine import row
+
+    lines = [row(*COLUMNS), "|---|---|---|---:|---:|", *(row(*_cells(r)) for r in rows)]
     return "\n".join(lines)
 
 
@@ -197,5 +198,8 @@ def write_report(out: Path, rows: list[Row], notes: str, *, minutes: float) -> P
         lines += ["## the data: boxes, masks, classes, relationships", "", f"![samples]({rel})", ""]
     path = out / "report.md"
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
+    from visionlab.engine.checkpoint import atomic_write
+
+    text = "\n".join(lines).encode("utf-8")
+    atomic_write(path, lambda f: f.write(text))
     return path

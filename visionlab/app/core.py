@@ -158,17 +158,11 @@ def _delete(upload: Path) -> None:
 def scenes_samples(count: int = SAMPLES) -> dict[str, Tensor]:
     """The first ``count`` images of the built-in scenes dataset's val split, rendered in
     memory (the same pixels as the dataset's files), by name."""
-    from visionlab.data.scenes import DEFAULT_SCENES_ARGS
-    from visionlab.data.scenes_draw import render_scene
+    from visionlab.data.scenes import DEFAULT_SCENES_ARGS, render_images
 
     size, seed = DEFAULT_SCENES_ARGS["size"], DEFAULT_SCENES_ARGS["seed"]
-    samples = {}
-    for i in range(count):
-        image = render_scene(size, seed, "val", i).image  # uint8 [H, W, 3]
-        samples[f"scenes val {i + 1:06d}.png"] = (
-            torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255
-        )
-    return samples
+    images = render_images("val", count, size=size, seed=seed)
+    return {f"scenes val {i + 1:06d}.png": image for i, image in enumerate(images)}
 
 
 @dataclass
@@ -189,23 +183,18 @@ def predict_image(
     score_threshold: float = 0.3,
     topk: int = 5,
     max_relations: int = 20,
+    device: str | torch.device = "cpu",
 ) -> Result:
-    """Predict one image ``Tensor[3, H, W]`` with :func:`visionlab.predict` and draw it with
-    what ``visionlab predict`` draws; the times are measured on this call."""
+    """Predict one image ``Tensor[3, H, W]`` with :func:`visionlab.predict` on ``device`` (the
+    model's: :attr:`ModelCache.device`) and draw it with what ``visionlab predict`` draws;
+    the times are measured on this call."""
     from visionlab.engine.api import predict
     from visionlab.engine.predict_outputs import render_prediction
 
     start = time.perf_counter()
-    pred = predict(
-        model, [image], topk=topk, score_threshold=score_threshold, device=str(model_device(model))
-    )[0]
+    options = {"topk": topk, "score_threshold": score_threshold, "device": str(device)}
+    pred = predict(model, [image], **options)[0]
     middle = time.perf_counter()
     record, drawing = render_prediction(image, pred, model, name=name, max_relations=max_relations)
     end = time.perf_counter()
     return Result(drawing, record, (middle - start) * 1e3, (end - middle) * 1e3)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where ``model``'s parameters are (the CPU for an exported graph, which has none)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")

@@ -54,7 +54,9 @@ def build_app(cache: ModelCache, *, max_pixels: int = MAX_PIXELS) -> Any:
         if image.dtype == torch.uint8:
             image = image.float() / 255
         model = cache.get(label)
-        result = predict_image(model, image, name=name, score_threshold=threshold, topk=int(topk))
+        result = predict_image(
+            model, image, name=name, score_threshold=threshold, topk=int(topk), device=cache.device
+        )
         status = (
             f"**{label}** ({model.task}) on {name}: predicted in {result.predict_ms:.0f} ms, "
             f"drawn in {result.draw_ms:.0f} ms"

@@ -25,24 +25,22 @@ def steps(args: argparse.Namespace) -> int:
     return len(FAMILIES)
 
 
-def run(
-    args: argparse.Namespace, bar: Any, build_family: Callable, scene_images: Callable
-) -> list[str]:
-    """The section's Markdown lines; ``build_family`` and ``scene_images`` are
-    :mod:`visionlab.bench.predict`'s (the same models and images as its throughput)."""
+def run(args: argparse.Namespace, bar: Any, build_family: Callable) -> list[str]:
+    """The section's Markdown lines; ``build_family`` is :mod:`visionlab.bench.predict`'s
+    (the same models as its throughput)."""
     from PIL import Image
 
     from visionlab.app import serve
     from visionlab.app.loadtest import load_test
     from visionlab.app.ui import CONCURRENT
+    from visionlab.data.scenes_draw import render_scene
 
     requests = 8 if args.quick else REQUESTS
     checkpoints = Path(args.checkpoints) if args.checkpoints else None
     results = []
     with tempfile.TemporaryDirectory(prefix="visionlab-bench-app-") as tmp:
         image = Path(tmp) / "scene.png"
-        pixels = (scene_images(SIZE, 1)[0].permute(1, 2, 0) * 255).round().byte().numpy()
-        Image.fromarray(pixels).save(image)
+        Image.fromarray(render_scene(SIZE, 0, "val", 0).image).save(image)
         models = Path(tmp) / "models"
         labels = {}
         for family in FAMILIES:

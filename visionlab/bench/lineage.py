@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from visionlab.bench.lineage_report import claims, markdown, speedups
+from visionlab.bench.lineage_report import SPLIT, claims, markdown, speedups
 from visionlab.bench.machine import (
     comma_list,
     elapsed_ms,
@@ -37,7 +37,6 @@ from visionlab.bench.machine import (
 )
 from visionlab.bench.runs import add_overrides, add_training_arguments
 from visionlab.errors import VisionLabError
-from visionlab.eval.detection import score_detections
 
 # key -> (name in the report, recipe, recipe overrides that make the variant)
 DETECTORS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -54,7 +53,6 @@ DETECTORS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "yolo": ("YOLO v1", "configs/yolo_scenes.yaml", ()),
     "yolo_anchors": ("YOLO, anchors", "configs/yolo_anchors_scenes.yaml", ()),
 }
-SPLIT = ("proposals", "features", "heads", "NMS")
 BACKBONE = "runs/classify_scenes/checkpoints/best.pt"
 QUICK = {
     "train_images": 160,
@@ -239,7 +237,7 @@ def measure(args: argparse.Namespace, rows: dict, dataset: Any, n_val: int, n_ti
     from tqdm.auto import tqdm
 
     from visionlab.engine.api import load
-    from visionlab.eval.analysis import error_breakdown
+    from visionlab.eval.analysis import scores_and_errors
 
     classes = list(dataset.classes)
     images = [dataset[i][0] for i in range(n_time)]
@@ -250,8 +248,7 @@ def measure(args: argparse.Namespace, rows: dict, dataset: Any, n_val: int, n_ti
         if model.image_size != args.image_size:
             raise VisionLabError(f"{key}: trained at {model.image_size} px, not {args.image_size}")
         preds, targets = predict_all(model, dataset, n_val)
-        row["metrics"] = score_detections(preds, targets, classes)
-        row["errors"] = error_breakdown(preds, targets, len(classes))
+        row["metrics"], row["errors"] = scores_and_errors(preds, targets, classes)
         row.update(test_split(key, model, dataset, images, classes))
         row["run_dir"] = str(row["run_dir"])
         if key == "faster_rcnn":

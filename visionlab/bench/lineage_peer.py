@@ -89,8 +89,7 @@ def run_peer(
 ) -> dict[str, Any]:
     """Train and score the peer; ``{"status": "ok", ...}`` or the status that says why not."""
     from visionlab.data.convert import convert_dataset
-    from visionlab.eval.analysis import error_breakdown
-    from visionlab.eval.detection import score_detections
+    from visionlab.eval.analysis import scores_and_errors
 
     python = Path(args.peer_python)
     peer: dict[str, Any] = {"model": Path(args.peer_model).stem, "image_size": args.image_size}
@@ -155,6 +154,5 @@ def run_peer(
         "train_s": record["train_s"],
         "epochs": record["epochs"],
         "total": record["ms_per_image"],
-        "metrics": score_detections(preds, targets, list(dataset.classes)),
-        "errors": error_breakdown(preds, targets, len(dataset.classes)),
+        **dict(zip(("metrics", "errors"), scores_and_errors(preds, targets, dataset.classes))),
     }

@@ -8,8 +8,11 @@ import math
 from typing import Any
 
 from visionlab.bench.machine import row as md_row
+from visionlab.eval.analysis import HOIEM_CATEGORIES
+from visionlab.eval.coco_engine import STAT_KEYS
 
 SPLIT = ("proposals", "features", "heads", "NMS")
+AP_KEYS = STAT_KEYS[:6]  # AP, AP50, AP75 and by size
 REPRODUCED, DIRECTION, NOT_REPRODUCED, NOT_MEASURED = (
     "reproduced",
     "direction reproduced, size not",
@@ -295,7 +298,7 @@ def markdown(record: dict[str, Any]) -> list[str]:
         lines.append(
             md_row(
                 r["name"],
-                *(_ap(m.get(k)) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")),
+                *(_ap(m.get(k)) for k in AP_KEYS),
                 _num(r["train_s"], 0),
                 r["steps"] if r["steps"] is not None else "-",
                 *parts,
@@ -360,7 +363,7 @@ def markdown(record: dict[str, Any]) -> list[str]:
     return lines
 
 
-ERRORS = ("correct", "localization", "similar", "other", "background")
+ERRORS = HOIEM_CATEGORIES
 
 
 def busy_note(record: dict[str, Any]) -> str:
@@ -383,7 +386,7 @@ def peer_row(peer: dict[str, Any]) -> str:
     m = peer["metrics"]
     return md_row(
         name,
-        *(_ap(m.get(k)) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")),
+        *(_ap(m.get(k)) for k in AP_KEYS),
         _num(peer["train_s"], 0),
         f"{peer.get('epochs', '-')} epochs",
         "-",

@@ -104,13 +104,15 @@ def load_paths(checkpoint: Path) -> dict[str, torch.nn.Module]:
     from visionlab.engine.api import load
     from visionlab.export.runtime import load_exported
     from visionlab.export.writers import export_graph
+    from visionlab.ops.fuse import fuse_conv_bn
 
-    models = {"eager": load(checkpoint, fuse=True)}
-    for path, fmt in EXPORT_FORMATS.items():
+    model, models = load(checkpoint), {}
+    for path, fmt in EXPORT_FORMATS.items():  # exported unfused, as `visionlab export` does
         out = checkpoint.parent / fmt
         out.mkdir()
-        models[path] = load_exported(export_graph(load(checkpoint), fmt, out))
-    return models
+        models[path] = load_exported(export_graph(model, fmt, out))
+    fuse_conv_bn(model)  # what load(..., fuse=True) does, on the model loaded once
+    return {"eager": model, **models}
 
 
 def predictor(model: torch.nn.Module) -> Callable[[torch.Tensor], list[Any]]:
@@ -158,14 +160,6 @@ def matmul(n: int) -> Callable[[], torch.Tensor]:
     """A float32 ``torch.mm`` of two ``n x n`` matrices (``2 n^3`` FLOPs a call)."""
     a, b = torch.rand(n, n), torch.rand(n, n)
     return lambda: torch.mm(a, b)
-
-
-def scene_images(size: int, count: int) -> torch.Tensor:
-    """``[count, 3, size, size]``: scenes validation images rendered at ``size`` px."""
-    from visionlab.data.scenes_draw import render_scene
-
-    images = [render_scene(size, SEED, "val", i).image for i in range(count)]
-    return torch.stack([torch.from_numpy(im).permute(2, 0, 1) for im in images]).float() / 255
 
 
 def detections(outputs: list[Any]) -> int | None:
@@ -248,6 +242,8 @@ def onnx_operators(path: Path, batch: torch.Tensor, threads: int, calls: int = 3
 
 def throughput(args: argparse.Namespace, bar: Any) -> list[str]:
     """Images/s of each family, size, batch and path, GFLOP/s against the matmul rate."""
+    from visionlab.data.scenes import render_images
+
     sizes, families, rounds, side = _settings(args)
     checkpoints = Path(args.checkpoints) if args.checkpoints else None
     reference = {"matmul": matmul(side)}
@@ -255,7 +251,7 @@ def throughput(args: argparse.Namespace, bar: Any) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="visionlab-bench-predict-") as tmp:
         for size in sizes:
             most = max(_images_of(f, args.quick) for f in families)
-            images = scene_images(size, most)
+            images = render_images("val", most, size=size, seed=SEED)
             for family in families:
                 bar.set_description(f"{family} {size} px: export")
                 ckpt, sources[family] = build_family(family, size, Path(tmp), checkpoints)
@@ -427,7 +423,7 @@ class Section:
 
 
 def _app_load(args: argparse.Namespace, bar: Any) -> list[str]:
-    return app_load.run(args, bar, build_family, scene_images)
+    return app_load.run(args, bar, build_family)
 
 
 # The sections of predict.md, in order.

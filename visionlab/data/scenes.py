@@ -100,7 +100,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -118,6 +118,9 @@ from visionlab.data.scenes_io import (
 from visionlab.errors import DataError, VisionLabError
 from visionlab.paths import ensure_output_dir, visionlab_home
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = [
     "DEFAULT_SCENES_ARGS",
     "PREDICATES",
@@ -125,6 +128,7 @@ __all__ = [
     "SCENE_CLASSES",
     "SCENE_COLORS",
     "default_scenes_root",
+    "render_images",
     "render_scenes",
     "render_split",
     "semantic_mask",
@@ -216,6 +220,15 @@ def _run_jobs(jobs: list[Any], workers: int) -> Iterator[list[dict[str, Any]]]:
 def _default_workers() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(cores or 1, 8))
+
+
+def render_images(split: str, count: int, *, size: int = 128, seed: int = 0) -> torch.Tensor:
+    """``Tensor[count, 3, size, size]`` float in [0, 1]: images ``0 .. count - 1`` of
+    ``split`` rendered in memory (the pixels the dataset's PNG files hold)."""
+    import torch
+
+    images = [render_scene(size, seed, split, i).image for i in range(count)]  # uint8 HWC
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
 
 
 def render_split(

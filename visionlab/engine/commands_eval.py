@@ -97,8 +97,13 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         wrap_evaluator=collect if args.plots else None,
     )
-    seen["metrics"] = metrics
     ckpt = Path(args.checkpoint)
+    about = {  # what was scored: eval.json and analysis.json both say it
+        "checkpoint": str(ckpt),
+        "data": str(data),
+        "split": args.split,
+        "images": "all" if args.limit is None else f"first {args.limit}",
+    }
     if args.json:
         print(json.dumps(to_plain(metrics)))
     else:
@@ -106,14 +111,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{ckpt} on {data} [{args.split}{part}]")
         print(_table(metrics))
     if ckpt.is_file() and ckpt.parent.name == "checkpoints":
-        payload = {
-            "checkpoint": str(ckpt),
-            "data": str(data),
-            "split": args.split,
-            "images": "all" if args.limit is None else f"first {args.limit}",
-            "step": model.meta.get("step"),
-            "metrics": metrics,
-        }
+        payload = {**about, "step": model.meta.get("step"), "metrics": metrics}
         path = ckpt.parent.parent / "eval.json"
         try:
             write_eval_json(path, payload)
@@ -121,28 +119,24 @@ def run(args: argparse.Namespace) -> int:
             reason = err.strerror or str(err)
             print(f"visionlab eval: warning: could not write {path}: {reason}", file=sys.stderr)
     if args.plots:
-        return _write_plots(args, model, data, seen)
+        header = {**about, "task": model.task, "score_threshold": args.plots_score}
+        return _write_plots(args, seen, metrics, header)
     return 0
 
 
-def _write_plots(args: argparse.Namespace, model: Any, data: Any, seen: dict[str, Any]) -> int:
-    """The error analysis of the pass just run: PNGs and ``analysis.json`` in ``--plots``."""
+def _write_plots(
+    args: argparse.Namespace, seen: dict[str, Any], metrics: dict[str, Any], header: dict
+) -> int:
+    """The error analysis of the pass just run (``seen``: its collector and dataset): PNGs
+    and ``analysis.json`` in ``--plots``."""
     from visionlab.eval.analysis_plots import write_analysis
 
-    header = {
-        "checkpoint": str(args.checkpoint),
-        "data": str(data),
-        "split": args.split,
-        "task": model.task,
-        "images": "all" if args.limit is None else f"first {args.limit}",
-        "score_threshold": args.plots_score,
-    }
     try:
         files = write_analysis(
             seen["collector"],
             seen["dataset"],
             args.plots,
-            metrics=seen["metrics"],
+            metrics=metrics,
             score_threshold=args.plots_score,
             header=header,
         )

@@ -39,29 +39,22 @@ def _free_stem(out: Path, stem: str, used: set[str], suffixes: tuple[str, ...]) 
     return name
 
 
-def _record(
-    path: Path,
+def render_prediction(
     image: Tensor,
     pred: dict[str, Tensor],
     model: Any,
-    out: Path | None,
-    used: set[str],
     *,
-    stem: str,
+    name: str,
     draw: bool = True,
-    png: bool = True,
     max_relations: int = 20,
 ) -> tuple[dict[str, Any], Any]:
-    """The JSON record of one image (``stem`` names its files in ``out``) and, with
-    ``draw``, its drawing (a PIL image), saved as ``STEM.png`` too with ``png``. The class
-    map of segmentation and the ``--show-proposals`` sheet are written either way, unless
-    ``out`` is None (then no file is written)."""
+    """One image's JSON record (``name`` is its ``file``) and, with ``draw``, its drawing (a
+    PIL image), as ``visionlab predict`` makes them; no file is written (the web app shows
+    them as they are)."""
     from visionlab import viz
 
     classes = model.classes
-    record: dict[str, Any] = {"file": str(path), "height": image.shape[1], "width": image.shape[2]}
-    drawn = _unique_path(out, stem, used) if draw and png and out is not None else None
-    stem = drawn.stem if drawn is not None else stem
+    record: dict[str, Any] = {"file": name, "height": image.shape[1], "width": image.shape[2]}
     drawing = None
     if model.task == "classification":
         labels, scores = pred["labels"].tolist(), pred["scores"].tolist()
@@ -73,9 +66,6 @@ def _record(
             drawing = viz.draw_classification(image, pred["labels"], pred["scores"], classes)
     elif model.task == "segmentation":
         semantic = pred["semantic"]
-        if out is not None:
-            mask_path = _unique_path(out, f"{stem}_mask", used)
-            record["semantic_png"] = viz.semantic_to_palette_png(semantic, mask_path).name
         present = [int(v) for v in semantic.unique().tolist() if v not in (0, IGNORE_INDEX)]
         record["classes_present"] = [classes[v - 1] for v in present if v - 1 < len(classes)]
         if draw:
@@ -110,36 +100,45 @@ def _record(
                 pred.get("masks"),
                 color_by="instance" if "masks" in pred else "class",
             )
+    return record, drawing
+
+
+def _record(
+    path: Path,
+    image: Tensor,
+    pred: dict[str, Tensor],
+    model: Any,
+    out: Path,
+    used: set[str],
+    *,
+    stem: str,
+    draw: bool = True,
+    png: bool = True,
+    max_relations: int = 20,
+) -> tuple[dict[str, Any], Any]:
+    """:func:`render_prediction` with its files in ``out`` (``stem`` names them): the drawing
+    as ``STEM.png`` with ``draw`` and ``png``; the class map of segmentation and the
+    ``--show-proposals`` sheet either way."""
+    from visionlab import viz
+
+    record, drawing = render_prediction(
+        image, pred, model, name=str(path), draw=draw, max_relations=max_relations
+    )
+    drawn = _unique_path(out, stem, used) if draw and png else None
+    stem = drawn.stem if drawn is not None else stem
+    if model.task == "segmentation":
+        mask_path = _unique_path(out, f"{stem}_mask", used)
+        record["semantic_png"] = viz.semantic_to_palette_png(pred["semantic"], mask_path).name
     if drawn is not None:
         drawing.save(drawn)
         record["drawing"] = drawn.name
-    if (
-        "proposals" in pred and out is not None
-    ):  # --show-proposals: a PNG, and a count (never the raw tensor)
+    if "proposals" in pred:  # --show-proposals: a PNG, and a count (never the raw tensor)
         record["num_proposals"] = len(pred["proposals"])
         sheet = _proposals_sheet(image, pred["proposals"], model)
         proposals_png = _unique_path(out, f"{stem}_proposals", used)
         sheet.save(proposals_png)
         record["proposals_drawing"] = proposals_png.name
     return record, drawing
-
-
-def render_prediction(
-    image: Tensor, pred: dict[str, Tensor], model: Any, *, name: str, max_relations: int = 20
-) -> tuple[dict[str, Any], Any]:
-    """One image's JSON record and drawing (a PIL image) as ``visionlab predict`` makes
-    them, without writing any file (the web app's view); ``name`` is the record's ``file``."""
-    return _record(
-        Path(name),
-        image,
-        pred,
-        model,
-        None,
-        set(),
-        stem=Path(name).stem,
-        png=False,
-        max_relations=max_relations,
-    )
 
 
 def _yolo_txt(record: dict[str, Any]) -> str:

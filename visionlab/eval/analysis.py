@@ -31,6 +31,7 @@ from visionlab.eval.coco_engine import (
 )
 from visionlab.eval.detection import DetectionEvaluator
 from visionlab.eval.segmentation import confusion_matrix
+from visionlab.ops.boxes import box_convert, box_iou
 
 __all__ = [
     "HOIEM_CATEGORIES",
@@ -64,8 +65,9 @@ def iou_index(iou: float) -> int:
     return int(hits[0])
 
 
-def _xyxy(boxes: np.ndarray) -> np.ndarray:
-    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+def xyxy(boxes: np.ndarray) -> Tensor:
+    """The engine's ``[x, y, w, h]`` boxes as ``Tensor[N, 4]`` xyxy."""
+    return box_convert(torch.as_tensor(boxes), "xywh", "xyxy")
 
 
 def pr_curves(
@@ -279,8 +281,6 @@ def error_breakdown_arrays(
     Returns:
         ``{category: count}`` over :data:`HOIEM_CATEGORIES`, and ``detections``: their sum.
     """
-    from visionlab.ops.boxes import box_iou
-
     n_cls = len(gt.category_ids)
     group = np.zeros(n_cls, dtype=np.int64)  # one group: every class similar
     if similar_groups is not None:
@@ -296,7 +296,7 @@ def error_breakdown_arrays(
         top.append(rows[np.argsort(-dt.scores[rows], kind="stable")[: n_objects[c]]])
     top = np.concatenate(top).astype(np.int64) if top else np.zeros(0, dtype=np.int64)
     kind = np.full(len(top), HOIEM_CATEGORIES.index("background"))
-    g_xyxy, d_xyxy = torch.as_tensor(_xyxy(gt.boxes)), torch.as_tensor(_xyxy(dt.boxes[top]))
+    g_xyxy, d_xyxy = xyxy(gt.boxes), xyxy(dt.boxes[top])
     objects = np.flatnonzero(~gt.ignore)
     for img in np.unique(dt.image[top]).tolist():
         d = np.flatnonzero(dt.image[top] == img)
@@ -339,6 +339,29 @@ def error_breakdown(
     return error_breakdown_arrays(gt, dt, match, similar_groups)
 
 
+def evaluated(evaluator: DetectionEvaluator) -> dict[str, Any]:
+    """The evaluator's engine results (:attr:`DetectionEvaluator.evaluated`), computing them
+    once if its :meth:`~DetectionEvaluator.compute` has not run since its last images."""
+    if not evaluator.evaluated:
+        evaluator.compute()
+    return evaluator.evaluated
+
+
+def scores_and_errors(
+    preds: Sequence[Mapping[str, Tensor]],
+    targets: Sequence[Mapping[str, Tensor]],
+    classes: Sequence[str],
+) -> tuple[dict[str, float], dict[str, int]]:
+    """The COCO box stats (``AP``, ``AP50``, ...; the plain numbers) and the error breakdown
+    (:func:`error_breakdown_arrays`) of per-image predictions, from one evaluation."""
+    evaluator = DetectionEvaluator(classes)
+    evaluator.update(preds, targets)
+    stats = {k: float(v) for k, v in evaluator.compute().items() if isinstance(v, int | float)}
+    gt, dt = evaluator.evaluated["arrays"]
+    match = evaluator.evaluated["bbox"].dt_match[iou_index(0.5)]
+    return stats, error_breakdown_arrays(gt, dt, match)
+
+
 class AnalysisCollector:
     """A task's evaluator, wrapped: ``update`` and ``compute`` are the evaluator's (the same
     metrics), and what the analysis needs is kept beside them.
@@ -354,18 +377,26 @@ class AnalysisCollector:
         self.task = task
         self.classes = [str(c) for c in classes]
         self.primary = evaluator.primary
-        self.detections: DetectionEvaluator | None = None
-        if isinstance(evaluator, DetectionEvaluator):
-            self.detections = evaluator
-        elif task == "relation":
-            self.detections = DetectionEvaluator(self.classes)
+        # a relation evaluator that keeps no box evaluator of its own gets one here
+        wraps_boxes = isinstance(evaluator, DetectionEvaluator) or hasattr(evaluator, "detection")
+        own = task == "relation" and not wraps_boxes
+        self._own = DetectionEvaluator(self.classes) if own else None
         self.class_confusion = torch.zeros(len(classes), len(classes), dtype=torch.int64)
         self.gt_area = "box area (w * h)"
 
+    @property
+    def detections(self) -> DetectionEvaluator | None:
+        """The box evaluator holding the detections: the wrapped one, the relation
+        evaluator's (:attr:`SceneGraphEvaluator.detection`, fed the ``sgdet`` detections), or
+        this collector's own."""
+        if isinstance(self.evaluator, DetectionEvaluator):
+            return self.evaluator
+        return getattr(self.evaluator, "detection", None) or self._own
+
     def update(self, preds: Any, targets: Any) -> None:
         self.evaluator.update(preds, targets)
-        if self.task == "relation" and self.detections is not None:
-            self.detections.update(preds["sgdet"], targets)
+        if self._own is not None:
+            self._own.update(preds["sgdet"], targets)
         if self.detections is not None and targets:
             first = targets[0]
             if "area" in first:

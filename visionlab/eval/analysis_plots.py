@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import Tensor
 
 from visionlab.eval.analysis import (
     HOIEM_CATEGORIES,
@@ -23,18 +22,18 @@ from visionlab.eval.analysis import (
     ap_by_size,
     detection_confusion,
     error_breakdown_arrays,
+    evaluated,
     iou_index,
     pr_curves,
     worst_images,
+    xyxy,
 )
-from visionlab.eval.coco_engine import evaluate_arrays
 
 __all__ = ["write_analysis"]
 
 PR_IOUS = (0.5, 0.75)
 CONFUSION_IOU = 0.5
 WORST_IMAGES = 6
-DRAW_MIN_SIZE = 512  # small images are drawn enlarged so that labels stay readable
 
 
 def _figure(width: float, height: float) -> Any:
@@ -214,9 +213,6 @@ def plot_error_breakdown(counts: dict[str, int], path: Path, *, title: str) -> P
 def _image_boxes(gt: Any, dt: Any, index: int, dt_keep: np.ndarray) -> tuple[dict, dict]:
     import torch
 
-    def xyxy(b: np.ndarray) -> Tensor:
-        return torch.as_tensor(np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1))
-
     g = np.flatnonzero(gt.image == index)
     d = np.flatnonzero((dt.image == index) & dt_keep)
     truth = {"boxes": xyxy(gt.boxes[g]), "labels": torch.as_tensor(gt.category[g] + 1)}
@@ -246,12 +242,8 @@ def draw_worst(
     for rank, w in enumerate(worst, start=1):
         image = dataset[w["index"]][0]
         truth, preds = _image_boxes(gt, dt, w["index"], keep)
-        left = draw_detections(
-            image, truth["boxes"], truth["labels"], None, classes, min_size=DRAW_MIN_SIZE
-        )
-        right = draw_detections(
-            image, preds["boxes"], preds["labels"], preds["scores"], classes, min_size=DRAW_MIN_SIZE
-        )
+        left = draw_detections(image, truth["boxes"], truth["labels"], None, classes)
+        right = draw_detections(image, preds["boxes"], preds["labels"], preds["scores"], classes)
         titles = [
             f"image {w['index']}: ground truth ({len(truth['boxes'])})",
             f"predicted >= {score_threshold:g}: {w['missed']} missed, {w['false']} false, "
@@ -271,14 +263,11 @@ def _detection_analysis(
     classes = collector.classes
     iou_type = collector.detections.iou_type
     files: list[Path] = []
-    gt, dt = collector.detections.arrays()
-    boxes = evaluate_arrays(gt, dt, "bbox")
+    results = evaluated(collector.detections)  # the metrics' own evaluation, not another
+    gt, dt = results["arrays"]
+    boxes = results["bbox"]
     # the curves and sizes of the numbers that rank the model: masks for instance models
-    ranked = (
-        evaluate_arrays(*collector.detections.arrays(iou_type), iou_type)
-        if (iou_type == "segm")
-        else boxes
-    )
+    ranked = results.get("segm", boxes)
     what = "mask" if iou_type == "segm" else "box"
     curves = pr_curves(ranked, classes, PR_IOUS)
     files.append(plot_pr_curves(curves, out / "pr_curves.png", what))

@@ -222,6 +222,9 @@ class DetectionEvaluator:
         """Forget every image seen so far."""
         self._gt: list[dict[str, Any]] = []
         self._dt: list[dict[str, Any]] = []
+        # the last compute's engine results, for what reads more than the stats (the error
+        # analysis): "arrays" (gt, dt), "bbox" and, for segm, "segm" (CocoEvalResult)
+        self.evaluated: dict[str, Any] = {}
 
     def _rles(self, masks: Any, n: int, what: str) -> list[dict]:
         if masks is None:
@@ -275,6 +278,7 @@ class DetectionEvaluator:
         """Add a batch: one prediction dict and one target dict per image."""
         if len(preds) != len(targets):
             raise ValueError(f"{len(preds)} predictions for {len(targets)} targets")
+        self.evaluated = {}  # stale once more images come
         for p, t in zip(preds, targets):
             self._dt.append(self._image(p, "prediction", has_scores=True))
             self._gt.append(self._image(t, "target", has_scores=False))
@@ -322,13 +326,15 @@ class DetectionEvaluator:
             area=cat(self._dt, "area"),
             scores=cat(self._dt, "scores"),
         )
-        if iou_type == "segm":  # the same matching rules on the masks
-            dt = replace(
-                dt,
-                area=np.concatenate([i["mask_area"] for i in self._dt] or [np.zeros(0)]),
-                rles=[r for i in self._dt for r in i["rles"]],
-            )
-        return gt, dt
+        return gt, self._mask_detections(dt) if iou_type == "segm" else dt
+
+    def _mask_detections(self, dt: CocoDetections) -> CocoDetections:
+        """``dt`` with the mask areas and RLEs: the same matching rules on the masks."""
+        return replace(
+            dt,
+            area=np.concatenate([i["mask_area"] for i in self._dt] or [np.zeros(0)]),
+            rles=[r for i in self._dt for r in i["rles"]],
+        )
 
     def compute(self) -> dict[str, Any]:
         """The 12 COCO box stats, ``per_class``, ``voc07_mAP`` and ``voc_mAP`` of every image
@@ -336,24 +342,15 @@ class DetectionEvaluator:
         ``mask_per_class`` (floats in [0, 1]; -1 / NaN without ground truth)."""
         gt, dt = self.arrays()
         boxes = evaluate_arrays(gt, dt, "bbox")
+        self.evaluated = {"arrays": (gt, dt), "bbox": boxes}
         dets, gts = voc_inputs(gt, dt)
         voc07, _ = voc_map(dets, gts, use_07_metric=True)
         voc, _ = voc_map(dets, gts, use_07_metric=False)
         out: dict[str, Any] = dict(boxes.stats)
         mask_per_class = {}
         if self.iou_type == "segm":
-            masks = evaluate_arrays(*self.arrays("segm"), "segm")
+            masks = self.evaluated["segm"] = evaluate_arrays(gt, self._mask_detections(dt), "segm")
             out.update({MASK_PREFIX + k: masks.stats[k] for k in STAT_KEYS})
             mask_per_class = {MASK_PREFIX + "per_class": masks.per_class}
         out.update(per_class=boxes.per_class, voc07_mAP=voc07, voc_mAP=voc)
         return {**out, **mask_per_class}
-
-
-def score_detections(
-    preds: list[dict], targets: list[dict], classes: list[str]
-) -> dict[str, float]:
-    """The COCO box stats (``AP``, ``AP50``, ...) of per-image predictions against their
-    targets, in one :class:`DetectionEvaluator` pass (the plain numbers only)."""
-    evaluator = DetectionEvaluator(classes)
-    evaluator.update(preds, targets)
-    return {k: float(v) for k, v in evaluator.compute().items() if isinstance(v, int | float)}

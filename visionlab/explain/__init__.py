@@ -11,28 +11,37 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 from torch import nn
 
 from visionlab.errors import VisionLabError
 from visionlab.explain.common import Scene, Step
 
-__all__ = ["FAMILIES", "Scene", "Step", "explain", "family_of", "write_report"]
+__all__ = ["FAMILIES", "Family", "Scene", "Step", "explain", "family_of", "write_report"]
 
-# family -> what the page's title calls it
+
+class Family(NamedTuple):
+    """An explained family: what the page's title calls it, and the function of
+    ``visionlab.explain.<module>`` that gives its steps (imported when it is explained)."""
+
+    title: str
+    module: str
+    function: str
+
+
 FAMILIES = {
-    "rcnn": "R-CNN",
-    "sppnet": "SPPNet",
-    "fast_rcnn": "Fast R-CNN",
-    "faster_rcnn": "Faster R-CNN",
-    "mask_rcnn": "Mask R-CNN",
-    "relation_rcnn": "Faster R-CNN with a relation head",
-    "yolo": "YOLO",
-    "fcn": "FCN",
-    "classifier": "Image classifier",
+    "rcnn": Family("R-CNN", "regions", "rcnn_steps"),
+    "sppnet": Family("SPPNet", "regions", "sppnet_steps"),
+    "fast_rcnn": Family("Fast R-CNN", "two_stage", "fast_rcnn_steps"),
+    "faster_rcnn": Family("Faster R-CNN", "two_stage", "faster_rcnn_steps"),
+    "mask_rcnn": Family("Mask R-CNN", "two_stage", "faster_rcnn_steps"),
+    "relation_rcnn": Family("Faster R-CNN with a relation head", "two_stage", "faster_rcnn_steps"),
+    "yolo": Family("YOLO", "grid", "yolo_steps"),
+    "fcn": Family("FCN", "dense", "fcn_steps"),
+    "classifier": Family("Image classifier", "dense", "classifier_steps"),
 }
 
 
@@ -76,25 +85,12 @@ def family_of(model: nn.Module) -> str:
     raise VisionLabError(f"explain: no explanation for {name!r}{hint}")
 
 
-def _steps_function(family: str) -> Callable[[Any, Scene], list[Step]]:
-    from visionlab.explain import dense, grid, regions, two_stage
-
-    return {
-        "rcnn": regions.rcnn_steps,
-        "sppnet": regions.sppnet_steps,
-        "fast_rcnn": two_stage.fast_rcnn_steps,
-        "faster_rcnn": two_stage.faster_rcnn_steps,
-        "mask_rcnn": two_stage.faster_rcnn_steps,
-        "relation_rcnn": two_stage.faster_rcnn_steps,
-        "yolo": grid.yolo_steps,
-        "fcn": dense.fcn_steps,
-        "classifier": dense.classifier_steps,
-    }[family]
-
-
-def explain(model: nn.Module, scene: Scene) -> list[Step]:
-    """The steps of ``model`` (in eval mode) on ``scene``, in order."""
-    return _steps_function(family_of(model))(model.eval(), scene)
+def explain(model: nn.Module, scene: Scene, family: str | None = None) -> list[Step]:
+    """The steps of ``model`` (in eval mode) on ``scene``, in order; ``family`` is
+    :func:`family_of` the model, computed here when not given."""
+    entry = FAMILIES[family or family_of(model)]
+    steps = getattr(import_module(f"visionlab.explain.{entry.module}"), entry.function)
+    return steps(model.eval(), scene)
 
 
 def write_report(steps: list[Step], out: Path, title: str, about: str) -> list[Path]:

@@ -27,7 +27,7 @@ import argparse
 from pathlib import Path
 
 from visionlab.argtypes import unit_interval
-from visionlab.errors import VisionLabError
+from visionlab.errors import DataError, VisionLabError, describe_class_mismatch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +78,14 @@ def _scene_input(args: argparse.Namespace, model) -> tuple:
             f"--index {args.index} is out of range: split {dataset.split!r} of {args.data} has "
             f"{len(dataset)} images (0..{len(dataset) - 1})"
         )
+    if model.classes and list(dataset.classes) != model.classes:
+        # as `evaluate` checks: ground truth is never drawn under the model's other names
+        raise DataError(
+            args.data,
+            describe_class_mismatch(
+                "the dataset", list(dataset.classes), "the checkpoint", model.classes
+            ),
+        )
     image, target = dataset[args.index]
     name = dataset.record(args.index).file_name
     return (
@@ -109,11 +117,11 @@ def run(args: argparse.Namespace) -> int:
         target=target,
         score_threshold=args.score_threshold,
         classes=list(model.classes),
-        predicates=list(getattr(model, "predicates", []) or []),
+        predicates=list(model.predicates),
     )
-    steps = explain(model, scene)
+    steps = explain(model, scene, family)
     name = model.meta.get("model_name", family)
-    title = f"{FAMILIES[family]} explained: {name}"
+    title = f"{FAMILIES[family].title} explained: {name}"
     about = (
         f"Checkpoint {args.checkpoint}; {what}, at the model's input size "
         f"{image.shape[-1]} x {image.shape[-2]} px. One picture per step, in order."

@@ -16,6 +16,15 @@ from torch import Tensor, nn
 
 from visionlab.viz import draw_detections
 
+SHOWN_PROPOSALS = 200  # the proposals a picture draws, the first of their order
+
+
+def search_how(mode: str, search_size: int | None) -> str:
+    """The phrase naming how selective search ran: its ``mode`` and the size of the copy it
+    searched (none: the image itself)."""
+    size = f", on a copy {search_size} px on its longer side" if search_size else ""
+    return f"{mode} mode{size}"
+
 
 @dataclass
 class Step:
@@ -95,7 +104,11 @@ def objects_of(scene: Scene, detections: dict[str, Tensor]) -> Objects:
 @torch.no_grad()
 def run_detector(model: nn.Module, scene: Scene, extras: Sequence[str] = ()) -> dict[str, Tensor]:
     """The model's prediction dict for the scene's image (eval mode, CPU tensors)."""
-    out = model([scene.image], extras=tuple(extras))[0]
+    return cpu_tensors(model([scene.image], extras=tuple(extras))[0])
+
+
+def cpu_tensors(out: dict[str, Any]) -> dict[str, Any]:
+    """``out`` with its tensors moved to the CPU."""
     return {k: v.cpu() if isinstance(v, Tensor) else v for k, v in out.items()}
 
 
@@ -133,6 +146,13 @@ def figure_image(fig: Any) -> Image.Image:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba()).convert("RGB")
+
+
+def no_ticks(*axes: Any) -> None:
+    """Remove the ticks (and their labels) of each matplotlib axes in ``axes``."""
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
 
 
 def image_array(image: Tensor) -> Any:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from visionlab.explain.common import Scene, Step, captured, figure, figure_image
+from visionlab.explain.common import Scene, Step, captured, figure, figure_image, no_ticks
 from visionlab.models.classifier import ImageClassifier
 from visionlab.models.fcn import FCN
 from visionlab.viz import draw_classification, draw_semantic, voc_palette
@@ -56,9 +56,7 @@ def _coarse_step(model: FCN, scene: Scene, maps: dict[int, Tensor]) -> Step:
         top.set_title(f"stride {stride}: {scores.shape[1]} x {scores.shape[2]} cells")
         heat = bottom.imshow(probs.amax(0).numpy(), cmap="viridis", vmin=0, vmax=1)
         bottom.set_title("best class probability")
-        for ax in (top, bottom):
-            ax.set_xticks([])
-            ax.set_yticks([])
+        no_ticks(top, bottom)
     fig.colorbar(heat, ax=list(axes[1]), shrink=0.8)
     skips = {32: "", 16: " FCN-16s adds pool4's scores at stride 16;", 8: " FCN-8s also adds"
              " pool3's at stride 8;"}  # fmt: skip
@@ -122,9 +120,7 @@ def fcn_steps(model: FCN, scene: Scene) -> list[Step]:
     fig.colorbar(heat, ax=left, shrink=0.8)
     right.imshow(differ.numpy(), cmap="gray", vmin=0, vmax=1)
     right.set_title(f"pixels whose class differs: {int(differ.sum())}")
-    for ax in (left, right):
-        ax.set_xticks([])
-        ax.set_yticks([])
+    no_ticks(left, right)
     steps.append(
         Step(
             "deconv_vs_bilinear",
@@ -144,7 +140,8 @@ def fcn_steps(model: FCN, scene: Scene) -> list[Step]:
 def classifier_steps(model: ImageClassifier, scene: Scene) -> list[Step]:
     """A classifier: its stride-4 and stride-8 feature maps, then the top-k classes."""
     x = scene.image[None]
-    maps = model.feature_maps(x, strides=(4, 8))
+    # one backbone pass: the early maps shown and the last one the head classifies
+    maps = model.feature_maps(x, strides=(4, 8, model.backbone.out_stride))
     steps = []
     for stride, fmap in ((4, maps["stride4"][0]), (8, maps["stride8"][0])):
         shown = fmap[:SHOWN_CHANNELS].cpu()
@@ -166,7 +163,8 @@ def classifier_steps(model: ImageClassifier, scene: Scene) -> list[Step]:
         facts = {"channels": int(fmap.shape[0]), "size": list(fmap.shape[1:])}
         steps.append(Step(f"features_stride{stride}", f"Stride-{stride} features", sentence,
                           figure_image(fig), facts))  # fmt: skip
-    probs = model(x)[0].softmax(0).cpu()
+    logits = model.forward_head(maps[f"stride{model.backbone.out_stride}"])
+    probs = logits[0].softmax(0).cpu()
     scores, labels = probs.topk(min(TOPK, len(probs)))
     truth = scene.target.get("labels") if scene.target else None
     true_label = int(truth) if truth is not None else None

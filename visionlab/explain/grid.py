@@ -5,17 +5,16 @@ confidences of the whole grid, and the detections."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from visionlab.explain.common import (
     Scene,
     Step,
+    cpu_tensors,
     detections_step,
     figure,
     figure_image,
     image_array,
     objects_of,
-    run_detector,
 )
 from visionlab.models.yolo import YOLO
 from visionlab.models.yolo_loss import assign
@@ -29,13 +28,11 @@ def yolo_steps(model: YOLO, scene: Scene) -> list[Step]:
     size, S, B = model.input_size, model.S, model.B
     h, w = scene.size
     # the network's input, resized as YOLO resizes it
-    x = F.interpolate(
-        scene.image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True
-    )
-    grid = model.grid(x)
+    grid = model.grid(model._resize([scene.image], size))
     decoded = model.decode(grid["params"], size)  # [1, S, S, B, 4] input pixels
     confidence = grid["confidence"][0].clamp(0, 1).cpu()  # [S, S, B]
-    detections = run_detector(model, scene, ["grid"])
+    # the detections from this very grid, post-processed as YOLO.detect does
+    detections = cpu_tensors(model.postprocess(grid, [scene.size], size, with_grid=True)[0])
     objects = objects_of(scene, detections)
     to_input = torch.tensor([size / w, size / h, size / w, size / h])
     priors = model.priors if model.use_priors else None

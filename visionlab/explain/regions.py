@@ -10,20 +10,28 @@ import torch
 from torch import Tensor
 
 from visionlab.explain.common import (
+    SHOWN_PROPOSALS,
     Scene,
     Step,
+    cpu_tensors,
     detections_step,
     figure,
     figure_image,
     image_array,
-    run_detector,
+    no_ticks,
+    search_how,
 )
 from visionlab.models.rcnn import RegionDetector, warp_regions
-from visionlab.viz import draw_detections, draw_proposals, image_grid, to_pil, upscale
-from visionlab.viz._common import class_name
+from visionlab.viz import (
+    class_name,
+    draw_detections,
+    draw_proposals,
+    image_grid,
+    to_pil,
+    upscale,
+)
 
 SHOWN_REGIONS = 16  # the best-scoring regions a picture shows
-SHOWN_PROPOSALS = 200
 
 
 def proposals_step(scene: Scene, boxes: Tensor, how: str) -> Step:
@@ -40,19 +48,22 @@ def proposals_step(scene: Scene, boxes: Tensor, how: str) -> Step:
 
 def _search_how(model: RegionDetector) -> str:
     s = model.proposal_settings
-    size = f", on a copy {s.search_size} px on its longer side" if s.search_size else ""
-    return f"{s.mode} mode{size}"
+    return search_how(s.mode, s.search_size)
 
 
 @torch.no_grad()
-def _scored(model: RegionDetector, scene: Scene, boxes: Tensor) -> tuple[Tensor, Tensor]:
-    """Each region's best class score and label (1..C), before box regression and NMS."""
+def _scored(
+    model: RegionDetector, scene: Scene, boxes: Tensor
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Each region's best class score and label (1..C), before box regression and NMS, and
+    the detections, made from the same regions and scores as :meth:`RegionDetector.detect`
+    makes them (CPU tensors)."""
     pooled = model.pool_features([scene.image], [boxes])
-    scores = model.class_scores(model.fc_features(pooled)).cpu()  # [K, C]
-    if scores.numel() == 0:
-        return scores.new_zeros(0), torch.zeros(0, dtype=torch.long)
-    best, index = scores.max(dim=1)
-    return best, index + 1
+    scores = model.class_scores(model.fc_features(pooled))  # [K, C]
+    refined = model.regress_boxes(pooled, boxes)
+    detections = cpu_tensors(model.postprocess(refined, scores, scene.size))
+    best, index = scores.cpu().max(dim=1)
+    return best, index + 1, detections
 
 
 def _score_source(model: RegionDetector) -> str:
@@ -79,8 +90,9 @@ def scored_regions_step(
 
 def rcnn_steps(model: RegionDetector, scene: Scene) -> list[Step]:
     """R-CNN: proposals, scored regions, the warped crops, detections."""
-    boxes = model.propose(scene.image).cpu()
-    best, labels = _scored(model, scene, boxes)
+    proposed = model.propose(scene.image)
+    boxes = proposed.cpu()
+    best, labels, detections = _scored(model, scene, proposed)
     scored, top = scored_regions_step(model, scene, boxes, best, labels)
     size, context = model.regions.input_size, model.regions.context
     steps = [proposals_step(scene, boxes, _search_how(model)), scored]
@@ -100,7 +112,7 @@ def rcnn_steps(model: RegionDetector, scene: Scene) -> list[Step]:
         facts = {"crop_size": size, "context": context, "crops": len(top)}
         picture = image_grid(tiles, cols=4, titles=titles)
         steps.append(Step("warped_regions", "Warped regions", sentence, picture, facts))
-    steps.append(detections_step(scene, run_detector(model, scene), "R-CNN"))
+    steps.append(detections_step(scene, detections, "R-CNN"))
     return steps
 
 
@@ -168,9 +180,7 @@ def pyramid_step(model: RegionDetector, scene: Scene, box: Tensor, name: str) ->
         bottom.imshow(activation, cmap="viridis")
         _draw_bins(bottom, level_bins, 1, "white")
         bottom.set_title(f"{n} x {n} bins on the map")
-        for ax in (top, bottom):
-            ax.set_xticks([])
-            ax.set_yticks([])
+        no_ticks(top, bottom)
     channels, total = fmap.shape[0], sum(n * n for n in levels)
     sentence = (
         f"SPPNet's pyramid for the best-scoring region ({name}): the convolutional layers ran "
@@ -193,13 +203,14 @@ def pyramid_step(model: RegionDetector, scene: Scene, box: Tensor, name: str) ->
 
 def sppnet_steps(model: RegionDetector, scene: Scene) -> list[Step]:
     """SPPNet: proposals, scored regions, the pyramid of one region, detections."""
-    boxes = model.propose(scene.image).cpu()
-    best, labels = _scored(model, scene, boxes)
+    proposed = model.propose(scene.image)
+    boxes = proposed.cpu()
+    best, labels, detections = _scored(model, scene, proposed)
     scored, top = scored_regions_step(model, scene, boxes, best, labels)
     steps = [proposals_step(scene, boxes, _search_how(model)), scored]
     if len(top):
         i = int(top[0])
         name = f"{class_name(int(labels[i]), scene.classes, 1)} {float(best[i]):.2f}"
         steps.append(pyramid_step(model, scene, boxes[i], name))
-    steps.append(detections_step(scene, run_detector(model, scene), "SPPNet"))
+    steps.append(detections_step(scene, detections, "SPPNet"))
     return steps

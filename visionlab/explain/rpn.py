@@ -10,7 +10,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from visionlab.explain.common import Objects, Scene, Step
+from visionlab.explain.common import SHOWN_PROPOSALS, Objects, Scene, Step
 from visionlab.models.batching import batch_images
 from visionlab.models.rpn import RPN, label_anchors
 from visionlab.models.two_stage import TwoStageDetector
@@ -24,7 +24,6 @@ from visionlab.viz import (
     upscale,
 )
 
-SHOWN_PROPOSALS = 200
 SHOWN_NEGATIVES = 40
 
 

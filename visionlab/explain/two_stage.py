@@ -18,14 +18,15 @@ from visionlab.explain.common import (
     detections_step,
     figure,
     figure_image,
+    no_ticks,
     objects_of,
     run_detector,
+    search_how,
 )
 from visionlab.explain.regions import proposals_step
 from visionlab.explain.rpn import RPNView, anchor_labels_step, anchors_step, proposal_steps
 from visionlab.models.two_stage import TwoStageDetector
-from visionlab.viz import draw_detections, draw_relations
-from visionlab.viz._common import class_name
+from visionlab.viz import class_name, draw_detections, draw_relations
 
 SHOWN_ROIS = 12
 SHOWN_MASKS = 8
@@ -56,11 +57,7 @@ def rois_step(model: TwoStageDetector, scene: Scene, proposals: Tensor, probs: T
     score threshold, drawn as RoIs (before box regression and NMS)."""
     box = model.roi_heads["box"]
     thresh = box.detection_settings.score_thresh
-    best, labels = (
-        probs[:, 1:].max(dim=1)
-        if len(probs)
-        else (torch.zeros(0), torch.zeros(0, dtype=torch.long))
-    )
+    best, labels = probs[:, 1:].max(dim=1)
     labels = labels + 1
     kept = torch.where(best >= thresh)[0]
     kept = kept[best[kept].argsort(descending=True)]
@@ -85,12 +82,9 @@ def fast_rcnn_steps(model: TwoStageDetector, scene: Scene) -> list[Step]:
     """Fast R-CNN: selective search, the RoIs kept, detections."""
     detections, probs, _ = _detect(model, scene)
     proposer = model.proposer
-    size = (
-        f", on a copy {proposer.search_size} px on its longer side" if proposer.search_size else ""
-    )
     proposals = detections["proposals"]
     return [
-        proposals_step(scene, proposals, f"{proposer.mode} mode{size}"),
+        proposals_step(scene, proposals, search_how(proposer.mode, proposer.search_size)),
         rois_step(model, scene, proposals, probs),
         detections_step(scene, detections, "Fast R-CNN"),
     ]
@@ -140,8 +134,7 @@ def mask_steps(
             image = ax.imshow(p.numpy(), cmap="magma", vmin=0, vmax=1)
             name = class_name(int(detections["labels"][k]), scene.classes, 1)
             ax.set_title(f"{k + 1}. {name} {float(detections['scores'][k]):.2f}", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            no_ticks(ax)
         fig.colorbar(image, ax=axes, shrink=0.8, label="mask probability")
         sentence = (
             f"The mask head predicts, for each detection, a {side} x {side} grid of logits per "

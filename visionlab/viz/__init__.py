@@ -13,7 +13,7 @@ in a panel to the right of the image, and masks are blended over it. Images may 
 
 from __future__ import annotations
 
-from visionlab.viz._common import PALETTE, color_for, to_pil, upscale, voc_palette
+from visionlab.viz._common import PALETTE, class_name, color_for, to_pil, upscale, voc_palette
 from visionlab.viz.boxes import (
     draw_anchors,
     draw_detections,
@@ -29,6 +29,7 @@ from visionlab.viz.plots import plot_curves, plot_grouped_bars, read_metrics
 
 __all__ = [
     "PALETTE",
+    "class_name",
     "color_for",
     "draw_anchors",
     "draw_classification",

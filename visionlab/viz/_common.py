@@ -148,11 +148,9 @@ def _paint_label(
 
 def draw_label(
     draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, color: Color, font_size: int
-) -> int:
-    """Text on a filled box of ``color`` whose top-left corner is ``xy``. Returns the label's
-    height (the same for every text at one font size)."""
+) -> None:
+    """Text on a filled box of ``color`` whose top-left corner is ``xy``."""
     _paint_label(draw, *xy, text, color, font_size)
-    return _label_size(draw, text, font_size)[1]
 
 
 def add_legend(

@@ -300,7 +300,7 @@ def draw_anchors(
     canvas = Image.new("RGB", (base.width + 2 * margin, base.height + 2 * margin), (255, 255, 255))
     canvas.paste(base, (margin, margin))
     draw = ImageDraw.Draw(canvas)
-    width, _ = style_for(base)
+    width, font_size = style_for(base)
     draw.rectangle(
         (margin - 1, margin - 1, margin + base.width, margin + base.height),
         outline=(0, 0, 0),
@@ -312,7 +312,6 @@ def draw_anchors(
         color = color_for(shapes.setdefault(shape, len(shapes)))
         x1, y1, x2, y2 = (a * factor + margin).tolist()
         draw.rectangle(_outline(x1, y1, x2, y2), outline=color, width=width)
-    _, font_size = style_for(base)
     return add_legend(
         canvas, [(f"{aw}x{ah}", color_for(k)) for (aw, ah), k in shapes.items()], font_size
     )
